@@ -1,0 +1,51 @@
+"""Querying the audit trail: managers and auditors, scoped to projects where they hold view_audit."""
+
+import django_filters
+from rest_framework import mixins, serializers, viewsets
+
+from audit.models import AuditEvent
+from audit.recorder import AuditedViewMixin
+from core.roles import Perm
+from core.selectors import projects_visible_to
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditEvent
+        fields = ["id", "shard", "seq", "occurred_at", "actor_id", "actor_roles", "actor_tier", "action",
+                  "object_type", "object_id", "project_id", "study_uid", "protocol_version", "client_ip",
+                  "user_agent", "request_id", "outcome", "reason", "extra", "prev_hash", "hash"]
+        read_only_fields = fields
+
+
+class AuditEventFilter(django_filters.FilterSet):
+    since = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    project = django_filters.NumberFilter(field_name="project_id")
+    user = django_filters.NumberFilter(field_name="actor_id")
+    study = django_filters.CharFilter(field_name="study_uid")
+
+    class Meta:
+        model = AuditEvent
+        fields = ["action", "outcome", "object_type", "object_id", "request_id"]
+
+
+class AuditEventViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                        viewsets.GenericViewSet):
+    """Audit events (filter by study, user, project, action, outcome, time): newest first."""
+
+    serializer_class = AuditEventSerializer
+    filterset_class = AuditEventFilter
+    audit_object_type = "audit.auditevent"
+    audit_project_kwarg = "none"
+
+    def get_queryset(self):
+        user = self.request.user
+        qs = AuditEvent.objects.order_by("-occurred_at", "-id")
+        if user.is_superuser:
+            return qs
+        project_ids = list(projects_visible_to(user, Perm.VIEW_AUDIT).values_list("pk", flat=True))
+        return qs.filter(project_id__in=project_ids)
+
+    def audit_target(self):
+        return self.request.query_params.get("project"), self.kwargs.get("pk", ""), ""

@@ -1,0 +1,164 @@
+"""Input and output shapes of the core API. No business rules: those are in core services."""
+
+from rest_framework import serializers
+
+from core.models import LabelEntry, Membership, Organization, Project, ProtocolVersion, User
+from core.roles import Role, Subspecialty
+
+
+class OrganizationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Organization
+        fields = ["id", "name", "kind", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+
+class UserSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = User
+        fields = ["id", "username", "first_name", "last_name", "email", "organization", "is_org_admin", "pseudonym"]
+        read_only_fields = fields
+
+
+class UserCreateSerializer(serializers.Serializer):
+    username = serializers.RegexField(r"^[\w.@+-]{3,150}$")
+    password = serializers.CharField(write_only=True, min_length=10, max_length=200)
+    first_name = serializers.CharField(required=False, allow_blank=True, max_length=150)
+    last_name = serializers.CharField(required=False, allow_blank=True, max_length=150)
+    email = serializers.EmailField(required=False, allow_blank=True)
+    is_org_admin = serializers.BooleanField(default=False)
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    current_protocol_version = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Project
+        fields = ["id", "name", "client", "vendor", "description", "modalities", "reads_per_task", "is_active",
+                  "current_protocol_version", "created_at", "updated_at"]
+        read_only_fields = ["id", "vendor", "created_at", "updated_at", "current_protocol_version"]
+
+    def get_current_protocol_version(self, project) -> int | None:
+        numbers = [v.number for v in project.protocol_versions.all()]
+        return max(numbers) if numbers else None
+
+
+MODALITIES = ["CT", "MR", "CR", "DX", "MG", "US", "PT", "NM", "XA", "RF", "OT", "SC", "RTDOSE", "SEG", "SR"]
+
+
+class ProjectWriteSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    client = serializers.PrimaryKeyRelatedField(queryset=Organization.objects.filter(kind="client"))
+    vendor = serializers.PrimaryKeyRelatedField(queryset=Organization.objects.filter(kind="vendor"), required=False)
+    description = serializers.CharField(required=False, allow_blank=True)
+    modalities = serializers.ListField(child=serializers.ChoiceField(MODALITIES), allow_empty=False)
+    reads_per_task = serializers.IntegerField(min_value=1, max_value=3, default=2)
+
+
+class ProjectUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False)
+    description = serializers.CharField(required=False, allow_blank=True)
+    modalities = serializers.ListField(child=serializers.ChoiceField(MODALITIES), allow_empty=False, required=False)
+    reads_per_task = serializers.IntegerField(min_value=1, max_value=3, required=False)
+    is_active = serializers.BooleanField(required=False)
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", read_only=True)
+    pseudonym = serializers.CharField(source="user.pseudonym", read_only=True)
+    tier = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Membership
+        fields = ["id", "project", "user", "username", "pseudonym", "role", "tier", "subspecialties", "is_active",
+                  "created_at", "updated_at"]
+        read_only_fields = fields
+
+    def get_tier(self, membership) -> str | None:
+        tier = membership.tier
+        return tier.label if tier is not None else None
+
+
+class MembershipCreateSerializer(serializers.Serializer):
+    user = serializers.PrimaryKeyRelatedField(queryset=User.objects.filter(is_active=True))
+    role = serializers.ChoiceField(Role.choices)
+    subspecialties = serializers.ListField(child=serializers.ChoiceField(Subspecialty.choices), default=list)
+
+
+class MembershipUpdateSerializer(serializers.Serializer):
+    subspecialties = serializers.ListField(child=serializers.ChoiceField(Subspecialty.choices), required=False)
+    is_active = serializers.BooleanField(required=False)
+
+
+class CategorySerializer(serializers.Serializer):
+    value = serializers.CharField(max_length=32)
+    meaning = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    coding_scheme = serializers.CharField(max_length=10, required=False, allow_blank=True)
+    code_value = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    code_meaning = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+
+class LabelEntrySerializer(serializers.ModelSerializer):
+    categories = CategorySerializer(many=True, required=False)
+
+    class Meta:
+        model = LabelEntry
+        fields = ["key", "display_name", "kind", "categories", "unit", "coding_scheme", "code_value", "code_meaning"]
+        extra_kwargs = {"unit": {"required": False}}
+        # Uniqueness of keys is checked by core.protocols.validate_entries with a clear message.
+        validators = []
+
+
+class ProtocolVersionSerializer(serializers.ModelSerializer):
+    entries = LabelEntrySerializer(many=True, read_only=True)
+    is_locked = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = ProtocolVersion
+        fields = ["id", "project", "number", "name", "notes", "rules", "entries", "is_locked", "used_at",
+                  "created_at"]
+        read_only_fields = fields
+
+
+class ProtocolVersionCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    notes = serializers.CharField(required=False, allow_blank=True)
+    rules = serializers.DictField(required=False)
+    entries = LabelEntrySerializer(many=True, required=False)
+    template = serializers.CharField(required=False, help_text="Key of a shipped schema template.")
+
+    def validate(self, attrs):
+        if "entries" in attrs and "template" in attrs:
+            raise serializers.ValidationError({"template": ["Give entries or a template, not both."]})
+        return attrs
+
+
+class ProtocolVersionUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False)
+    notes = serializers.CharField(required=False, allow_blank=True)
+    rules = serializers.DictField(required=False)
+    entries = LabelEntrySerializer(many=True, required=False)
+
+
+class SchemaTemplateSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    modalities = serializers.ListField(child=serializers.CharField())
+    entries = LabelEntrySerializer(many=True)
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    password = serializers.CharField(max_length=200, style={"input_type": "password"})
+
+
+class TokenResponseSerializer(serializers.Serializer):
+    token = serializers.CharField()
+    expiry = serializers.DateTimeField()
+    user = UserSerializer()
+
+
+class MeSerializer(serializers.Serializer):
+    user = UserSerializer()
+    memberships = MembershipSerializer(many=True)

@@ -1,0 +1,16 @@
+from django.apps import AppConfig
+
+
+class CoreConfig(AppConfig):
+    name = "core"
+    verbose_name = "radqueue core"
+
+    def ready(self) -> None:
+        from django.contrib.auth.signals import user_logged_in, user_login_failed
+
+        from core import auth
+
+        # Django's login signals are the only hook into the admin's session login; they
+        # record the audit events and nothing else.
+        user_logged_in.connect(auth.on_user_logged_in, dispatch_uid="radqueue-login")
+        user_login_failed.connect(auth.on_user_login_failed, dispatch_uid="radqueue-login-failed")

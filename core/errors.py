@@ -1,0 +1,84 @@
+"""One application error type, and the one DRF exception handler that turns errors into JSON.
+
+Every error body is ``{"code": "...", "detail": "...", "errors": {field: [messages]}}``.
+"""
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class DomainError(Exception):
+    """A refused domain action: a stable machine-readable ``code``, a human ``detail``."""
+
+    status_code = 400
+    default_code = "invalid"
+
+    def __init__(self, detail: str, *, code: str | None = None, errors: dict | None = None,
+                 status: int | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.code = code or self.default_code
+        self.errors = errors or {}
+        if status is not None:
+            self.status_code = status
+
+
+class NotFound(DomainError):
+    status_code = 404
+    default_code = "not_found"
+
+
+class Forbidden(DomainError):
+    status_code = 403
+    default_code = "permission_denied"
+
+
+class Conflict(DomainError):
+    status_code = 409
+    default_code = "conflict"
+
+
+def _flatten(detail) -> dict:
+    if isinstance(detail, dict):
+        return {k: _messages(v) for k, v in detail.items()}
+    return {"non_field_errors": _messages(detail)}
+
+
+def _messages(value):
+    if isinstance(value, dict):
+        return {k: _messages(v) for k, v in value.items()}
+    if isinstance(value, list):
+        if all(isinstance(v, str) for v in value):
+            return [str(v) for v in value]
+        return [_messages(v) for v in value]
+    return [str(value)]
+
+
+def error_body(code: str, detail: str, errors: dict | None = None) -> dict:
+    return {"code": code, "detail": detail, "errors": errors or {}}
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, DomainError):
+        return Response(error_body(exc.code, exc.detail, exc.errors), status=exc.status_code)
+    if isinstance(exc, DjangoValidationError):
+        errors = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        return Response(error_body("invalid", "Invalid input.", errors), status=400)
+    if isinstance(exc, Http404):
+        exc = drf.NotFound("Not found.")
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = drf.PermissionDenied()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, drf.ValidationError):
+        response.data = error_body("invalid", "Invalid input.", _flatten(exc.detail))
+    elif isinstance(exc, drf.APIException):
+        detail = exc.detail
+        code = getattr(detail, "code", None) or exc.default_code
+        response.data = error_body(str(code), str(detail))
+    return response

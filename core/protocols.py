@@ -1,0 +1,149 @@
+"""Versioned label schemas / protocols.
+
+A protocol version is editable until a task first uses it; from then on it is immutable and
+changes go into a new version (copied from the last one or from a shipped template).
+"""
+
+import json
+from functools import cache
+from pathlib import Path
+
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from core.errors import DomainError, NotFound
+from core.models import LabelEntry, Project, ProtocolVersion, User
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "schema_templates"
+KINDS_WITH_CATEGORIES = {LabelEntry.Kind.CLASSIFICATION, LabelEntry.Kind.ORDINAL}
+ENTRY_FIELDS = ("key", "display_name", "kind", "categories", "unit", "coding_scheme", "code_value", "code_meaning")
+
+
+@cache
+def schema_templates() -> dict[str, dict]:
+    """The shipped templates (BI-RADS, Lung-RADS, PI-RADS, generic findings) by key."""
+    templates = {}
+    for path in sorted(TEMPLATE_DIR.glob("*.json")):
+        data = json.loads(path.read_text())
+        templates[data["key"]] = data
+    return templates
+
+
+def get_template(key: str) -> dict:
+    try:
+        return schema_templates()[key]
+    except KeyError:
+        raise NotFound(f"No schema template {key!r}.") from None
+
+
+def validate_entries(entries) -> list[dict]:
+    """Check a list of label entries; return them normalised. Raises DomainError naming the field."""
+    if not isinstance(entries, list) or not entries:
+        raise DomainError("A label schema needs at least one entry.", errors={"entries": ["Give a non-empty list."]})
+    errors: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    clean = []
+    for i, raw in enumerate(entries):
+        where = f"entries[{i}]"
+        if not isinstance(raw, dict):
+            errors[where] = ["Each entry is an object."]
+            continue
+        entry = {f: raw.get(f, [] if f == "categories" else "") for f in ENTRY_FIELDS}
+        problems = []
+        key = entry["key"]
+        if not isinstance(key, str) or not key:
+            problems.append("key is required.")
+        elif key in seen:
+            problems.append(f"key {key!r} is used twice.")
+        seen.add(key)
+        if entry["kind"] not in LabelEntry.Kind.values:
+            problems.append(f"kind must be one of {', '.join(LabelEntry.Kind.values)}.")
+        if entry["coding_scheme"] not in LabelEntry.CodingScheme.values:
+            problems.append(f"coding_scheme must be one of {', '.join(LabelEntry.CodingScheme.values)}.")
+        for f in ("display_name", "code_value", "code_meaning"):
+            if not isinstance(entry[f], str) or not entry[f]:
+                problems.append(f"{f} is required.")
+        categories = entry["categories"]
+        if entry["kind"] in KINDS_WITH_CATEGORIES:
+            if not isinstance(categories, list) or not categories:
+                problems.append("classification and ordinal entries need an ordered list of categories.")
+            else:
+                values = [c.get("value") if isinstance(c, dict) else None for c in categories]
+                if any(not isinstance(v, str) or not v for v in values):
+                    problems.append("each category is an object with a string 'value' (and a 'meaning').")
+                elif len(set(values)) != len(values):
+                    problems.append("category values must be distinct.")
+        elif categories:
+            problems.append(f"{entry['kind']} entries take no categories.")
+        if entry["kind"] == LabelEntry.Kind.MEASUREMENT and not entry["unit"]:
+            problems.append("measurement entries need a UCUM unit (mm, mm2, ml, [hnsf'U]).")
+        if problems:
+            errors[where] = problems
+        clean.append(entry)
+    if errors:
+        raise DomainError("The label schema is not valid.", code="invalid_schema", errors=errors)
+    return clean
+
+
+def _write_entries(version: ProtocolVersion, entries: list[dict]) -> None:
+    version.entries.all().delete()
+    LabelEntry.objects.bulk_create(
+        [LabelEntry(version=version, position=i, **e) for i, e in enumerate(entries)]
+    )
+
+
+@transaction.atomic
+def create_protocol_version(*, project: Project, name: str, entries=None, rules=None, notes: str = "",
+                            template: str | None = None, by: User | None = None) -> ProtocolVersion:
+    """A new version: explicit entries, a template's, or (neither given) a copy of the latest."""
+    # Lock the project row so two concurrent creators cannot take the same number.
+    Project.objects.select_for_update().filter(pk=project.pk).first()
+    latest = project.protocol_versions.order_by("-number").first()
+    if entries is None and template:
+        entries = get_template(template)["entries"]
+    elif entries is None and latest is not None:
+        entries = [{f: getattr(e, f) for f in ENTRY_FIELDS} for e in latest.entries.all()]
+        rules = latest.rules if rules is None else rules
+    entries = validate_entries(entries)
+    if rules is not None and not isinstance(rules, dict):
+        raise DomainError("rules must be an object.", errors={"rules": ["Expected an object."]})
+    number = (project.protocol_versions.aggregate(n=Max("number"))["n"] or 0) + 1
+    version = ProtocolVersion.objects.create(
+        project=project, number=number, name=name, notes=notes, rules=rules or {}, created_by=by
+    )
+    _write_entries(version, entries)
+    _record("create", version, by)
+    return version
+
+
+@transaction.atomic
+def update_protocol_version(version: ProtocolVersion, *, by: User | None = None, **changes) -> ProtocolVersion:
+    """Edit a version that no task has used yet; a used one is refused (400, protocol_version_locked)."""
+    version = ProtocolVersion.objects.select_for_update().get(pk=version.pk)
+    if version.is_locked:
+        raise DomainError(
+            f"Protocol version {version.number} has been used by tasks and cannot change; create a new version.",
+            code="protocol_version_locked",
+        )
+    if "entries" in changes:
+        _write_entries(version, validate_entries(changes.pop("entries")))
+    if "rules" in changes and not isinstance(changes["rules"], dict):
+        raise DomainError("rules must be an object.", errors={"rules": ["Expected an object."]})
+    for field in ("name", "notes", "rules"):
+        if field in changes:
+            setattr(version, field, changes[field])
+    version.save()
+    _record("update", version, by)
+    return version
+
+
+def mark_protocol_version_used(version: ProtocolVersion) -> None:
+    """Lock the version: called when a task is first created under it. Idempotent."""
+    ProtocolVersion.objects.filter(pk=version.pk, used_at__isnull=True).update(used_at=timezone.now())
+
+
+def _record(action: str, version: ProtocolVersion, by) -> None:
+    from audit.trail import record_event
+
+    record_event(action, actor=by, project=version.project, obj=version, protocol_version=version.number)

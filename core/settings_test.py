@@ -1,0 +1,14 @@
+"""Test settings: the same settings, with fast password hashing and an isolated data folder."""
+
+import tempfile
+
+from core.settings import *  # noqa: F403
+from core.settings import DATABASES
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+DATA_DIR = Path(tempfile.mkdtemp(prefix="radqueue-test-"))  # noqa: F405
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+CELERY_TASK_ALWAYS_EAGER = True
+LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "WARNING"}}

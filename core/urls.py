@@ -1,0 +1,36 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from core import auth, health
+from core.api import views
+
+router = SimpleRouter()
+router.register("organizations", views.OrganizationViewSet, basename="organization")
+router.register("users", views.UserViewSet, basename="user")
+router.register("projects", views.ProjectViewSet, basename="project")
+router.register("schema-templates", views.SchemaTemplateViewSet, basename="schema-template")
+
+nested = SimpleRouter()
+nested.register("memberships", views.MembershipViewSet, basename="membership")
+nested.register("protocol-versions", views.ProtocolVersionViewSet, basename="protocol-version")
+
+api = [
+    path("auth/token/", auth.ObtainTokenView.as_view(), name="token-obtain"),
+    path("auth/token/revoke/", auth.RevokeTokenView.as_view(), name="token-revoke"),
+    path("auth/token/revoke-all/", auth.RevokeAllTokensView.as_view(), name="token-revoke-all"),
+    path("me/", views.MeView.as_view(), name="me"),
+    path("projects/<int:project_pk>/", include(nested.urls)),
+    path("audit/", include("audit.urls")),
+    *router.urls,
+]
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/", include(api)),
+]

@@ -1,0 +1,172 @@
+"""Every role x every endpoint x own/foreign object, with the exact status code.
+
+Somebody who cannot see an object gets 404 (its existence does not leak); somebody who can see
+the project but whose role does not allow the action gets 403; anonymous callers get 401.
+Later issues add their endpoints to CASES; ``test_every_api_endpoint_is_in_the_matrix`` fails
+until they do.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from django.core.cache import cache
+from django.db import transaction
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from audit.trail import record_event
+
+ROLES = ["anonymous", "outsider", "superuser", "manager", "annotator", "radiologist", "neuro_subspecialist",
+         "qa", "client_viewer", "auditor", "privacy_officer"]
+MEMBERS = ["manager", "annotator", "radiologist", "neuro_subspecialist", "qa", "client_viewer", "auditor",
+           "privacy_officer"]
+
+
+def expect(default: int, *, anonymous: int = 401, **by_role: int) -> dict[str, int]:
+    table = {role: default for role in ROLES}
+    table["anonymous"] = anonymous
+    table.update(by_role)
+    return table
+
+
+def members(status: int, **by_role: int) -> dict[str, int]:
+    return {**{role: status for role in MEMBERS}, **by_role}
+
+
+@dataclass
+class Case:
+    route: str
+    method: str
+    path: Callable  # (cast, ctx, own: bool) -> str
+    own: dict[str, int]
+    foreign: dict[str, int] | None = None
+    body: Callable | None = None  # (cast) -> dict
+    id: str = field(default="")
+
+
+def _p(cast, own):
+    return cast.project if own else cast.foreign_project
+
+
+def _membership_url(c, x, o):
+    return f"/api/projects/{_p(c, o).pk}/memberships/{x['m_own' if o else 'm_foreign']}/"
+
+
+CASES = [
+    Case("token-obtain", "post", lambda c, x, o: "/api/auth/token/", expect(400, anonymous=400),
+         body=lambda c: {"username": "nobody", "password": "not-the-password"}),
+    Case("token-revoke", "post", lambda c, x, o: "/api/auth/token/revoke/", expect(204)),
+    Case("token-revoke-all", "post", lambda c, x, o: "/api/auth/token/revoke-all/", expect(204)),
+    Case("me", "get", lambda c, x, o: "/api/me/", expect(200)),
+    Case("schema-template-list", "get", lambda c, x, o: "/api/schema-templates/", expect(200)),
+    Case("schema-template-detail", "get", lambda c, x, o: "/api/schema-templates/birads/", expect(200)),
+    Case("organization-list", "get", lambda c, x, o: "/api/organizations/", expect(200)),
+    Case("organization-list", "post", lambda c, x, o: "/api/organizations/", expect(403, superuser=201),
+         body=lambda c: {"name": "New org", "kind": "client"}),
+    Case("organization-detail", "get",
+         lambda c, x, o: f"/api/organizations/{(c.client_org if o else c.other_client).pk}/",
+         expect(404, superuser=200, **members(200)), expect(404, superuser=200)),
+    Case("user-list", "get", lambda c, x, o: "/api/users/", expect(200)),
+    Case("user-list", "post", lambda c, x, o: "/api/users/", expect(403, superuser=201, manager=201),
+         body=lambda c: {"username": "newbie", "password": "a-long-enough-password-77"}),
+    Case("user-detail", "get", lambda c, x, o: f"/api/users/{(c.annotator if o else c.outsider).pk}/",
+         expect(404, superuser=200, manager=200, annotator=200), expect(404, superuser=200, outsider=200)),
+    Case("project-list", "get", lambda c, x, o: "/api/projects/", expect(200)),
+    Case("project-list", "post", lambda c, x, o: "/api/projects/", expect(403, superuser=201, manager=201),
+         body=lambda c: {"name": "New project", "client": c.client_org.pk, "modalities": ["CT"]}),
+    Case("project-detail", "get", lambda c, x, o: f"/api/projects/{_p(c, o).pk}/",
+         expect(404, superuser=200, **members(200)), expect(404, superuser=200)),
+    Case("project-detail", "patch", lambda c, x, o: f"/api/projects/{_p(c, o).pk}/",
+         expect(404, superuser=200, **members(403, manager=200)), expect(404, superuser=200),
+         body=lambda c: {"description": "updated"}),
+    Case("membership-list", "get", lambda c, x, o: f"/api/projects/{_p(c, o).pk}/memberships/",
+         expect(404, superuser=200, **members(200)), expect(404, superuser=200)),
+    Case("membership-list", "post", lambda c, x, o: f"/api/projects/{_p(c, o).pk}/memberships/",
+         expect(404, superuser=201, **members(403, manager=201)), expect(404, superuser=201),
+         body=lambda c: {"user": c.second_annotator.pk, "role": "annotator"}),
+    Case("membership-detail", "get", _membership_url,
+         expect(404, superuser=200, manager=200, annotator=200), expect(404, superuser=200)),
+    Case("membership-detail", "patch", _membership_url,
+         expect(404, superuser=200, **members(403, manager=200)), expect(404, superuser=200),
+         body=lambda c: {"is_active": True}),
+    Case("membership-detail", "delete", _membership_url,
+         expect(404, superuser=204, **members(403, manager=204)), expect(404, superuser=204)),
+    Case("protocol-version-list", "get", lambda c, x, o: f"/api/projects/{_p(c, o).pk}/protocol-versions/",
+         expect(404, superuser=200, **members(200)), expect(404, superuser=200)),
+    Case("protocol-version-list", "post", lambda c, x, o: f"/api/projects/{_p(c, o).pk}/protocol-versions/",
+         expect(404, superuser=201, **members(403, manager=201)), expect(404, superuser=201),
+         body=lambda c: {"name": "v2"}),
+    Case("protocol-version-detail", "get", lambda c, x, o: f"/api/projects/{_p(c, o).pk}/protocol-versions/1/",
+         expect(404, superuser=200, **members(200)), expect(404, superuser=200)),
+    Case("protocol-version-detail", "patch", lambda c, x, o: f"/api/projects/{_p(c, o).pk}/protocol-versions/1/",
+         expect(404, superuser=200, **members(403, manager=200)), expect(404, superuser=200),
+         body=lambda c: {"notes": "clarified"}),
+    Case("audit-event-list", "get", lambda c, x, o: "/api/audit/events/", expect(200)),
+    Case("audit-event-detail", "get",
+         lambda c, x, o: f"/api/audit/events/{x['e_own' if o else 'e_foreign']}/",
+         expect(404, superuser=200, manager=200, auditor=200), expect(404, superuser=200)),
+]
+
+@pytest.fixture
+def ctx(cast):
+    own = cast.project.memberships.get(user=cast.annotator)
+    foreign = cast.foreign_project.memberships.get(user=cast.foreign_manager)
+    e_own = record_event("view", actor=cast.manager, project=cast.project)
+    e_foreign = record_event("view", actor=cast.foreign_manager, project=cast.foreign_project)
+    return {"m_own": own.pk, "m_foreign": foreign.pk, "e_own": e_own.pk, "e_foreign": e_foreign.pk}
+
+
+class _Rollback(Exception):
+    pass
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("case", [pytest.param(c, id=f"{c.method}-{c.route}") for c in CASES])
+def test_permission_matrix(cast, ctx, api, case):
+    """Each role's request runs in a savepoint that is rolled back, so every row sees the same data."""
+    wrong = []
+    for own in (True, False) if case.foreign is not None else (True,):
+        for role in ROLES:
+            cache.clear()  # login throttling counts in the cache, which no rollback undoes
+            client = api(cast.user(role))
+            body = case.body(cast) if case.body else None
+            try:
+                with transaction.atomic():
+                    response = getattr(client, case.method)(case.path(cast, ctx, own), body, format="json")
+                    raise _Rollback
+            except _Rollback:
+                pass
+            expected = (case.own if own else case.foreign)[role]
+            if response.status_code != expected:
+                wrong.append(f"{role} on {'own' if own else 'foreign'}: expected {expected}, got "
+                             f"{response.status_code} {response.content[:120]!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+def _api_routes(resolver=None, prefix=""):
+    """(route name, method) for every endpoint under /api/."""
+    resolver = resolver or get_resolver()
+    for pattern in resolver.url_patterns:
+        path = prefix + str(pattern.pattern)
+        if isinstance(pattern, URLResolver):
+            yield from _api_routes(pattern, path)
+        elif isinstance(pattern, URLPattern) and path.startswith("api/") and pattern.name:
+            if pattern.name in ("schema", "docs"):
+                continue
+            callback = pattern.callback
+            actions = getattr(callback, "actions", None)
+            if actions:
+                methods = [m for m in actions if m not in ("head", "options")]
+            else:
+                cls = getattr(callback, "cls", None) or getattr(callback, "view_class", None)
+                methods = [m for m in ("get", "post", "put", "patch", "delete") if hasattr(cls, m)]
+            for method in methods:
+                if method == "put":  # full updates are covered by their PATCH twin
+                    continue
+                yield pattern.name, method
+
+
+def test_every_api_endpoint_is_in_the_matrix():
+    covered = {(c.route, c.method) for c in CASES}
+    missing = sorted(set(_api_routes()) - covered)
+    assert not missing, f"endpoints missing from the permission matrix: {missing}"
