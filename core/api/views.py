@@ -1,7 +1,7 @@
 """Core REST endpoints: thin, each validating input, calling one service and shaping output."""
 
 import django_filters
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -29,8 +29,11 @@ class OrganizationViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.Retrie
     serializer_class = s.OrganizationSerializer
     filterset_class = OrganizationFilter
     audit_object_type = "core.organization"
+    queryset = Organization.objects.none()
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Organization.objects.none()
         return selectors.organizations_visible_to(self.request.user)
 
     def perform_create(self, serializer):
@@ -47,9 +50,12 @@ class UserViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelM
     serializer_class = s.UserSerializer
     filterset_fields = ["organization", "is_org_admin", "username"]
     audit_object_type = "core.user"
+    queryset = User.objects.none()
 
     def get_queryset(self):
         user = self.request.user
+        if getattr(self, "swagger_fake_view", False):
+            return User.objects.none()
         if user.is_superuser:
             return User.objects.all()
         if user.is_org_admin and user.organization_id:
@@ -204,12 +210,14 @@ class SchemaTemplateViewSet(viewsets.ViewSet):
     """Ready-made label schemas (BI-RADS, Lung-RADS, PI-RADS, generic findings) to start a protocol from."""
 
     serializer_class = s.SchemaTemplateSerializer
+    lookup_value_regex = r"[-\w]+"
 
     @extend_schema(responses=s.SchemaTemplateSerializer(many=True))
     def list(self, request):
         return Response(s.SchemaTemplateSerializer(list(protocols.schema_templates().values()), many=True).data)
 
-    @extend_schema(responses=s.SchemaTemplateSerializer)
+    @extend_schema(responses=s.SchemaTemplateSerializer,
+                   parameters=[OpenApiParameter("id", str, OpenApiParameter.PATH, description="Template key.")])
     def retrieve(self, request, pk=None):
         return Response(s.SchemaTemplateSerializer(protocols.get_template(pk)).data)
 
