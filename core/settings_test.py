@@ -10,5 +10,7 @@ DATA_DIR = Path(tempfile.mkdtemp(prefix="radqueue-test-"))  # noqa: F405
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir()
 CELERY_TASK_ALWAYS_EAGER = True
 LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "WARNING"}}

@@ -60,6 +60,8 @@ def test_docs_page_is_served_with_local_assets(client):
     assert response.status_code == 200
     assert b"swagger" in response.content.lower()
     assert b"cdn.jsdelivr" not in response.content
+    bundle = client.get("/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js")
+    assert bundle.status_code == 200
 
 
 def test_healthz_and_readyz(client):
