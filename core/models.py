@@ -55,6 +55,17 @@ class Project(models.Model):
     modalities = models.JSONField(default=list, help_text="DICOM modality codes, e.g. ['CT', 'MR'].")
     reads_per_task = models.PositiveSmallIntegerField(default=2)
     is_active = models.BooleanField(default=True)
+    # De-identification (PS3.15 Annex E options; core.dicom.deid). The secret keys the UID and
+    # pseudonym HMACs and the per-patient date offsets; it is stored encrypted with the storage key.
+    deid_secret_encrypted = models.BinaryField(editable=False, null=True)
+    deid_retain_modified_dates = models.BooleanField(default=False)
+    deid_retain_patient_characteristics = models.BooleanField(default=False)
+    deid_clean_descriptors = models.BooleanField(default=False)
+    deid_retain_device_identity = models.BooleanField(default=False)
+    deid_private_creator_allowlist = models.JSONField(default=list, blank=True)
+    keep_pseudonym_map = models.BooleanField(
+        default=False, help_text="Keep an encrypted pseudonym -> original map, readable by privacy officers only."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -183,3 +194,14 @@ class ProjectUserObjectPermission(UserObjectPermissionBase):
 
 class ProjectGroupObjectPermission(GroupObjectPermissionBase):
     content_object = models.ForeignKey(Project, on_delete=models.CASCADE)
+
+
+from core.dicom.models import (  # noqa: E402,F401  (the DICOM index belongs to this app)
+    DeidRecord,
+    IngestBatch,
+    Instance,
+    MRSequence,
+    PseudonymMapEntry,
+    Series,
+    Study,
+)

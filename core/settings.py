@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "guardian",
     "channels",
+    "corsheaders",
     "core",
     "audit",
     "tasks",
@@ -56,6 +57,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
     "core.middleware.RequestIdMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -205,6 +207,18 @@ X_FRAME_OPTIONS = "DENY"
 # Uploads stream to the handler in chunks; nothing is buffered whole (see core.dicom upload).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=10 * 1024 * 1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 0
+
+# Ingest limits: one file, one archive's inflated total, its compression ratio, its file count.
+RADQUEUE_MAX_FILE_BYTES = env.int("RADQUEUE_MAX_FILE_BYTES", default=2 * 1024**3)
+RADQUEUE_MAX_ZIP_TOTAL_BYTES = env.int("RADQUEUE_MAX_ZIP_TOTAL_BYTES", default=50 * 1024**3)
+RADQUEUE_MAX_ZIP_RATIO = env.float("RADQUEUE_MAX_ZIP_RATIO", default=200.0)
+RADQUEUE_MAX_ZIP_MEMBERS = env.int("RADQUEUE_MAX_ZIP_MEMBERS", default=100_000)
+DATA_UPLOAD_MAX_NUMBER_FILES = env.int("DATA_UPLOAD_MAX_NUMBER_FILES", default=10_000)
+
+# CORS for browser viewers (OHIF) on another origin: DICOMweb and the API only.
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+CORS_URLS_REGEX = r"^/(dicomweb|api)/.*$"
+CORS_EXPOSE_HEADERS = ["Content-Type", "Content-Location", "Warning", "X-Request-ID"]
 
 # --- Storage encryption ----------------------------------------------------------------------
 # RADQUEUE_STORAGE_KEY: base64 of 32 bytes (AES-256), optionally "keyid:base64,keyid:base64"

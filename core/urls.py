@@ -16,12 +16,25 @@ nested = SimpleRouter()
 nested.register("memberships", views.MembershipViewSet, basename="membership")
 nested.register("protocol-versions", views.ProtocolVersionViewSet, basename="protocol-version")
 
+from core.dicom import api as dicom_api  # noqa: E402
+
+project_dicom = [
+    path("studies/upload/", dicom_api.StudyUploadView.as_view(), name="study-upload"),
+    path("studies/", dicom_api.StudyListView.as_view(), name="study-list"),
+    path("studies/<int:pk>/", dicom_api.StudyDetailView.as_view(), name="study-detail"),
+    path("quarantine/", dicom_api.QuarantineListView.as_view(), name="quarantine-list"),
+    path("instances/<int:pk>/clear-quarantine/", dicom_api.ClearQuarantineView.as_view(), name="quarantine-clear"),
+    path("ingest-batches/", dicom_api.IngestBatchListView.as_view(), name="ingest-batch-list"),
+    path("pseudonyms/", dicom_api.PseudonymLookupView.as_view(), name="pseudonym-lookup"),
+]
+
 api = [
     path("auth/token/", auth.ObtainTokenView.as_view(), name="token-obtain"),
     path("auth/token/revoke/", auth.RevokeTokenView.as_view(), name="token-revoke"),
     path("auth/token/revoke-all/", auth.RevokeAllTokensView.as_view(), name="token-revoke-all"),
     path("me/", views.MeView.as_view(), name="me"),
     path("projects/<int:project_pk>/", include(nested.urls)),
+    path("projects/<int:project_pk>/", include(project_dicom)),
     path("audit/", include("audit.urls")),
     *router.urls,
 ]
@@ -33,4 +46,5 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include(api)),
+    path("dicomweb/", include("core.dicom.urls")),
 ]

@@ -30,6 +30,17 @@ def django_db_setup(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture(autouse=True)
+def _private_data_dir(settings, tmp_path):
+    """Each test stores its encrypted objects in its own folder, as its rows live in its own transaction."""
+    settings.DATA_DIR = tmp_path / "data"
+    from core.dicom.storage import reset_store
+
+    reset_store()
+    yield
+    reset_store()
+
+
+@pytest.fixture(autouse=True)
 def _clear_cache():
     from django.core.cache import cache
 

@@ -15,6 +15,7 @@ from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from audit.trail import record_event
+from core.dicom import synthetic
 
 ROLES = ["anonymous", "outsider", "superuser", "manager", "annotator", "radiologist", "neuro_subspecialist",
          "qa", "client_viewer", "auditor", "privacy_officer"]
@@ -41,6 +42,7 @@ class Case:
     own: dict[str, int]
     foreign: dict[str, int] | None = None
     body: Callable | None = None  # (cast) -> dict
+    send: Callable | None = None  # (client, path, cast) -> response, for non-JSON requests
     id: str = field(default="")
 
 
@@ -48,9 +50,44 @@ def _p(cast, own):
     return cast.project if own else cast.foreign_project
 
 
+def _upload(client, path, cast):
+    from tests.dicom.conftest import upload
+
+    data = synthetic.to_bytes(synthetic.make_ct_series(n_slices=1, rows=8, cols=8, seed=99)[0])
+    return client.post(path, {"files": [upload("m.dcm", data)]}, format="multipart")
+
+
+def _stow(client, path, cast):
+    boundary = "matrixboundary"
+    ds = synthetic.make_ct_series(n_slices=1, rows=8, cols=8, seed=98)[0]
+    if "/studies/" in path:  # STOW into a named study: send an instance of that study
+        ds.StudyInstanceUID = path.split("/studies/")[1].split("?")[0]
+    data = synthetic.to_bytes(ds)
+    body = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return client.generic("POST", path, body,
+                          content_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
+
+
+def _dw(suffix=""):
+    """A DICOMweb path below the own or foreign project's study, series or instance."""
+    def path(c, x, o):
+        d = x["dicom_own" if o else "dicom_foreign"]
+        return suffix.format(study=d["study"], series=d["series"], instance=d["instance"])
+    return path
+
+
+def _pp(suffix):
+    return lambda c, x, o: f"/api/projects/{_p(c, o).pk}/{suffix.format(**x['dicom_own' if o else 'dicom_foreign'])}"
+
+
 def _membership_url(c, x, o):
     return f"/api/projects/{_p(c, o).pk}/memberships/{x['m_own' if o else 'm_foreign']}/"
 
+
+# DICOMweb reads: managers and QA see their projects' studies; readers only those of reads they
+# hold (none here); clients, auditors and privacy officers get no pixels.
+DICOM_READ = expect(404, superuser=200, manager=200, qa=200)
+FOREIGN_ONLY_SUPERUSER = expect(404, superuser=200)
 
 CASES = [
     Case("token-obtain", "post", lambda c, x, o: "/api/auth/token/", expect(400, anonymous=400),
@@ -101,6 +138,45 @@ CASES = [
     Case("protocol-version-detail", "patch", lambda c, x, o: f"/api/projects/{_p(c, o).pk}/protocol-versions/1/",
          expect(404, superuser=200, **members(403, manager=200)), expect(404, superuser=200),
          body=lambda c: {"notes": "clarified"}),
+    Case("study-upload", "post", _pp("studies/upload/"), expect(404, superuser=201, **members(403, manager=201)),
+         expect(404, superuser=201), send=_upload),
+    Case("study-list", "get", _pp("studies/"), expect(404, superuser=200, **members(403, manager=200, qa=200)),
+         expect(404, superuser=200)),
+    Case("study-detail", "get", _pp("studies/{study_pk}/"),
+         expect(404, superuser=200, **members(403, manager=200, qa=200)), expect(404, superuser=200)),
+    Case("quarantine-list", "get", _pp("quarantine/"), expect(404, superuser=200, **members(403, manager=200)),
+         expect(404, superuser=200)),
+    Case("quarantine-clear", "post", _pp("instances/{instance_pk}/clear-quarantine/"),
+         expect(404, superuser=200, **members(403, manager=200)), expect(404, superuser=200)),
+    Case("ingest-batch-list", "get", _pp("ingest-batches/"),
+         expect(404, superuser=200, **members(403, manager=200, qa=200)), expect(404, superuser=200)),
+    Case("pseudonym-lookup", "get", _pp("pseudonyms/?kind=study&pseudonym={study}"),
+         expect(404, superuser=200, **members(403, privacy_officer=200)), expect(404, superuser=200)),
+    Case("qido-studies", "get", _dw("/dicomweb/studies"), expect(200)),
+    Case("qido-studies", "post", lambda c, x, o: f"/dicomweb/studies?project={_p(c, o).pk}",
+         expect(404, superuser=200, **members(403, manager=200)), expect(404, superuser=200), send=_stow),
+    Case("wado-study", "get", _dw("/dicomweb/studies/{study}"), DICOM_READ, FOREIGN_ONLY_SUPERUSER),
+    Case("wado-study", "post", lambda c, x, o: f"/dicomweb/studies/{x['dicom_own' if o else 'dicom_foreign']['orig_study']}"
+                                               f"?project={_p(c, o).pk}",
+         expect(404, superuser=200, **members(403, manager=200)), expect(404, superuser=200), send=_stow),
+    Case("wado-study-metadata", "get", _dw("/dicomweb/studies/{study}/metadata"), DICOM_READ, FOREIGN_ONLY_SUPERUSER),
+    Case("qido-series", "get", _dw("/dicomweb/studies/{study}/series"), DICOM_READ, FOREIGN_ONLY_SUPERUSER),
+    Case("wado-series", "get", _dw("/dicomweb/studies/{study}/series/{series}"), DICOM_READ, FOREIGN_ONLY_SUPERUSER),
+    Case("wado-series-metadata", "get", _dw("/dicomweb/studies/{study}/series/{series}/metadata"),
+         DICOM_READ, FOREIGN_ONLY_SUPERUSER),
+    Case("qido-instances", "get", _dw("/dicomweb/studies/{study}/series/{series}/instances"), DICOM_READ, FOREIGN_ONLY_SUPERUSER),
+    Case("wado-instance", "get", _dw("/dicomweb/studies/{study}/series/{series}/instances/{instance}"),
+         DICOM_READ, FOREIGN_ONLY_SUPERUSER),
+    Case("wado-instance-metadata", "get",
+         _dw("/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata"), DICOM_READ, FOREIGN_ONLY_SUPERUSER),
+    Case("wado-frames", "get", _dw("/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/1"),
+         DICOM_READ, FOREIGN_ONLY_SUPERUSER),
+    Case("wado-bulk", "get", _dw("/dicomweb/studies/{study}/series/{series}/instances/{instance}/bulk/00100010"),
+         DICOM_READ, FOREIGN_ONLY_SUPERUSER),
+    Case("wado-rendered", "get", _dw("/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered"),
+         DICOM_READ, FOREIGN_ONLY_SUPERUSER),
+    Case("wado-thumbnail", "get", _dw("/dicomweb/studies/{study}/series/{series}/instances/{instance}/thumbnail"),
+         DICOM_READ, FOREIGN_ONLY_SUPERUSER),
     Case("audit-event-list", "get", lambda c, x, o: "/api/audit/events/", expect(200)),
     Case("audit-event-detail", "get",
          lambda c, x, o: f"/api/audit/events/{x['e_own' if o else 'e_foreign']}/",
@@ -113,7 +189,28 @@ def ctx(cast):
     foreign = cast.foreign_project.memberships.get(user=cast.foreign_manager)
     e_own = record_event("view", actor=cast.manager, project=cast.project)
     e_foreign = record_event("view", actor=cast.foreign_manager, project=cast.foreign_project)
-    return {"m_own": own.pk, "m_foreign": foreign.pk, "e_own": e_own.pk, "e_foreign": e_foreign.pk}
+    return {"m_own": own.pk, "m_foreign": foreign.pk, "e_own": e_own.pk, "e_foreign": e_foreign.pk,
+            "dicom_own": _ingest_one(cast.project, 1), "dicom_foreign": _ingest_one(cast.foreign_project, 2)}
+
+
+def _ingest_one(project, seed) -> dict:
+    """A small CT series in the project: one instance to read, one quarantined to clear; pseudonyms kept."""
+    import io
+
+    from core.dicom.ingest import IngestItem, ingest_files
+    from core.dicom.models import Instance
+
+    project.keep_pseudonym_map = True
+    project.save()
+    ds, held = synthetic.make_ct_series(n_slices=2, rows=8, cols=8, seed=seed)
+    report = ingest_files(project, [IngestItem(str(i), reader=io.BytesIO(synthetic.to_bytes(d)))
+                                    for i, d in enumerate((ds, held))], by=None, source="folder")
+    f = report.files[0]
+    instance = Instance.objects.get(sop_instance_uid=f.sop_instance_uid)
+    quarantined = Instance.objects.get(sop_instance_uid=report.files[1].sop_instance_uid)
+    Instance.objects.filter(pk=quarantined.pk).update(is_quarantined=True, quarantine_reason="test")
+    return {"study": f.study_uid, "series": f.series_uid, "instance": f.sop_instance_uid,
+            "instance_pk": quarantined.pk, "study_pk": instance.series.study_id, "orig_study": ds.StudyInstanceUID}
 
 
 class _Rollback(Exception):
@@ -132,7 +229,11 @@ def test_permission_matrix(cast, ctx, api, case):
             body = case.body(cast) if case.body else None
             try:
                 with transaction.atomic():
-                    response = getattr(client, case.method)(case.path(cast, ctx, own), body, format="json")
+                    path = case.path(cast, ctx, own)
+                    if case.send is not None:
+                        response = case.send(client, path, cast)
+                    else:
+                        response = getattr(client, case.method)(path, body, format="json")
                     raise _Rollback
             except _Rollback:
                 pass
@@ -144,13 +245,13 @@ def test_permission_matrix(cast, ctx, api, case):
 
 
 def _api_routes(resolver=None, prefix=""):
-    """(route name, method) for every endpoint under /api/."""
+    """(route name, method) for every endpoint under /api/ and /dicomweb/."""
     resolver = resolver or get_resolver()
     for pattern in resolver.url_patterns:
         path = prefix + str(pattern.pattern)
         if isinstance(pattern, URLResolver):
             yield from _api_routes(pattern, path)
-        elif isinstance(pattern, URLPattern) and path.startswith("api/") and pattern.name:
+        elif isinstance(pattern, URLPattern) and path.startswith(("api/", "dicomweb/")) and pattern.name:
             if pattern.name in ("schema", "docs"):
                 continue
             callback = pattern.callback

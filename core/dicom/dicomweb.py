@@ -1,0 +1,660 @@
+"""DICOMweb (PS3.18) at /dicomweb/: QIDO-RS from the index, WADO-RS and rendered images from the
+encrypted store, STOW-RS into the ingest service. Enough for OHIF Viewer and dicomweb-client.
+
+Scoped by core.dicom.selectors (404 for what the caller may not reach) and audited per request.
+"""
+
+import io
+import re
+import secrets
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import pydicom
+from django.conf import settings
+from django.db.models import Q, QuerySet
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.renderers import JSONRenderer
+from rest_framework.views import APIView
+
+from audit.recorder import AuditedViewMixin
+from core.dicom import selectors
+from core.dicom.ingest import IngestItem, ingest_files
+from core.dicom.models import Instance, Series, Study
+from core.dicom.storage import get_store
+from core.dicom.stow import StowError, parse_stow_body
+from core.errors import DomainError, NotFound
+from core.roles import Perm
+from core.selectors import get_project_for, projects_visible_to
+
+DICOM_JSON = "application/dicom+json"
+TAG_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
+
+
+class AnyContentNegotiation(BaseContentNegotiation):
+    """DICOMweb answers by its own Accept rules; DRF must not refuse multipart/related with 406."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class DicomwebError(DomainError):
+    pass
+
+
+class NotAcceptable(DomainError):
+    status_code = 406
+    default_code = "not_acceptable"
+
+
+# --- DICOM JSON attributes of the index ----------------------------------------------------
+
+def _attr(vr: str, *values) -> dict:
+    values = [v for v in values if v not in (None, "")]
+    if not values:
+        return {"vr": vr}
+    if vr == "PN":
+        return {"vr": vr, "Value": [{"Alphabetic": str(v)} for v in values]}
+    if vr in ("IS", "US", "UL"):
+        return {"vr": vr, "Value": [int(v) for v in values]}
+    return {"vr": vr, "Value": [str(v) for v in values]}
+
+
+def _base_url(request) -> str:
+    return request.build_absolute_uri("/dicomweb")
+
+
+def study_json(study: Study, base: str) -> dict:
+    return {
+        "00080020": _attr("DA", study.study_date),
+        "00080050": _attr("SH"),
+        "00080061": _attr("CS", *study.modalities),
+        "00081030": _attr("LO", study.description),
+        "00081190": _attr("UR", f"{base}/studies/{study.study_uid}"),
+        "00100010": _attr("PN", study.patient_pseudonym),
+        "00100020": _attr("LO", study.patient_pseudonym),
+        "0020000D": _attr("UI", study.study_uid),
+        "00201206": _attr("IS", study.series_count),
+        "00201208": _attr("IS", study.instance_count),
+    }
+
+
+def series_json(series: Series, base: str) -> dict:
+    study_uid = series.study.study_uid
+    return {
+        "00080060": _attr("CS", series.modality),
+        "0008103E": _attr("LO", series.description),
+        "00081190": _attr("UR", f"{base}/studies/{study_uid}/series/{series.series_uid}"),
+        "00180015": _attr("CS", series.body_part),
+        "0020000D": _attr("UI", study_uid),
+        "0020000E": _attr("UI", series.series_uid),
+        "00200011": _attr("IS", series.number),
+        "00201209": _attr("IS", series.instance_count),
+    }
+
+
+def instance_json(instance: Instance, base: str) -> dict:
+    series = instance.series
+    study_uid = series.study.study_uid
+    return {
+        "00080016": _attr("UI", instance.sop_class_uid),
+        "00080018": _attr("UI", instance.sop_instance_uid),
+        "00080060": _attr("CS", series.modality),
+        "00081190": _attr("UR", f"{base}/studies/{study_uid}/series/{series.series_uid}/instances/"
+                                f"{instance.sop_instance_uid}"),
+        "0020000D": _attr("UI", study_uid),
+        "0020000E": _attr("UI", series.series_uid),
+        "00200013": _attr("IS", instance.instance_number),
+        "00280008": _attr("IS", instance.frames),
+        "00280010": _attr("US", instance.rows),
+        "00280011": _attr("US", instance.columns),
+    }
+
+
+# --- QIDO matching ----------------------------------------------------------------------------
+
+KEYWORD_TAGS = {
+    "PatientID": "00100020", "PatientName": "00100010", "StudyDate": "00080020",
+    "ModalitiesInStudy": "00080061", "StudyInstanceUID": "0020000D", "StudyDescription": "00081030",
+    "AccessionNumber": "00080050", "Modality": "00080060", "SeriesInstanceUID": "0020000E",
+    "SeriesNumber": "00200011", "SeriesDescription": "0008103E", "SOPInstanceUID": "00080018",
+    "SOPClassUID": "00080016", "InstanceNumber": "00200013", "BodyPartExamined": "00180015",
+}
+TAG_KEYWORDS = {tag: kw for kw, tag in KEYWORD_TAGS.items()}
+CONTROL_PARAMS = {"limit", "offset", "includefield", "fuzzymatching", "project"}
+
+
+def _wildcard(value: str) -> str | None:
+    """A DICOM wildcard match (* and ?) as an anchored regex; None when the value has no wildcard."""
+    if "*" not in value and "?" not in value:
+        return None
+    return "^" + re.escape(value).replace(r"\*", ".*").replace(r"\?", ".") + "$"
+
+
+def _match(qs: QuerySet, field: str, value: str) -> QuerySet:
+    pattern = _wildcard(value)
+    return qs.filter(**{f"{field}__iregex": pattern}) if pattern else qs.filter(**{field: value})
+
+
+def _uid_list(value: str) -> list[str]:
+    return [v for v in re.split(r"[,\\]", value) if v]
+
+
+def _date_range(qs: QuerySet, field: str, value: str) -> QuerySet:
+    if not re.fullmatch(r"\d{8}|\d{8}-|-\d{8}|\d{8}-\d{8}", value):
+        raise DicomwebError(f"StudyDate must be YYYYMMDD or a range YYYYMMDD-YYYYMMDD, not {value!r}",
+                            code="bad_query")
+    if "-" not in value:
+        return qs.filter(**{field: value})
+    start, end = value.split("-")
+    if start:
+        qs = qs.filter(**{f"{field}__gte": start})
+    if end:
+        qs = qs.filter(**{f"{field}__lte": end})
+    return qs.exclude(**{field: ""})
+
+
+def _query_params(request) -> tuple[dict[str, str], list[str]]:
+    """Matching keys (by keyword) from the query string, and the unsupported ones."""
+    matches, unsupported = {}, []
+    for key in request.query_params:
+        if key in CONTROL_PARAMS:
+            continue
+        keyword = TAG_KEYWORDS.get(key.upper(), key) if TAG_RE.match(key) else key
+        if keyword in KEYWORD_TAGS:
+            matches[keyword] = ",".join(request.query_params.getlist(key))
+        else:
+            unsupported.append(key)
+    return matches, unsupported
+
+
+def _paged(request, qs: QuerySet) -> QuerySet:
+    try:
+        offset = int(request.query_params.get("offset", 0))
+        limit = int(request.query_params.get("limit", 1000))
+    except ValueError:
+        raise DicomwebError("limit and offset must be whole numbers", code="bad_query") from None
+    if offset < 0 or limit < 0:
+        raise DicomwebError("limit and offset must not be negative", code="bad_query")
+    return qs[offset:offset + min(limit, 5000)]
+
+
+def _qido_response(items: list[dict], unsupported: list[str]) -> HttpResponse:
+    response = JsonResponse(items, safe=False, content_type=DICOM_JSON)
+    if unsupported:
+        response["Warning"] = f"299 radqueue \"The following attributes are not supported for matching: " \
+                              f"{', '.join(unsupported)}\""
+    if not items:
+        response.status_code = 200
+    return response
+
+
+# --- the views -------------------------------------------------------------------------------
+
+class DicomwebView(AuditedViewMixin, APIView):
+    content_negotiation_class = AnyContentNegotiation
+    renderer_classes = [JSONRenderer]
+    audit_object_type = "core.study"
+
+    def audit_target(self):
+        study_uid = self.kwargs.get("study", "")
+        project_id = getattr(self, "_audit_project_id", None)
+        object_id = self.kwargs.get("instance") or self.kwargs.get("series") or study_uid
+        return project_id, object_id, study_uid
+
+    def audit_action(self, request):
+        return self.audit_verb
+
+    audit_verb = "view"
+
+    def study(self, uid) -> Study:
+        study = selectors.studies_visible_to(self.request.user).filter(study_uid=uid).first()
+        if study is None:
+            raise NotFound("No such study.")
+        self._audit_project_id = study.project_id
+        return study
+
+    def series_of(self, study: Study, uid) -> Series:
+        series = study.series.filter(series_uid=uid).select_related("study").first()
+        if series is None:
+            raise NotFound("No such series.")
+        return series
+
+    def instances(self) -> QuerySet[Instance]:
+        return selectors.instances_visible_to(self.request.user).select_related("series__study")
+
+    def instance_of(self, series: Series, uid) -> Instance:
+        instance = self.instances().filter(series=series, sop_instance_uid=uid).first()
+        if instance is None:
+            raise NotFound("No such instance.")
+        return instance
+
+
+QIDO_PARAMS = [
+    OpenApiParameter("limit", int), OpenApiParameter("offset", int),
+    OpenApiParameter("includefield", str, description="Accepted; every indexed attribute is returned."),
+]
+
+
+class StudiesView(DicomwebView):
+    """QIDO-RS search for studies (GET) and STOW-RS store (POST, ``?project=ID``)."""
+
+    @extend_schema(
+        summary="QIDO-RS: search for studies", operation_id="qido_search_studies",
+        parameters=[*QIDO_PARAMS, OpenApiParameter("PatientID", str), OpenApiParameter("PatientName", str),
+                    OpenApiParameter("StudyDate", str, description="YYYYMMDD or YYYYMMDD-YYYYMMDD"),
+                    OpenApiParameter("ModalitiesInStudy", str), OpenApiParameter("StudyInstanceUID", str)],
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="application/dicom+json")},
+    )
+    def get(self, request):
+        self.audit_verb = "list"
+        matches, unsupported = _query_params(request)
+        qs = selectors.studies_visible_to(request.user).order_by("id")
+        for keyword, value in matches.items():
+            if keyword in ("PatientID", "PatientName"):
+                qs = _match(qs, "patient_pseudonym", value)
+            elif keyword == "StudyDate":
+                qs = _date_range(qs, "study_date", value)
+            elif keyword == "StudyInstanceUID":
+                qs = qs.filter(study_uid__in=_uid_list(value))
+            elif keyword == "StudyDescription":
+                qs = _match(qs, "description", value)
+            elif keyword == "ModalitiesInStudy":
+                wanted = _uid_list(value)
+                condition = Q()
+                for modality in wanted:
+                    condition |= Q(modalities__icontains=f'"{modality.upper()}"')
+                qs = qs.filter(condition)
+            elif keyword == "AccessionNumber":
+                if value not in ("", "*"):
+                    qs = qs.none()  # accession numbers are removed by de-identification
+            else:
+                unsupported.append(keyword)
+        base = _base_url(request)
+        return _qido_response([study_json(s, base) for s in _paged(request, qs)], unsupported)
+
+    @extend_schema(
+        summary="STOW-RS: store instances", operation_id="stow_store_instances",
+        request={"multipart/related": OpenApiTypes.BINARY},
+        parameters=[OpenApiParameter("project", int, description="Target project (optional when the caller can "
+                                                                    "ingest into exactly one).")],
+        responses={200: OpenApiResponse(description="All stored (application/dicom+json)"),
+                   202: OpenApiResponse(description="Some stored, some failed"),
+                   409: OpenApiResponse(description="None stored")},
+    )
+    def post(self, request, study=None):
+        return store_instances(self, request, study)
+
+
+def _stow_project(request):
+    project_id = request.query_params.get("project")
+    if project_id:
+        return get_project_for(request.user, project_id, Perm.INGEST)
+    projects = list(projects_visible_to(request.user, Perm.INGEST)[:2])
+    if len(projects) != 1:
+        raise DicomwebError("Name the target project with ?project=ID.", code="project_required")
+    return projects[0]
+
+
+FAILURE_PROCESSING = 0x0110
+FAILURE_NOT_SUPPORTED = 0xC000
+FAILURE_STUDY_MISMATCH = 0xA900
+WARNING_DUPLICATE = 0x0111
+
+
+def store_instances(view: DicomwebView, request, study_uid: str | None) -> HttpResponse:
+    view.audit_verb = "ingest"
+    project = _stow_project(request)
+    view._audit_project_id = project.pk
+    try:
+        parts = parse_stow_body(request._request, request.META.get("CONTENT_TYPE", ""),
+                                max_part_bytes=settings.RADQUEUE_MAX_FILE_BYTES)
+    except StowError as exc:
+        status = 415 if "multipart/related" in str(exc) or "type=" in str(exc) else 400
+        raise DomainError(str(exc), code="bad_stow_request", status=status) from None
+    items = [IngestItem(name=f"part {i + 1}", reader=p.spool.reader() if p.spool else None, size=p.size,
+                        reason=p.reason) for i, p in enumerate(parts)]
+    # The URL may name the study by its original UID (de-identified on the way in) or by ours.
+    report = ingest_files(project, items, by=request.user, source="stow",
+                          only_study_uids={study_uid} if study_uid else None)
+    base = _base_url(request)
+    referenced, failed = [], []
+    for item in report.files:
+        if item.status == "rejected":
+            code = FAILURE_STUDY_MISMATCH if item.code == "study_mismatch" else FAILURE_PROCESSING
+            # The reason travels in a private element so clients see why (PS3.18 allows extra attributes).
+            failed.append({"00081150": _attr("UI", item.sop_class_uid), "00081155": _attr("UI", item.sop_instance_uid),
+                           "00081197": _attr("US", code), "00090010": _attr("LO", "RADQUEUE"),
+                           "00091001": _attr("LT", f"{item.name}: {item.reason}")})
+            continue
+        entry = {"00081150": _attr("UI", item.sop_class_uid), "00081155": _attr("UI", item.sop_instance_uid),
+                 "00081190": _attr("UR", f"{base}/studies/{item.study_uid}/series/{item.series_uid}/instances/"
+                                         f"{item.sop_instance_uid}")}
+        if item.status == "duplicate":
+            entry["00081196"] = _attr("US", WARNING_DUPLICATE)
+        referenced.append(entry)
+    body = {"00081190": _attr("UR", f"{base}/studies/{study_uid}" if study_uid else f"{base}/studies")}
+    body["00081199"] = {"vr": "SQ", "Value": referenced} if referenced else {"vr": "SQ"}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    status = 200 if not failed else (202 if referenced else 409)
+    return JsonResponse(body, status=status, content_type=DICOM_JSON)
+
+
+class SeriesSearchView(DicomwebView):
+    @extend_schema(summary="QIDO-RS: search for series of a study", operation_id="qido_search_series",
+                   parameters=[*QIDO_PARAMS, OpenApiParameter("Modality", str),
+                               OpenApiParameter("SeriesInstanceUID", str), OpenApiParameter("SeriesNumber", int)],
+                   responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="application/dicom+json")})
+    def get(self, request, study):
+        self.audit_verb = "list"
+        study_obj = self.study(study)
+        matches, unsupported = _query_params(request)
+        qs = study_obj.series.select_related("study").order_by("number", "id")
+        for keyword, value in matches.items():
+            if keyword == "Modality":
+                qs = qs.filter(modality__in=_uid_list(value.upper()))
+            elif keyword == "SeriesInstanceUID":
+                qs = qs.filter(series_uid__in=_uid_list(value))
+            elif keyword == "SeriesNumber":
+                qs = qs.filter(number=value) if value.lstrip("-").isdigit() else qs.none()
+            elif keyword == "SeriesDescription":
+                qs = _match(qs, "description", value)
+            elif keyword == "BodyPartExamined":
+                qs = _match(qs, "body_part", value)
+            elif keyword != "StudyInstanceUID":
+                unsupported.append(keyword)
+        base = _base_url(request)
+        return _qido_response([series_json(s, base) for s in _paged(request, qs)], unsupported)
+
+
+class InstanceSearchView(DicomwebView):
+    @extend_schema(summary="QIDO-RS: search for instances of a series", operation_id="qido_search_instances",
+                   parameters=[*QIDO_PARAMS, OpenApiParameter("SOPInstanceUID", str),
+                               OpenApiParameter("InstanceNumber", int)],
+                   responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="application/dicom+json")})
+    def get(self, request, study, series):
+        self.audit_verb = "list"
+        series_obj = self.series_of(self.study(study), series)
+        matches, unsupported = _query_params(request)
+        qs = self.instances().filter(series=series_obj).order_by("instance_number", "id")
+        for keyword, value in matches.items():
+            if keyword == "SOPInstanceUID":
+                qs = qs.filter(sop_instance_uid__in=_uid_list(value))
+            elif keyword == "SOPClassUID":
+                qs = qs.filter(sop_class_uid__in=_uid_list(value))
+            elif keyword == "InstanceNumber":
+                qs = qs.filter(instance_number=value) if value.lstrip("-").isdigit() else qs.none()
+            elif keyword not in ("StudyInstanceUID", "SeriesInstanceUID"):
+                unsupported.append(keyword)
+        base = _base_url(request)
+        return _qido_response([instance_json(i, base) for i in _paged(request, qs)], unsupported)
+
+
+# --- WADO-RS ---------------------------------------------------------------------------------
+
+def _accepts(request, media: str, *, default_ok: bool = True) -> bool:
+    """Whether the Accept header admits ``media`` (as a part type of multipart/related or bare)."""
+    accept = request.META.get("HTTP_ACCEPT", "")
+    if not accept.strip():
+        return default_ok
+    for option in accept.split(","):
+        option = option.strip().lower()
+        kind = option.split(";")[0].strip()
+        if kind in ("*/*", media, "multipart/*"):
+            return True
+        if kind == "multipart/related":
+            match = re.search(r'type\s*=\s*"?([^";]+)"?', option)
+            part = match.group(1).strip() if match else media
+            if part in (media, "*/*"):
+                return True
+    return False
+
+
+def _multipart(parts: Iterable[tuple[str, bytes]], part_type: str) -> StreamingHttpResponse:
+    boundary = secrets.token_hex(16)
+
+    def body() -> Iterator[bytes]:
+        for content_location, data in parts:
+            yield (f"--{boundary}\r\nContent-Type: {part_type}\r\n"
+                   f"Content-Location: {content_location}\r\n\r\n").encode()
+            yield data
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    response = StreamingHttpResponse(body(), content_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
+    return response
+
+
+def _instance_bytes(instance: Instance) -> bytes:
+    return get_store().read_bytes(instance.storage_name)
+
+
+def _dicom_parts(instances: Iterable[Instance], base: str) -> Iterator[tuple[str, bytes]]:
+    for instance in instances:
+        series = instance.series
+        yield (f"{base}/studies/{series.study.study_uid}/series/{series.series_uid}/instances/"
+               f"{instance.sop_instance_uid}", _instance_bytes(instance))
+
+
+class RetrieveMixin:
+    def retrieve(self, request, instances: QuerySet[Instance]) -> StreamingHttpResponse:
+        self.audit_verb = "download"
+        if not _accepts(request, "application/dicom"):
+            raise NotAcceptable('Only multipart/related; type="application/dicom" is offered here.')
+        base = _base_url(request)
+        return _multipart(_dicom_parts(instances.order_by("instance_number", "id").iterator(), base),
+                          "application/dicom")
+
+    def metadata(self, request, instances: QuerySet[Instance]) -> HttpResponse:
+        self.audit_verb = "view"
+        base = _base_url(request)
+        items = [_metadata_of(instance, base) for instance in instances.order_by("instance_number", "id")]
+        return JsonResponse(items, safe=False, content_type=DICOM_JSON)
+
+
+def _metadata_of(instance: Instance, base: str) -> dict:
+    series = instance.series
+    url = (f"{base}/studies/{series.study.study_uid}/series/{series.series_uid}/instances/"
+           f"{instance.sop_instance_uid}")
+    with get_store().open(instance.storage_name) as reader:
+        ds = pydicom.dcmread(reader, stop_before_pixels=True)
+
+    def bulk(elem) -> str:
+        return f"{url}/bulk/{elem.tag:08X}"
+
+    data = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=bulk)
+    if instance.rows:
+        data["7FE00010"] = {"vr": "OW", "BulkDataURI": f"{url}/frames/{','.join(str(i + 1) for i in range(instance.frames))}"}
+    return data
+
+
+WADO_RESPONSES = {200: OpenApiResponse(OpenApiTypes.BINARY, description='multipart/related; type="application/dicom"'),
+                  406: OpenApiResponse(description="Unsupported Accept")}
+META_RESPONSES = {200: OpenApiResponse(OpenApiTypes.OBJECT, description="application/dicom+json with BulkDataURI")}
+
+
+class StudyRetrieveView(RetrieveMixin, DicomwebView):
+    @extend_schema(summary="WADO-RS: retrieve a study", operation_id="wado_retrieve_study", responses=WADO_RESPONSES)
+    def get(self, request, study):
+        return self.retrieve(request, self.instances().filter(series__study=self.study(study)))
+
+    @extend_schema(summary="STOW-RS: store instances of one study (its original or de-identified UID)", operation_id="stow_store_study_instances",
+                   request={"multipart/related": OpenApiTypes.BINARY}, parameters=[OpenApiParameter("project", int)],
+                   responses={200: OpenApiResponse(description="application/dicom+json"),
+                              202: OpenApiResponse(description="Some stored, some failed"),
+                              409: OpenApiResponse(description="None stored")})
+    def post(self, request, study):
+        return store_instances(self, request, study)
+
+
+class StudyMetadataView(RetrieveMixin, DicomwebView):
+    @extend_schema(summary="WADO-RS: study metadata", responses=META_RESPONSES)
+    def get(self, request, study):
+        return self.metadata(request, self.instances().filter(series__study=self.study(study)))
+
+
+class SeriesRetrieveView(RetrieveMixin, DicomwebView):
+    @extend_schema(summary="WADO-RS: retrieve a series", operation_id="wado_retrieve_series", responses=WADO_RESPONSES)
+    def get(self, request, study, series):
+        return self.retrieve(request, self.instances().filter(series=self.series_of(self.study(study), series)))
+
+
+class SeriesMetadataView(RetrieveMixin, DicomwebView):
+    @extend_schema(summary="WADO-RS: series metadata", responses=META_RESPONSES)
+    def get(self, request, study, series):
+        return self.metadata(request, self.instances().filter(series=self.series_of(self.study(study), series)))
+
+
+class InstanceRetrieveView(RetrieveMixin, DicomwebView):
+    @extend_schema(summary="WADO-RS: retrieve an instance", operation_id="wado_retrieve_instance", responses=WADO_RESPONSES)
+    def get(self, request, study, series, instance):
+        series_obj = self.series_of(self.study(study), series)
+        return self.retrieve(request, self.instances().filter(pk=self.instance_of(series_obj, instance).pk))
+
+
+class InstanceMetadataView(RetrieveMixin, DicomwebView):
+    @extend_schema(summary="WADO-RS: instance metadata", responses=META_RESPONSES)
+    def get(self, request, study, series, instance):
+        series_obj = self.series_of(self.study(study), series)
+        return self.metadata(request, self.instances().filter(pk=self.instance_of(series_obj, instance).pk))
+
+
+def _load(instance: Instance) -> pydicom.Dataset:
+    with get_store().open(instance.storage_name) as reader:
+        return pydicom.dcmread(io.BytesIO(reader.read()))
+
+
+def _frame_numbers(text: str, count: int) -> list[int]:
+    try:
+        numbers = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise DicomwebError("frame numbers are whole numbers separated by commas", code="bad_frames") from None
+    if not numbers or any(n < 1 or n > count for n in numbers):
+        raise DicomwebError(f"frame numbers must lie in 1..{count}", code="bad_frames", status=404)
+    return numbers
+
+
+def native_frames(ds: pydicom.Dataset, numbers: list[int]) -> list[bytes]:
+    """Uncompressed little-endian bytes of the given 1-based frames (decoding compressed syntaxes)."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not ds.file_meta.TransferSyntaxUID.is_compressed and ds.file_meta.TransferSyntaxUID.is_little_endian:
+        size = len(ds.PixelData) // frames
+        return [bytes(ds.PixelData[(n - 1) * size:n * size]) for n in numbers]
+    array = ds.pixel_array
+    if frames == 1:
+        array = array[np.newaxis]
+    return [np.ascontiguousarray(array[n - 1]).astype(array.dtype.newbyteorder("<")).tobytes() for n in numbers]
+
+
+class FramesView(DicomwebView):
+    @extend_schema(summary="WADO-RS: frames (uncompressed application/octet-stream)",
+                   responses={200: OpenApiResponse(OpenApiTypes.BINARY,
+                                                   description='multipart/related; type="application/octet-stream"'),
+                              406: OpenApiResponse(description="Unsupported Accept")})
+    def get(self, request, study, series, instance, frames):
+        self.audit_verb = "download"
+        if not _accepts(request, "application/octet-stream"):
+            raise NotAcceptable('Frames are offered as multipart/related; type="application/octet-stream".')
+        obj = self.instance_of(self.series_of(self.study(study), series), instance)
+        if not obj.rows:
+            raise NotFound("This instance has no pixel data.")
+        numbers = _frame_numbers(frames, obj.frames)
+        data = native_frames(_load(obj), numbers)
+        url = request.build_absolute_uri(request.path)
+        return _multipart(((f"{url}#{n}", d) for n, d in zip(numbers, data, strict=True)), "application/octet-stream")
+
+
+class BulkDataView(DicomwebView):
+    @extend_schema(summary="WADO-RS: bulk data of one attribute",
+                   responses={200: OpenApiResponse(OpenApiTypes.BINARY)})
+    def get(self, request, study, series, instance, tag):
+        self.audit_verb = "download"
+        obj = self.instance_of(self.series_of(self.study(study), series), instance)
+        ds = _load(obj)
+        try:
+            elem = ds[int(tag, 16)]
+        except (KeyError, ValueError):
+            raise NotFound("No such attribute.") from None
+        value = elem.value if isinstance(elem.value, bytes) else str(elem.value).encode()
+        return _multipart([(request.build_absolute_uri(request.path), value)], "application/octet-stream")
+
+
+def render_jpeg(ds: pydicom.Dataset, *, frame: int = 1, size: int | None = None, window=None) -> bytes:
+    """An 8-bit JPEG of one frame: rescaled, windowed (DICOM window or min-max), MONOCHROME1 inverted."""
+    from PIL import Image
+    from pydicom.pixels import apply_modality_lut
+
+    array = ds.pixel_array
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        array = array[frame - 1]
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if array.ndim == 3 and array.shape[-1] == 3:
+        image = Image.fromarray(array.astype(np.uint8), mode="RGB")
+    else:
+        values = apply_modality_lut(array, ds).astype(np.float32)
+        if window is None and "WindowCenter" in ds and "WindowWidth" in ds:
+            center, width = ds.WindowCenter, ds.WindowWidth
+            center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
+            width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
+            window = (center, width)
+        if window is not None:
+            low, high = window[0] - window[1] / 2, window[0] + window[1] / 2
+        else:
+            low, high = float(values.min()), float(values.max())
+        scaled = np.clip((values - low) / max(high - low, 1e-6), 0, 1) * 255
+        if photometric == "MONOCHROME1":
+            scaled = 255 - scaled
+        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+    if size:
+        image.thumbnail((size, size))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+class RenderedView(DicomwebView):
+    thumbnail = False
+
+    @extend_schema(summary="WADO-RS: rendered instance (image/jpeg)",
+                   parameters=[OpenApiParameter("window", str, description="center,width"),
+                               OpenApiParameter("viewport", str, description="width,height")],
+                   responses={200: OpenApiResponse(OpenApiTypes.BINARY, description="image/jpeg")})
+    def get(self, request, study, series, instance):
+        self.audit_verb = "download"
+        if not _accepts(request, "image/jpeg"):
+            raise NotAcceptable("Rendered images are offered as image/jpeg.")
+        obj = self.instance_of(self.series_of(self.study(study), series), instance)
+        if not obj.rows:
+            raise NotFound("This instance has no pixel data.")
+        window = size = None
+        if "window" in request.query_params:
+            try:
+                center, width = (float(v) for v in request.query_params["window"].split(",")[:2])
+                window = (center, width)
+            except ValueError:
+                raise DicomwebError("window is center,width", code="bad_query") from None
+        if self.thumbnail:
+            size = 128
+        if "viewport" in request.query_params:
+            try:
+                size = max(int(v) for v in request.query_params["viewport"].split(",")[:2])
+            except ValueError:
+                raise DicomwebError("viewport is width,height", code="bad_query") from None
+        return HttpResponse(render_jpeg(_load(obj), size=size, window=window), content_type="image/jpeg")
+
+
+class ThumbnailView(RenderedView):
+    thumbnail = True
+
+    @extend_schema(summary="WADO-RS: thumbnail (image/jpeg)",
+                   responses={200: OpenApiResponse(OpenApiTypes.BINARY, description="image/jpeg")})
+    def get(self, request, study, series, instance):
+        return super().get(request, study, series, instance)

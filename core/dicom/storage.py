@@ -1,0 +1,249 @@
+"""Encrypted object storage: every object is an RQE1 blob (core.dicom.crypto) bound to its name.
+
+Objects live in a Django storage backend. By default that is a FileSystemStorage under
+``settings.DATA_DIR / "objects"``. To use S3 or an S3-compatible store (MinIO, Ceph RGW), install
+django-storages[s3], add a STORAGES alias and name it in ``RADQUEUE_OBJECT_STORAGE``::
+
+    STORAGES = {
+        ...,
+        "objects": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                "bucket_name": "radqueue-objects",
+                "endpoint_url": "https://minio.internal:9000",  # S3-compatible only; omit for AWS
+                "region_name": "eu-west-1",
+                "default_acl": "private",
+                "file_overwrite": True,  # key rotation rewrites objects in place; an S3 PUT replaces atomically
+            },
+        },
+    }
+    RADQUEUE_OBJECT_STORAGE = "objects"
+
+Credentials come from the usual AWS environment/instance profile. Server-side encryption adds
+nothing: objects are encrypted here, before upload, and the bucket only ever sees ciphertext.
+"""
+
+import contextlib
+import io
+import os
+import posixpath
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import FileSystemStorage, Storage, storages
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from core.dicom.crypto import (
+    DEFAULT_CHUNK_SIZE,
+    DecryptingReader,
+    DecryptionError,
+    KeyRing,
+    encrypt_stream,
+    read_header,
+    reencrypt,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    name: str
+    size: int
+    sha256: str
+    key_id: str
+
+
+def _check_name(name: str) -> str:
+    # Dot-prefixed names are reserved for the temporary files of atomic writes.
+    parts = name.split("/") if isinstance(name, str) else [""]
+    if not name or name.startswith("/") or "\\" in name or any(not p or p.startswith(".") for p in parts):
+        raise ValueError(f"invalid object name {name!r}: use relative a/b/c names without dot-prefixed parts")
+    return name
+
+
+class EncryptedStore:
+    """Objects encrypted under the ring's current key, each bound to its name; on disk there is only ciphertext."""
+
+    def __init__(self, storage: Storage, ring: KeyRing, *, chunk_size: int = DEFAULT_CHUNK_SIZE):
+        self.storage = storage
+        self.ring = ring
+        self.chunk_size = chunk_size
+
+    def put_stream(self, name: str, src: BinaryIO) -> StoredObject:
+        """Encrypt src into the object `name`, replacing any previous one atomically."""
+        _check_name(name)
+        size, sha256 = self._write(name, lambda dst: encrypt_stream(
+            src, dst, self.ring, context=name.encode(), chunk_size=self.chunk_size))
+        return StoredObject(name=name, size=size, sha256=sha256, key_id=self.ring.current_id)
+
+    def put_bytes(self, name: str, data: bytes) -> StoredObject:
+        return self.put_stream(name, io.BytesIO(data))
+
+    def open(self, name: str) -> DecryptingReader:
+        """A seekable plaintext reader; raises FileNotFoundError, IntegrityError or UnknownKeyError."""
+        fileobj = self.storage.open(_check_name(name), "rb")
+        try:
+            return DecryptingReader(fileobj, self.ring, name.encode())
+        except BaseException:
+            fileobj.close()
+            raise
+
+    def read_bytes(self, name: str) -> bytes:
+        with self.open(name) as reader:
+            return reader.read()
+
+    def exists(self, name: str) -> bool:
+        return self.storage.exists(_check_name(name))
+
+    def delete(self, name: str) -> None:
+        self.storage.delete(_check_name(name))
+
+    def key_id_of(self, name: str) -> str:
+        """The key id in the object's header (read without decrypting)."""
+        with self.storage.open(_check_name(name), "rb") as fileobj:
+            return read_header(fileobj).key_id
+
+    def rotate(self, name: str, key_id: str | None = None) -> bool:
+        """Re-encrypt the object under key_id (default: current) unless it already is; True if rewritten."""
+        target = key_id or self.ring.current_id
+        self.ring.get(target)
+        with self.storage.open(_check_name(name), "rb") as src:
+            if read_header(src).key_id == target:
+                return False
+            # On the filesystem the open handle keeps reading the old file while the new one replaces it.
+            self._write(name, lambda dst: reencrypt(src, dst, self.ring, context=name.encode(), key_id=target))
+        return True
+
+    def names(self) -> Iterator[str]:
+        """Every object name, depth-first in sorted order (temporary files of unfinished writes skipped)."""
+        stack = [""]
+        while stack:
+            folder = stack.pop()
+            try:
+                folders, files = self.storage.listdir(folder)
+            except FileNotFoundError:
+                if folder:
+                    raise
+                return
+            for filename in sorted(files):
+                if not filename.startswith("."):
+                    yield posixpath.join(folder, filename) if folder else filename
+            stack.extend(posixpath.join(folder, sub) if folder else sub
+                         for sub in sorted(folders, reverse=True) if not sub.startswith("."))
+
+    def _write(self, name: str, fill: Callable[[BinaryIO], T]) -> T:
+        # Only FileSystemStorage is known to be local: other backends may implement path() regardless.
+        if not isinstance(self.storage, FileSystemStorage):
+            return self._write_remote(name, fill)
+        path = Path(self.storage.path(name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as dst:
+                result = fill(dst)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
+        return result
+
+    def _write_remote(self, name: str, fill: Callable[[BinaryIO], T]) -> T:
+        # The local temporary file holds ciphertext only; the backend must overwrite in place
+        # (S3Storage with file_overwrite=True) for rotation to work.
+        with tempfile.TemporaryFile() as dst:
+            result = fill(dst)
+            dst.seek(0)
+            saved = self.storage.save(name, File(dst, name=posixpath.basename(name)))
+        if saved != name:
+            self.storage.delete(saved)
+            raise RuntimeError(f"storage backend stored {name!r} as {saved!r}; configure it to overwrite "
+                               "existing names (S3: file_overwrite=True)")
+        return result
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable (POSIX); not possible on every platform.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class RotationReport:
+    total: int = 0
+    rotated: int = 0
+    current: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def rotate_all(store: EncryptedStore, names: Iterable[str] | None = None, *, dry_run: bool = False) -> RotationReport:
+    """Re-encrypt every object not under the current key; idempotent, objects already current are not touched.
+
+    With dry_run nothing is written: ``rotated`` counts what would be. A failure (unknown key, tampered
+    object) is recorded and the rest carry on.
+    """
+    report = RotationReport()
+    current = store.ring.current_id
+    for name in store.names() if names is None else names:
+        report.total += 1
+        try:
+            key_id = store.key_id_of(name)
+            if key_id == current:
+                report.current += 1
+                continue
+            store.ring.get(key_id)
+            if dry_run or store.rotate(name):
+                report.rotated += 1
+            else:
+                report.current += 1
+        except (DecryptionError, OSError) as exc:
+            report.failed.append((name, str(exc)))
+    return report
+
+
+_store: EncryptedStore | None = None
+_store_lock = threading.Lock()
+
+
+def get_store() -> EncryptedStore:
+    """The process-wide store built from settings (RADQUEUE_STORAGE_KEYS, RADQUEUE_OBJECT_STORAGE, DATA_DIR)."""
+    global _store
+    with _store_lock:
+        if _store is None:
+            ring = KeyRing.from_setting(settings.RADQUEUE_STORAGE_KEYS)
+            alias = getattr(settings, "RADQUEUE_OBJECT_STORAGE", None)
+            backend = storages[alias] if alias else FileSystemStorage(location=Path(settings.DATA_DIR) / "objects")
+            _store = EncryptedStore(backend, ring)
+        return _store
+
+
+def reset_store() -> None:
+    """Forget the cached store so the next get_store() reads settings again."""
+    global _store
+    with _store_lock:
+        _store = None
+
+
+@receiver(setting_changed)
+def _reset_store_on_setting_change(*, setting, **kwargs):
+    if setting in {"RADQUEUE_STORAGE_KEYS", "RADQUEUE_OBJECT_STORAGE", "DATA_DIR", "STORAGES"}:
+        reset_store()
