@@ -94,9 +94,19 @@ def _keyring() -> KeyRing:
     return get_store().ring
 
 
+def project_secret_context(project_id: int) -> bytes:
+    """AES-GCM associated data binding an encrypted project secret to its project."""
+    return f"project-deid-secret:{project_id}".encode()
+
+
+def pseudonym_context(project_id: int, kind: str, pseudonym: str) -> bytes:
+    """AES-GCM associated data binding an encrypted original identifier to its pseudonym."""
+    return f"pseudonym:{project_id}:{kind}:{pseudonym}".encode()
+
+
 def project_secret(project: Project) -> bytes:
     """The project's de-identification secret (32 random bytes), created on first use, stored encrypted."""
-    context = f"project-deid-secret:{project.pk}".encode()
+    context = project_secret_context(project.pk)
     if project.deid_secret_encrypted is None:
         with transaction.atomic():
             locked = Project.objects.select_for_update().get(pk=project.pk)
@@ -351,7 +361,7 @@ def _keep_pseudonyms(batch: _Batch, ds, result) -> None:
         (PseudonymMapEntry.Kind.INSTANCE, str(ds.SOPInstanceUID), result.original.get("SOPInstanceUID", "")),
     ]
     for kind, pseudonym, original in pairs:
-        context = f"pseudonym:{batch.project.pk}:{kind}:{pseudonym}".encode()
+        context = pseudonym_context(batch.project.pk, kind, pseudonym)
         PseudonymMapEntry.objects.get_or_create(
             project=batch.project, kind=kind, pseudonym=pseudonym,
             defaults={"original_encrypted": encrypt_bytes(original.encode(), ring, context=context)},
@@ -359,7 +369,7 @@ def _keep_pseudonyms(batch: _Batch, ds, result) -> None:
 
 
 def read_pseudonym(entry: PseudonymMapEntry) -> str:
-    context = f"pseudonym:{entry.project_id}:{entry.kind}:{entry.pseudonym}".encode()
+    context = pseudonym_context(entry.project_id, entry.kind, entry.pseudonym)
     return decrypt_bytes(bytes(entry.original_encrypted), _keyring(), context=context).decode()
 
 

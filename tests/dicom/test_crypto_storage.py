@@ -446,6 +446,7 @@ def test_get_store_uses_a_named_storages_alias(configured, tmp_path):
     assert (tmp_path / "s3" / "a.bin").is_file()
 
 
+@pytest.mark.django_db
 def test_rotation_command_moves_every_object_to_the_new_key(configured, tmp_path, capsys):
     contents = {f"studies/{i}/{j}.dcm": MARKER + os.urandom(i * 1000 + j) for i in range(3) for j in range(2)}
     for name, data in contents.items():
@@ -472,6 +473,7 @@ def test_rotation_command_moves_every_object_to_the_new_key(configured, tmp_path
     assert "re-encrypted 0, already under key 'new' 7" in capsys.readouterr().out
 
 
+@pytest.mark.django_db
 def test_rotation_command_reports_objects_it_cannot_read(configured):
     foreign = EncryptedStore(get_store().storage, KeyRing.generate("lost"))
     foreign.put_bytes("orphan.bin", b"x")

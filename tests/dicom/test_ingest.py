@@ -255,3 +255,29 @@ def test_upload_handler_spools_only_ciphertext(ct_series):
     assert len(raw) >= len(data) and data[132:400] not in raw and b"DOE^JANE" not in raw
     assert uploaded.open().read() == data
     uploaded.close()
+
+
+def test_rotation_reencrypts_objects_and_database_secrets_so_the_old_key_can_go(cast, ct_series, settings):
+    import base64
+
+    from core.dicom.ingest import read_pseudonym
+    from core.dicom.models import PseudonymMapEntry
+
+    cast.project.keep_pseudonym_map = True
+    cast.project.save()
+    ingest_files(cast.project, [IngestItem("a", reader=io.BytesIO(synthetic.to_bytes(ct_series[0])))],
+                 by=None, source="folder")
+    old = settings.RADQUEUE_STORAGE_KEYS
+    new_key = "k2:" + base64.b64encode(b"n" * 32).decode()
+    settings.RADQUEUE_STORAGE_KEYS = f"{new_key},{old}"
+    call_command("rotate_storage_key")
+    settings.RADQUEUE_STORAGE_KEYS = new_key  # the old key is gone
+    instance = Instance.objects.get()
+    assert pydicom.dcmread(io.BytesIO(get_store().read_bytes(instance.storage_name))).SOPInstanceUID == \
+        instance.sop_instance_uid
+    cast.project.refresh_from_db()
+    entry = PseudonymMapEntry.objects.get(kind="study")
+    assert read_pseudonym(entry) == ct_series[0].StudyInstanceUID
+    again = ingest_files(cast.project, [IngestItem("a", reader=io.BytesIO(synthetic.to_bytes(ct_series[0])))],
+                         by=None, source="folder")
+    assert again.duplicate == 1  # same project secret: the same UIDs
