@@ -21,17 +21,19 @@ Clock: ``occurred_at`` is the application server's UTC clock (``django.utils.tim
 microseconds; servers are expected to run NTP). Order within a shard is ``seq``, not time.
 """
 
+import functools
 import hashlib
 import hmac
 import json
 import os
 import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
 from audit import context
@@ -69,23 +71,48 @@ def event_hash(values: dict) -> str:
     return hashlib.sha256(canonical(values)).hexdigest()
 
 
-def _roles_of(actor, project_id) -> tuple[str, int | None]:
+def _membership_table() -> tuple[str, str, str]:
     from core.models import Membership
-    from core.roles import READER_ROLE_TIERS
 
+    meta = Membership._meta
+    return meta.db_table, meta.get_field("user").column, meta.get_field("project").column
+
+
+def _known_roles(actor, project_id) -> tuple[str, int | None] | None:
+    """The actor's roles when no query is needed (no actor or project, or cached this request)."""
     if actor is None or project_id is None:
         return ("superuser" if actor is not None and actor.is_superuser else ""), None
     ctx = context.current()
-    key = (actor.pk, project_id)
-    if ctx is not None and key in ctx.roles_cache:
-        return ctx.roles_cache[key]
-    memberships = Membership.objects.filter(user_id=actor.pk, project_id=project_id, is_active=True)
-    roles = sorted(memberships.values_list("role", flat=True))
+    return ctx.roles_cache.get((actor.pk, project_id)) if ctx is not None else None
+
+
+def _remember_roles(actor, project_id, roles: tuple[str, int | None]) -> None:
+    ctx = context.current()
+    if ctx is not None and actor is not None and project_id is not None:
+        ctx.roles_cache[(actor.pk, project_id)] = roles
+
+
+def _roles_of(actor, project_id) -> tuple[str, int | None]:
+    """(comma-joined active roles on the project, highest reader tier); "superuser" for a superuser
+    without a role there."""
+    from core.roles import READER_ROLE_TIERS
+
+    known = _known_roles(actor, project_id)
+    if known is not None:
+        return known
+    table, user, project = _membership_table()
+    with connection.cursor() as cursor:  # raw SQL: the ORM's query building costs more than the query
+        cursor.execute(f"SELECT role FROM {table} WHERE {user} = %s AND {project} = %s AND is_active",
+                       [actor.pk, project_id])
+        roles = sorted(role for (role,) in cursor.fetchall())
     tiers = [READER_ROLE_TIERS[r] for r in roles if r in READER_ROLE_TIERS]
     result = (",".join(roles) or ("superuser" if actor.is_superuser else "")), (max(tiers) if tiers else None)
-    if ctx is not None:
-        ctx.roles_cache[key] = result
+    _remember_roles(actor, project_id, result)
     return result
+
+
+def _tier(tier) -> int | None:
+    return int(tier) if tier is not None else None
 
 
 def record_event(action: str, *, actor=None, project=None, project_id=None, obj=None, object_type: str = "",
@@ -102,13 +129,17 @@ def record_event(action: str, *, actor=None, project=None, project_id=None, obj=
     if obj is not None:
         object_type = object_type or obj._meta.label_lower
         object_id = object_id or obj.pk
-    actor_roles, actor_tier = roles if roles is not None else _roles_of(actor, project_id)
+    db = connections[DEFAULT_DB_ALIAS]
+    if roles is None:
+        roles = _known_roles(actor, project_id)
+        if roles is None and db.vendor != "postgresql":  # PostgreSQL looks them up in the append itself
+            roles = _roles_of(actor, project_id)
     ctx = context.current() or context.RequestContext()
     values = {
         "occurred_at": timezone.now(),
         "actor_id": actor.pk if actor is not None else None,
-        "actor_roles": actor_roles[:200],
-        "actor_tier": int(actor_tier) if actor_tier is not None else None,
+        "actor_roles": roles[0][:200] if roles is not None else "",
+        "actor_tier": _tier(roles[1]) if roles is not None else None,
         "action": action,
         "object_type": object_type,
         "object_id": str(object_id) if object_id not in (None, "") else "",
@@ -123,16 +154,141 @@ def record_event(action: str, *, actor=None, project=None, project_id=None, obj=
         "extra": extra or {},
     }
     shard = _shard_for_writer()
+    if db.vendor == "postgresql":
+        # One statement: atomic by itself, and part of the caller's transaction when there is one.
+        event = _append_postgresql(db, shard, values, lookup=(actor, project_id) if roles is None else None)
+        if event is not None:
+            return event
+        if roles is None:
+            roles = _roles_of(actor, project_id)
+            values.update(actor_roles=roles[0][:200], actor_tier=_tier(roles[1]))
     with transaction.atomic(savepoint=False):
-        head = AuditChainHead.objects.select_for_update().filter(shard=shard).first()
-        if head is None:  # heads are created by migration; this covers a flushed test database
-            AuditChainHead.objects.get_or_create(shard=shard, defaults={"seq": 0, "hash": GENESIS})
-            head = AuditChainHead.objects.select_for_update().get(shard=shard)
-        values.update(shard=shard, seq=head.seq + 1, prev_hash=head.hash)
-        values["hash"] = event_hash(values)
-        event = AuditEvent.objects.create(**values)
-        AuditChainHead.objects.filter(shard=shard).update(seq=values["seq"], hash=values["hash"])
+        return _append(shard, values)
+
+
+def _append(shard: int, values: dict) -> AuditEvent:
+    """Lock the shard's head, link and insert the event, move the head (three statements; creates a
+    missing head, which only a flushed test database lacks)."""
+    head = AuditChainHead.objects.select_for_update().filter(shard=shard).first()
+    if head is None:
+        AuditChainHead.objects.get_or_create(shard=shard, defaults={"seq": 0, "hash": GENESIS})
+        head = AuditChainHead.objects.select_for_update().get(shard=shard)
+    values.update(shard=shard, seq=head.seq + 1, prev_hash=head.hash)
+    values["hash"] = event_hash(values)
+    event = AuditEvent.objects.create(**values)
+    AuditChainHead.objects.filter(shard=shard).update(seq=values["seq"], hash=values["hash"])
     return event
+
+
+# --- the one-statement append on PostgreSQL ---------------------------------------------------
+#
+# One round trip per event: look up the actor's roles (unless known), lock the shard's head (FOR
+# UPDATE waits for the shard's previous writer and returns the head it committed), compute the
+# event's hash in SQL, move the head and insert the event. Python builds the canonical text with
+# stand-ins for the values only the database knows at that moment (prev_hash and seq, and the
+# roles when looked up); SQL splices in their JSON encodings (to_json escapes exactly as
+# json.dumps(ensure_ascii=False) does) and hashes the same bytes event_hash would, so
+# verification is unchanged and checks this path. Roles are aggregated as _roles_of does:
+# sorted by code point (COLLATE "C"), comma-joined, highest reader tier. Both statements are
+# prepared once per database session (prepared statements outlive rollbacks; a pooler in
+# transaction mode would need session pooling for this).
+
+_PG_VALUE_ARGS = (
+    ("occurred_at", "timestamptz"), ("actor_id", "bigint"), ("actor_roles", "text"), ("actor_tier", "smallint"),
+    ("action", "text"), ("object_type", "text"), ("object_id", "text"), ("project_id", "bigint"),
+    ("study_uid", "text"), ("protocol_version", "integer"), ("client_ip", "inet"), ("user_agent", "text"),
+    ("request_id", "text"), ("outcome", "text"), ("reason", "text"), ("extra", "jsonb"),
+)
+_STAND_IN = {name: f"{name}-{uuid.uuid4().hex}" for name in ("actor_roles", "actor_tier", "prev_hash", "seq")}
+
+
+@functools.cache
+def _pg_statement(lookup_roles: bool) -> tuple[str, str, tuple[str, ...], tuple[str, ...]]:
+    """(name, PREPARE statement, its argument names, the stand-in fields in canonical order)."""
+    from core.roles import READER_ROLE_TIERS
+
+    holes = ("actor_roles", "actor_tier", "prev_hash", "seq") if lookup_roles else ("prev_hash", "seq")
+    args = [("shard", "smallint"), *[(f"piece{i}", "text") for i in range(len(holes) + 1)], *_PG_VALUE_ARGS,
+            ("superuser_fallback", "text")]
+    if not lookup_roles:
+        args.pop()
+    a = {name: f"${i}" for i, (name, _) in enumerate(args, start=1)}
+    encoded = {"actor_roles": "to_json(roles.names)::text", "actor_tier": "coalesce(roles.tier::text, 'null')",
+               "prev_hash": "to_json(prev.hash)::text", "seq": "(prev.seq + 1)::text"}
+    text = " || ".join([a["piece0"], *[f"{encoded[h]} || {a[f'piece{i + 1}']}" for i, h in enumerate(holes)]])
+    columns = [name for name, _ in _PG_VALUE_ARGS]
+    selected = [a[name] for name in columns]
+    roles_cte = ""
+    if lookup_roles:
+        table, user, project = _membership_table()
+        for role in READER_ROLE_TIERS:
+            assert role.isidentifier() and role.islower(), role  # spliced into SQL below
+        tiers = " ".join(f"WHEN '{role}' THEN {int(tier)}" for role, tier in READER_ROLE_TIERS.items())
+        roles_cte = f"""roles AS (
+    SELECT left(coalesce(nullif(string_agg(role, ',' ORDER BY role COLLATE "C"), ''), {a["superuser_fallback"]}),
+                200) AS names,
+           max(CASE role {tiers} END)::smallint AS tier
+    FROM {table} WHERE {user} = {a["actor_id"]} AND {project} = {a["project_id"]} AND is_active
+), """
+        selected[columns.index("actor_roles")], selected[columns.index("actor_tier")] = "head.names", "head.tier"
+    name = "radqueue_audit_append_roles" if lookup_roles else "radqueue_audit_append"
+    head_table = AuditChainHead._meta.db_table
+    prepare = f"""PREPARE {name} ({", ".join(kind for _, kind in args)}) AS
+WITH {roles_cte}prev AS (
+    SELECT seq, hash FROM {head_table} WHERE shard = {a["shard"]} FOR UPDATE
+), head AS (
+    UPDATE {head_table} AS h
+    SET seq = prev.seq + 1, hash = encode(sha256(convert_to({text}, 'UTF8')), 'hex')
+    FROM {"prev, roles" if lookup_roles else "prev"}
+    WHERE h.shard = {a["shard"]}
+    RETURNING h.seq, h.hash, prev.hash AS prev_hash{", roles.names, roles.tier" if lookup_roles else ""}
+)
+INSERT INTO {AuditEvent._meta.db_table} (shard, seq, prev_hash, hash, {", ".join(columns)})
+SELECT {a["shard"]}, head.seq, head.prev_hash, head.hash, {", ".join(selected)}
+FROM head
+RETURNING id, seq, prev_hash, hash, actor_roles, actor_tier"""
+    return name, prepare, tuple(n for n, _ in args), holes
+
+
+def _canonical_pieces(values: dict, holes: tuple[str, ...]) -> list[str] | None:
+    """The canonical text cut where each hole's JSON value goes; None if a value holds a stand-in."""
+    text = canonical({**values, **{h: _STAND_IN[h] for h in holes}}).decode()
+    pieces = []
+    for hole in holes:  # the canonical text orders keys, and holes are listed in that order
+        quoted = f'"{_STAND_IN[hole]}"'
+        if text.count(quoted) != 1:
+            return None
+        piece, text = text.split(quoted)
+        pieces.append(piece)
+    pieces.append(text)
+    return pieces
+
+
+def _append_postgresql(db, shard: int, values: dict, lookup: tuple | None) -> AuditEvent | None:
+    """The one-statement append (looking up the roles of ``lookup`` = (actor, project id) if given);
+    None where the portable path must run: a value holds a stand-in, or the shard has no head row."""
+    name, prepare, arg_names, holes = _pg_statement(lookup is not None)
+    pieces = _canonical_pieces({**values, "shard": shard}, holes)
+    if pieces is None:
+        return None
+    args = dict(values, shard=shard, extra=json.dumps(values["extra"], ensure_ascii=False),
+                **{f"piece{i}": piece for i, piece in enumerate(pieces)})
+    if lookup is not None:
+        args["superuser_fallback"] = "superuser" if lookup[0].is_superuser else ""
+    prepared = db.__dict__.setdefault("_audit_prepared", {})
+    with db.cursor() as cursor:
+        if prepared.get(name) is not db.connection:
+            cursor.execute(prepare)
+            prepared[name] = db.connection
+        cursor.execute(f"EXECUTE {name} ({', '.join(['%s'] * len(arg_names))})", [args[n] for n in arg_names])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    stored = dict(values, id=row[0], shard=shard, seq=row[1], prev_hash=row[2], hash=row[3], actor_roles=row[4],
+                  actor_tier=row[5])
+    if lookup is not None:
+        _remember_roles(*lookup, (row[4], row[5]))
+    return AuditEvent.from_db(db.alias, None, [stored[f.attname] for f in AuditEvent._meta.concrete_fields])
 
 
 # --- verification ---------------------------------------------------------------------------
