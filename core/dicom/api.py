@@ -145,7 +145,8 @@ class StudyUploadView(AuditedViewMixin, APIView):
 class ProjectIndexMixin(AuditedViewMixin):
     def project(self, perm=Perm.VIEW_READS):
         project = get_project_for(self.request.user, self.kwargs["project_pk"], Perm.VIEW)
-        if not (user_has_perm(self.request.user, perm, project) or user_has_perm(self.request.user, Perm.INGEST, project)):
+        user = self.request.user
+        if not (user_has_perm(user, perm, project) or user_has_perm(user, Perm.INGEST, project)):
             raise DomainError("Your role on this project does not allow this.", code="permission_denied", status=403)
         return project
 

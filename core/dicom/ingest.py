@@ -7,30 +7,31 @@ accepted, duplicate (the same de-identified SOP Instance UID is already stored: 
 rejected with a reason.
 """
 
-import io
 import logging
+import multiprocessing
 import os
-from collections.abc import Iterable
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
-import pydicom
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count
 from django.utils import timezone
-from pydicom.errors import InvalidDicomError
 
 from audit.trail import record_event
 from core.dicom import deid
 from core.dicom.crypto import KeyRing, decrypt_bytes, encrypt_bytes
 from core.dicom.models import DeidRecord, IngestBatch, Instance, PseudonymMapEntry, Series, Study
-from core.dicom.sequences import mr_sequence_type
+from core.dicom.prepare import Prepared, Rejection, prepare
 from core.dicom.storage import get_store
-from core.dicom.volume import check_series, geometry_of
+from core.dicom.volume import check_series
 from core.models import Project, User
 
 log = logging.getLogger(__name__)
-REQUIRED_UIDS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
 @dataclass
@@ -84,10 +85,6 @@ class IngestReport:
                 "files": [asdict(f) for f in self.files]}
 
 
-class Rejected(Exception):
-    pass
-
-
 # --- per-project de-identification context -------------------------------------------------
 
 def _keyring() -> KeyRing:
@@ -127,94 +124,6 @@ def project_deid_options(project: Project) -> "deid.DeidOptions":
     )
 
 
-# --- parsing and validation -----------------------------------------------------------------
-
-def _tag_name(elem) -> str:
-    return f"({elem.tag.group:04X},{elem.tag.element:04X}) {elem.keyword or 'private'}"
-
-
-def _parse(item: IngestItem, max_bytes: int) -> pydicom.Dataset:
-    if item.reason:
-        raise Rejected(item.reason)
-    if item.size == 0:
-        raise Rejected("empty file (0 bytes)")
-    if item.size is not None and item.size > max_bytes:
-        raise Rejected(f"file of {item.size} bytes exceeds the {max_bytes} byte limit")
-    try:
-        item.reader.seek(0)
-        ds = pydicom.dcmread(item.reader)
-    except InvalidDicomError:
-        raise Rejected("not a DICOM file (no 'DICM' prefix after the 128-byte preamble)") from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
-        raise Rejected(f"unreadable DICOM ({type(exc).__name__}: {exc})") from None
-    # Parsing is lazy: decode every element now so a malformed value is reported, not stored.
-    for elem in ds.iterall():
-        try:
-            elem.value  # noqa: B018 - forces conversion of a raw element
-        except Exception as exc:  # noqa: BLE001 - any decode failure is a malformed value
-            raise Rejected(f"malformed value in {_tag_name(elem)}: {exc}") from None
-    missing = [k for k in REQUIRED_UIDS if not str(ds.get(k, "")).strip()]
-    if missing:
-        raise Rejected(f"missing required attribute(s): {', '.join(missing)}")
-    _check_pixel_length(ds)
-    return ds
-
-
-def _check_pixel_length(ds) -> None:
-    if "PixelData" not in ds:
-        return
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax is not None and syntax.is_compressed:
-        if not ds.PixelData:
-            raise Rejected("encapsulated pixel data is empty")
-        return
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        expected = (rows * cols * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.get("SamplesPerPixel", 1))
-                    * int(ds.BitsAllocated) + 7) // 8
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise Rejected(f"pixel data without a valid image description ({exc})") from None
-    if len(ds.PixelData) < expected:
-        raise Rejected(f"truncated pixel data: {len(ds.PixelData)} bytes, {expected} expected")
-
-
-def _floats(value, n) -> list[float] | None:
-    try:
-        values = [float(v) for v in value]
-    except (TypeError, ValueError):
-        return None
-    return values if len(values) == n else None
-
-
-def _index_metadata(ds) -> dict:
-    """What the index keeps of an instance, read before de-identification (none of it identifying)."""
-    geometry = geometry_of(ds)[0] if "Rows" in ds else None
-    return {
-        "modality": str(ds.get("Modality", "OT") or "OT")[:16],
-        "body_part": str(ds.get("BodyPartExamined", "") or "")[:64],
-        "mr_sequence": mr_sequence_type(ds),
-        "sop_class_uid": str(ds.SOPClassUID),
-        "instance_number": int(ds.InstanceNumber) if str(ds.get("InstanceNumber", "")).strip().lstrip("-").isdigit()
-        else None,
-        "series_number": int(ds.SeriesNumber) if str(ds.get("SeriesNumber", "")).strip().lstrip("-").isdigit()
-        else None,
-        "rows": int(ds.Rows) if "Rows" in ds else None,
-        "columns": int(ds.Columns) if "Columns" in ds else None,
-        "frames": int(ds.get("NumberOfFrames", 1) or 1),
-        "position": list(geometry.position) if geometry and geometry.position else None,
-        "orientation": list(geometry.orientation) if geometry and geometry.orientation else None,
-        "pixel_spacing": list(geometry.pixel_spacing) if geometry and geometry.pixel_spacing else None,
-        "slice_thickness": geometry.slice_thickness if geometry else None,
-        "image_type": [str(v) for v in (ds.get("ImageType") or [])],
-    }
-
-
-def _serialize(ds) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 # --- the service ----------------------------------------------------------------------------
 
 class _Batch:
@@ -232,45 +141,175 @@ class _Batch:
         self.record = IngestBatch.objects.create(project=project, source=source, created_by=by)
         self.max_bytes = settings.RADQUEUE_MAX_FILE_BYTES
         self.only_study_uids: set[str] | None = None
+        self.group = _GroupCommit(self.store, before_commit=self.record_deidentified)
+
+    def record_deidentified(self, records: list[DeidRecord]) -> None:
+        """One audit event per study for the instances this group de-identified, in its transaction."""
+        by_study: dict[str, list[DeidRecord]] = {}
+        for record in records:
+            by_study.setdefault(record.instance.series.study.study_uid, []).append(record)
+        for study_uid, group in by_study.items():
+            actions: dict[str, int] = {}
+            for record in group:
+                for action, count in record.actions.items():
+                    actions[action] = actions.get(action, 0) + count
+            record_event("deidentify", actor=self.by, project=self.project, object_type="core.study",
+                         study_uid=study_uid,
+                         extra={"profile": group[0].profile_version, "instances": len(group), "actions": actions,
+                                "quarantined": sum(1 for r in group if r.instance.is_quarantined)})
+
+
+class _GroupCommit:
+    """Commits accepted files in groups: one transaction, one round of fsyncs, per GROUP_FILES files.
+
+    Each file is stored and indexed in its own savepoint, so a file that fails rolls back alone
+    and the batch goes on; its object is removed. Objects are written without fsync and made
+    durable together just before the transaction that references them commits, so no committed
+    row ever points at an object that a crash could lose.
+    """
+
+    GROUP_FILES = 32
+    GROUP_SECONDS = 1.0
+
+    def __init__(self, store, before_commit=None):
+        self.store = store
+        self.before_commit = before_commit
+        self.atomic = None
+        self.names: list[str] = []
+        self.rows: list = []
+        self.opened_at = 0.0
+
+    def later(self, row) -> None:
+        """A row to insert with the group (in its transaction, before it commits)."""
+        self.rows.append(row)
+
+    def store_and_index(self, name: str, data: bytes, index):
+        if self.atomic is None:
+            self.atomic = transaction.atomic()
+            self.atomic.__enter__()
+            self.opened_at = time.monotonic()
+        with transaction.atomic():
+            obj = self.store.put_bytes(name, data, durable=False)
+            try:
+                result = index(obj)
+            except IntegrityError:
+                raise  # a concurrent ingest holds this UID: its object must stay
+            except BaseException:
+                self.store.delete(name)
+                raise
+        self.names.append(name)
+        if len(self.names) >= self.GROUP_FILES or time.monotonic() - self.opened_at > self.GROUP_SECONDS:
+            self.flush()
+        return result
+
+    def flush(self) -> None:
+        if self.atomic is None:
+            return
+        atomic, self.atomic = self.atomic, None
+        try:
+            if self.rows:
+                type(self.rows[0]).objects.bulk_create(self.rows)
+            if self.before_commit is not None:
+                self.before_commit(self.rows)
+            self.store.sync(self.names)
+        except BaseException as exc:
+            atomic.__exit__(type(exc), exc, exc.__traceback__)
+            for name in self.names:
+                self.store.delete(name)
+            raise
+        atomic.__exit__(None, None, None)
+        self.names, self.rows = [], []
+
+    def abort(self, exc: BaseException) -> None:
+        if self.atomic is not None:
+            atomic, self.atomic = self.atomic, None
+            atomic.__exit__(type(exc), exc, exc.__traceback__)
+            for name in self.names:
+                self.store.delete(name)
+            self.names, self.rows = [], []
 
 
 def ingest_files(project: Project, items: Iterable[IngestItem], *, by: User | None, source: str,
-                 on_progress=None, only_study_uids: set[str] | None = None) -> IngestReport:
+                 on_progress=None, only_study_uids: set[str] | None = None, workers: int = 0) -> IngestReport:
     """Ingest each item; never raises for a bad file. Returns the per-file report.
 
     ``only_study_uids`` (original or de-identified UIDs) refuses instances of any other study.
+    ``workers`` > 1 parses and de-identifies in that many processes (bulk ingest); storing and
+    indexing stay in this process, in order.
     """
     batch = _Batch(project, by, source)
     if only_study_uids:
         batch.only_study_uids = only_study_uids | {deid.replace_uid(uid, batch.secret) for uid in only_study_uids}
     report = IngestReport(batch_id=batch.record.pk, project_id=project.pk)
-    for item in items:
-        try:
-            file_report = _ingest_one(batch, item)
-        finally:
-            close = getattr(item.reader, "close", None)
-            if close is not None:
-                close()
-        report.files.append(file_report)
-        if on_progress is not None:
-            on_progress(file_report)
+    try:
+        for item, prep in _prepared(batch, items, workers):
+            file_report = _ingest_prepared(batch, item, prep)
+            report.files.append(file_report)
+            if on_progress is not None:
+                on_progress(file_report)
+        batch.group.flush()
+    except BaseException as exc:
+        batch.group.abort(exc)
+        raise
     _finish(batch, report)
     return report
 
 
-def _ingest_one(batch: _Batch, item: IngestItem) -> FileReport:
+def _read(batch: _Batch, item: IngestItem) -> bytes | Rejection:
+    """The item's bytes, or why it cannot be taken (refused upstream, oversize, empty)."""
+    if item.reason:
+        return Rejection(item.reason)
+    if item.size is not None and item.size > batch.max_bytes:
+        return Rejection(f"file of {item.size} bytes exceeds the {batch.max_bytes} byte limit")
     try:
-        ds = _parse(item, batch.max_bytes)
-        meta = _index_metadata(ds)
-        result = deid.deidentify_dataset(ds, secret=batch.secret, options=batch.options)
-        data = _serialize(ds)
-    except Rejected as exc:
-        return FileReport(item.name, "rejected", reason=str(exc))
-    except Exception as exc:  # noqa: BLE001 - a file that breaks the pipeline is refused, the batch goes on
-        log.exception("ingest of %s failed", item.name)
-        return FileReport(item.name, "rejected", reason=f"could not process ({type(exc).__name__}: {exc})")
-    study_uid, series_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
-    report = FileReport(item.name, "accepted", sop_class_uid=meta["sop_class_uid"], sop_instance_uid=sop_uid,
+        item.reader.seek(0)
+        data = item.reader.read(batch.max_bytes + 1)
+    except (OSError, ValueError) as exc:
+        return Rejection(f"could not read the file ({type(exc).__name__}: {exc})")
+    if len(data) > batch.max_bytes:
+        return Rejection(f"file exceeds the {batch.max_bytes} byte limit")
+    return data
+
+
+def _prepared(batch: _Batch, items: Iterable[IngestItem], workers: int) -> Iterator[tuple[IngestItem, object]]:
+    """Each item with its Prepared or Rejection, in order; with workers, prepared in parallel processes."""
+    prepare_one = partial(prepare, secret=batch.secret, options=batch.options, max_bytes=batch.max_bytes)
+    if workers <= 1:
+        for item in items:
+            data = _read(batch, item)
+            _close(item)
+            yield item, (data if isinstance(data, Rejection) else prepare_one(data))
+        return
+    # A bounded window of files in flight keeps memory flat on folders of any size.
+    window: deque = deque()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        for item in items:
+            data = _read(batch, item)
+            _close(item)
+            window.append((item, data if isinstance(data, Rejection) else pool.submit(prepare_one, data)))
+            if len(window) >= 4 * workers:
+                yield _settle(window.popleft())
+        while window:
+            yield _settle(window.popleft())
+
+
+def _settle(entry) -> tuple[IngestItem, object]:
+    item, outcome = entry
+    return item, outcome if isinstance(outcome, Rejection) else outcome.result()
+
+
+def _close(item: IngestItem) -> None:
+    close = getattr(item.reader, "close", None)
+    if close is not None:
+        close()
+
+
+def _ingest_prepared(batch: _Batch, item: IngestItem, prep) -> FileReport:
+    if isinstance(prep, Rejection):
+        return FileReport(item.name, "rejected", reason=prep.reason)
+    study_uid, series_uid = prep.uids["StudyInstanceUID"], prep.uids["SeriesInstanceUID"]
+    sop_uid = prep.uids["SOPInstanceUID"]
+    report = FileReport(item.name, "accepted", sop_class_uid=prep.meta["sop_class_uid"], sop_instance_uid=sop_uid,
                         study_uid=study_uid, series_uid=series_uid)
     if batch.only_study_uids is not None and study_uid not in batch.only_study_uids:
         report.status, report.code = "rejected", "study_mismatch"
@@ -280,85 +319,78 @@ def _ingest_one(batch: _Batch, item: IngestItem) -> FileReport:
         report.status = "duplicate"
         return report
     name = f"p{batch.project.pk}/{study_uid}/{series_uid}/{sop_uid}.dcm"
-    stored = False
     try:
-        with transaction.atomic():
-            obj = batch.store.put_bytes(name, data)
-            stored = True
-            instance = _index(batch, ds, meta, result, obj, name)
+        instance = batch.group.store_and_index(name, prep.data, lambda obj: _index(batch, prep, obj, name))
         report.quarantined = instance.is_quarantined
     except IntegrityError:
-        # A concurrent ingest stored the same instance first; ours must not overwrite its object.
+        # A concurrent ingest indexed the same instance first (the object written is the same
+        # de-identified bytes under the same name).
         report.status = "duplicate"
-        stored = False
     except Exception as exc:  # noqa: BLE001
         log.exception("indexing %s failed", item.name)
         report.status, report.reason = "rejected", f"could not store ({type(exc).__name__})"
-        if stored:
-            batch.store.delete(name)
     return report
 
 
-def _study(batch: _Batch, ds, result) -> Study:
-    uid = str(ds.StudyInstanceUID)
+def _study(batch: _Batch, prep: Prepared) -> Study:
+    uid = prep.uids["StudyInstanceUID"]
     study = batch.studies.get(uid)
     if study is None:
         study, _ = Study.objects.get_or_create(
             project=batch.project, study_uid=uid,
-            defaults={"patient_pseudonym": result.patient_pseudonym, "patient_age_years": result.patient_age_years,
-                      "study_date": str(ds.get("StudyDate", "") or "")[:8],
-                      "description": str(ds.get("StudyDescription", "") or "")[:200]},
+            defaults={"patient_pseudonym": prep.patient_pseudonym, "patient_age_years": prep.patient_age_years,
+                      "study_date": prep.texts["StudyDate"], "description": prep.texts["StudyDescription"]},
         )
         batch.studies[uid] = study
     return study
 
 
-def _series(batch: _Batch, study: Study, ds, meta) -> Series:
-    uid = str(ds.SeriesInstanceUID)
+def _series(batch: _Batch, study: Study, prep: Prepared) -> Series:
+    uid = prep.uids["SeriesInstanceUID"]
     series = batch.series.get(uid)
     if series is None:
+        meta = prep.meta
         series, _ = Series.objects.get_or_create(
             study=study, series_uid=uid,
             defaults={"modality": meta["modality"], "body_part": meta["body_part"], "mr_sequence": meta["mr_sequence"],
-                      "description": str(ds.get("SeriesDescription", "") or "")[:200],
-                      "number": meta["series_number"],
-                      "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "") or "")},
+                      "description": prep.texts["SeriesDescription"], "number": meta["series_number"],
+                      "frame_of_reference_uid": prep.uids["FrameOfReferenceUID"]},
         )
         batch.series[uid] = series
     return series
 
 
-def _index(batch: _Batch, ds, meta, result, obj, name) -> Instance:
-    study = _study(batch, ds, result)
-    series = _series(batch, study, ds, meta)
+def _index(batch: _Batch, prep: Prepared, obj, name) -> Instance:
+    study = _study(batch, prep)
+    series = _series(batch, study, prep)
+    meta = prep.meta
     instance = Instance.objects.create(
-        project=batch.project, series=series, sop_instance_uid=str(ds.SOPInstanceUID),
+        project=batch.project, series=series, sop_instance_uid=prep.uids["SOPInstanceUID"],
         sop_class_uid=meta["sop_class_uid"], instance_number=meta["instance_number"],
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), rows=meta["rows"], columns=meta["columns"],
+        transfer_syntax_uid=prep.uids["TransferSyntaxUID"], rows=meta["rows"], columns=meta["columns"],
         frames=meta["frames"], position=meta["position"], orientation=meta["orientation"],
         pixel_spacing=meta["pixel_spacing"], slice_thickness=meta["slice_thickness"], image_type=meta["image_type"],
         size_bytes=obj.size, sha256=obj.sha256, storage_name=name,
-        is_quarantined=bool(result.burned_in_risk), quarantine_reason=result.burned_in_risk[:200],
+        is_quarantined=bool(prep.burned_in_risk), quarantine_reason=prep.burned_in_risk[:200],
     )
-    DeidRecord.objects.create(instance=instance, profile_version=result.profile_version,
-                              options=batch.options.as_dict(), actions=result.actions)
     if batch.project.keep_pseudonym_map:
-        _keep_pseudonyms(batch, ds, result)
+        _keep_pseudonyms(batch, prep)
     batch.touched_series.add(series.pk)
-    record_event("deidentify", actor=batch.by, project=batch.project, obj=instance, study_uid=study.study_uid,
-                 extra={"profile": result.profile_version, "actions": result.actions,
-                        "quarantined": instance.is_quarantined})
+    # Written with the group, in its transaction: one multi-row insert instead of one per file.
+    batch.group.later(DeidRecord(instance=instance, profile_version=prep.profile_version,
+                                 options=batch.options.as_dict(), actions=prep.actions))
     return instance
 
 
-def _keep_pseudonyms(batch: _Batch, ds, result) -> None:
+def _keep_pseudonyms(batch: _Batch, prep: Prepared) -> None:
     ring = _keyring()
+    original, uids = prep.original, prep.uids
     pairs = [
-        (PseudonymMapEntry.Kind.PATIENT, result.patient_pseudonym,
-         f"{result.original.get('PatientID', '')}^{result.original.get('PatientName', '')}"),
-        (PseudonymMapEntry.Kind.STUDY, str(ds.StudyInstanceUID), result.original.get("StudyInstanceUID", "")),
-        (PseudonymMapEntry.Kind.SERIES, str(ds.SeriesInstanceUID), result.original.get("SeriesInstanceUID", "")),
-        (PseudonymMapEntry.Kind.INSTANCE, str(ds.SOPInstanceUID), result.original.get("SOPInstanceUID", "")),
+        (PseudonymMapEntry.Kind.PATIENT, prep.patient_pseudonym,
+         f"{original.get('PatientID', '')}^{original.get('PatientName', '')}"),
+        (PseudonymMapEntry.Kind.STUDY, uids["StudyInstanceUID"], original.get("StudyInstanceUID", "")),
+        (PseudonymMapEntry.Kind.SERIES, uids["SeriesInstanceUID"], original.get("SeriesInstanceUID", "")),
+        (PseudonymMapEntry.Kind.INSTANCE, uids["SOPInstanceUID"], original.get("SOPInstanceUID", "")),
     ]
     for kind, pseudonym, original in pairs:
         context = pseudonym_context(batch.project.pk, kind, pseudonym)

@@ -10,6 +10,8 @@ from core.models import Project, User
 
 
 class MRSequence(models.TextChoices):
+    """The sequence types core.dicom.sequences derives (same values)."""
+
     T1 = "T1", "T1-weighted"
     T1_POST = "T1_POST", "T1-weighted post-contrast"
     T2 = "T2", "T2-weighted"

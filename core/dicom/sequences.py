@@ -6,8 +6,19 @@ then TR/TE weighting (T1: short TR and TE; T2: long TR and TE), then the descrip
 """
 
 import re
+from enum import StrEnum
 
-from core.dicom.models import MRSequence
+
+class MRSequence(StrEnum):
+    """Values of Series.mr_sequence (this module has no Django imports: it runs in ingest workers)."""
+
+    T1 = "T1"
+    T1_POST = "T1_POST"
+    T2 = "T2"
+    FLAIR = "FLAIR"
+    DWI = "DWI"
+    ADC = "ADC"
+    OTHER = "OTHER"
 
 _DESCRIPTION_HINTS = [
     (re.compile(r"\badc\b|apparent diff", re.I), MRSequence.ADC),

@@ -77,15 +77,35 @@ class EncryptedStore:
         self.ring = ring
         self.chunk_size = chunk_size
 
-    def put_stream(self, name: str, src: BinaryIO) -> StoredObject:
-        """Encrypt src into the object `name`, replacing any previous one atomically."""
+    def put_stream(self, name: str, src: BinaryIO, *, durable: bool = True) -> StoredObject:
+        """Encrypt src into the object `name`, replacing any previous one atomically.
+
+        With ``durable=False`` the fsyncs are deferred to ``sync()``, so a batch of writes pays for
+        them once, before the transaction that references the objects commits.
+        """
         _check_name(name)
         size, sha256 = self._write(name, lambda dst: encrypt_stream(
-            src, dst, self.ring, context=name.encode(), chunk_size=self.chunk_size))
+            src, dst, self.ring, context=name.encode(), chunk_size=self.chunk_size), durable=durable)
         return StoredObject(name=name, size=size, sha256=sha256, key_id=self.ring.current_id)
 
-    def put_bytes(self, name: str, data: bytes) -> StoredObject:
-        return self.put_stream(name, io.BytesIO(data))
+    def put_bytes(self, name: str, data: bytes, *, durable: bool = True) -> StoredObject:
+        return self.put_stream(name, io.BytesIO(data), durable=durable)
+
+    def sync(self, names: Iterable[str]) -> None:
+        """Make objects written with ``durable=False`` (and their directory entries) durable."""
+        if not isinstance(self.storage, FileSystemStorage):
+            return  # remote backends acknowledge durable writes
+        folders = set()
+        for name in names:
+            path = Path(self.storage.path(_check_name(name)))
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            folders.add(path.parent)
+        for folder in folders:
+            _fsync_dir(folder)
 
     def open(self, name: str) -> DecryptingReader:
         """A seekable plaintext reader; raises FileNotFoundError, IntegrityError or UnknownKeyError."""
@@ -139,7 +159,7 @@ class EncryptedStore:
             stack.extend(posixpath.join(folder, sub) if folder else sub
                          for sub in sorted(folders, reverse=True) if not sub.startswith("."))
 
-    def _write(self, name: str, fill: Callable[[BinaryIO], T]) -> T:
+    def _write(self, name: str, fill: Callable[[BinaryIO], T], *, durable: bool = True) -> T:
         # Only FileSystemStorage is known to be local: other backends may implement path() regardless.
         if not isinstance(self.storage, FileSystemStorage):
             return self._write_remote(name, fill)
@@ -150,13 +170,15 @@ class EncryptedStore:
             with os.fdopen(fd, "wb") as dst:
                 result = fill(dst)
                 dst.flush()
-                os.fsync(dst.fileno())
+                if durable:
+                    os.fsync(dst.fileno())
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
         return result
 
     def _write_remote(self, name: str, fill: Callable[[BinaryIO], T]) -> T:

@@ -46,7 +46,8 @@ def test_upload_of_a_real_file_is_deidentified_indexed_and_encrypted(cast, api, 
     assert stored.pixel_array.shape == original.pixel_array.shape
     raw = (Path(settings.DATA_DIR) / "objects" / instance.storage_name).read_bytes()
     assert bytes(original.PixelData[:64]) not in raw
-    assert AuditEvent.objects.filter(action="deidentify", object_id=str(instance.pk)).exists()
+    deidentified = AuditEvent.objects.get(action="deidentify", study_uid=instance.series.study.study_uid)
+    assert deidentified.extra["instances"] == 1 and deidentified.actor_id == cast.manager.pk
     assert AuditEvent.objects.filter(action="ingest", study_uid=instance.series.study.study_uid).exists()
 
 

@@ -1,5 +1,6 @@
 """Bulk ingest of a folder (or file, or .zip) of DICOM into a project, with a progress bar."""
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -41,8 +42,10 @@ class Command(BaseCommand):
         parser.add_argument("--project", type=int, required=True, help="Project id")
         parser.add_argument("--user", help="Username recorded as the ingesting person in the audit trail")
         parser.add_argument("--quiet-files", action="store_true", help="Print only the summary")
+        parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                            help="Processes that parse and de-identify in parallel (default: one per CPU)")
 
-    def handle(self, *args, path: Path, project: int, user=None, quiet_files=False, **options):
+    def handle(self, *args, path: Path, project: int, user=None, quiet_files=False, workers=1, **options):
         if not path.exists():
             raise CommandError(f"{path} does not exist")
         try:
@@ -54,7 +57,7 @@ class Command(BaseCommand):
             raise CommandError(f"no user {user}")
         total = 1 if path.is_file() else sum(1 for p in path.rglob("*") if p.is_file())
         with tqdm(total=total, unit="file", disable=None) as bar:
-            report = ingest_files(target, folder_items(path), by=by, source="folder",
+            report = ingest_files(target, folder_items(path), by=by, source="folder", workers=workers,
                                   on_progress=lambda _: bar.update(1))
         if not quiet_files:
             for f in report.files:
