@@ -23,43 +23,12 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/radqueue_bench"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings")
-os.environ.setdefault("DATABASE_URL", DEFAULT_URL)
-os.environ.setdefault("LOG_LEVEL", "WARNING")
+from bench.common import setup_django, use_bench_database  # noqa: E402
 
 QUEUE_ROWS = 64
 STUDY_UID = "1.2.826.0.1.3680043.8.498.{}"
-
-
-def ensure_database(url: str) -> str:
-    """Create the bench database if it does not exist; its name."""
-    import psycopg2
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    if "bench" not in name:
-        sys.exit(f"Refusing to run on database {name!r}: the bench empties audit tables; use a *bench* database.")
-    admin = psycopg2.connect(urlunsplit(parts._replace(path="/postgres")))
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
-        if cursor.fetchone() is None:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-            print(f"created database {name}")
-    admin.close()
-    return name
-
-
-def setup_django():
-    import django
-    from django.conf import settings
-
-    django.setup()
-    settings.DEBUG = False  # no query log: it would slow both modes and grow without bound
 
 
 def prepare(name: str):
@@ -250,8 +219,8 @@ def main() -> None:
     args = parser.parse_args()
     phase_s, rounds, writer_s, verify_events = (2.5, 2, 3.0, 20_000) if args.quick else (8.0, 3, 10.0, 200_000)
 
-    name = ensure_database(os.environ["DATABASE_URL"])
-    setup_django()
+    name = use_bench_database("radqueue_bench")
+    setup_django(migrate=False)  # prepare() migrates
     from django.db import connection
 
     reader, project = prepare(name)

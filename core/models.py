@@ -66,6 +66,14 @@ class Project(models.Model):
     keep_pseudonym_map = models.BooleanField(
         default=False, help_text="Keep an encrypted pseudonym -> original map, readable by privacy officers only."
     )
+    # The reading queue (tasks.queue).
+    lease_seconds = models.PositiveIntegerField(default=30 * 60,
+                                                help_text="How long a claimed read stays with its reader.")
+    max_open_reads = models.PositiveSmallIntegerField(default=3, help_text="Open (claimed) reads one reader may hold.")
+    higher_tiers_take_lower_work = models.BooleanField(
+        default=False, help_text="Let radiologists and sub-specialists claim reads routed to a lower tier."
+    )
+    requires_calibration = models.BooleanField(default=False, help_text="Readers must pass calibration first.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -94,6 +102,9 @@ class Membership(models.Model):
     role = models.CharField(max_length=20, choices=Role.choices)
     subspecialties = models.JSONField(default=list, blank=True)
     is_active = models.BooleanField(default=True)
+    is_suspended = models.BooleanField(default=False, help_text="Suspended readers get no new claims.")
+    suspension_reason = models.CharField(max_length=300, blank=True)
+    calibrated_at = models.DateTimeField(null=True, blank=True, help_text="When the reader passed calibration.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -200,7 +211,6 @@ from core.dicom.models import (  # noqa: E402,F401  (the DICOM index belongs to 
     DeidRecord,
     IngestBatch,
     Instance,
-    MRSequence,
     PseudonymMapEntry,
     Series,
     Study,

@@ -120,6 +120,9 @@ else:
     CELERY_BROKER_URL = "memory://"
     CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_BEAT_SCHEDULE = {
+    "sweep-expired-leases": {"task": "tasks.sweep_expired_leases", "schedule": 60.0},
+}
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=6 * 3600)
 
 # --- Auth -----------------------------------------------------------------------------------
@@ -180,6 +183,16 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     # Swagger UI assets are served locally (drf-spectacular-sidecar): the docs work offline.
+    "ENUM_NAME_OVERRIDES": {
+        "TierEnum": "core.roles.Tier",
+        "RoleEnum": "core.roles.Role",
+        "TaskStateEnum": "tasks.states.TaskState",
+        "ReadStateEnum": "tasks.states.ReadState",
+        "TaskKindEnum": "tasks.models.Task.Kind",
+        "LabelKindEnum": "core.models.LabelEntry.Kind",
+        "OrganizationKindEnum": "core.models.Organization.Kind",
+        "PseudonymKindEnum": "core.dicom.models.PseudonymMapEntry.Kind",
+    },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

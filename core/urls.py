@@ -36,6 +36,7 @@ api = [
     path("projects/<int:project_pk>/", include(nested.urls)),
     path("projects/<int:project_pk>/", include(project_dicom)),
     path("audit/", include("audit.urls")),
+    path("", include("tasks.urls")),
     *router.urls,
 ]
 

@@ -6,19 +6,11 @@ and the bytes live encrypted in the object store under ``Instance.storage_name``
 
 from django.db import models
 
+from core.dicom.sequences import LABELS
 from core.models import Project, User
 
-
-class MRSequence(models.TextChoices):
-    """The sequence types core.dicom.sequences derives (same values)."""
-
-    T1 = "T1", "T1-weighted"
-    T1_POST = "T1_POST", "T1-weighted post-contrast"
-    T2 = "T2", "T2-weighted"
-    FLAIR = "FLAIR", "FLAIR"
-    DWI = "DWI", "Diffusion-weighted"
-    ADC = "ADC", "ADC map"
-    OTHER = "OTHER", "Other"
+# The sequence types core.dicom.sequences derives (that module has no Django imports).
+MR_SEQUENCE_CHOICES = [(value.value, label) for value, label in LABELS.items()]
 
 
 class Study(models.Model):
@@ -54,7 +46,7 @@ class Series(models.Model):
     body_part = models.CharField(max_length=64, blank=True)
     description = models.CharField(max_length=200, blank=True)
     number = models.IntegerField(null=True, blank=True)
-    mr_sequence = models.CharField(max_length=10, choices=MRSequence.choices, blank=True)
+    mr_sequence = models.CharField(max_length=10, choices=MR_SEQUENCE_CHOICES, blank=True)
     frame_of_reference_uid = models.CharField(max_length=64, blank=True)
     instance_count = models.PositiveIntegerField(default=0)
     geometry_issues = models.JSONField(default=list, blank=True,

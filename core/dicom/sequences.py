@@ -20,6 +20,13 @@ class MRSequence(StrEnum):
     ADC = "ADC"
     OTHER = "OTHER"
 
+
+LABELS = {
+    MRSequence.T1: "T1-weighted", MRSequence.T1_POST: "T1-weighted post-contrast", MRSequence.T2: "T2-weighted",
+    MRSequence.FLAIR: "FLAIR", MRSequence.DWI: "Diffusion-weighted", MRSequence.ADC: "ADC map",
+    MRSequence.OTHER: "Other",
+}
+
 _DESCRIPTION_HINTS = [
     (re.compile(r"\badc\b|apparent diff", re.I), MRSequence.ADC),
     (re.compile(r"\bdwi\b|diffusion|\btrace\b|\bb\d{3,4}\b", re.I), MRSequence.DWI),

@@ -39,6 +39,8 @@ def test_seed_demo_creates_every_role_and_is_idempotent(settings):
     roles = set(Membership.objects.filter(project=project).values_list("role", flat=True))
     assert roles == set(Role.values)
     assert project.protocol_versions.count() == 1
+    assert project.studies.count() == 3  # two chest CTs and a brain MR, de-identified and indexed
+    assert project.tasks.filter(state="queued").count() == 3
 
 
 def test_seed_demo_refuses_in_production(settings):

@@ -82,3 +82,9 @@ class Command(BaseCommand):
             return  # ingest not installed in this build
         count = seed_demo_studies(project)
         self.stdout.write(f"Synthetic DICOM studies ingested: {count}")
+        from tasks.creation import create_tasks
+
+        created = create_tasks(project, by=None)
+        queued = project.tasks.filter(state="queued").count()
+        self.stdout.write(f"Reading tasks: {len(created)} created now, {queued} queued "
+                          "(annotators claim with POST /api/queue/next/)")

@@ -1,0 +1,142 @@
+"""Tasks, reads and the compact queue of outstanding read slots.
+
+Change them only through the services in tasks.queue and tasks.creation: they keep the slot
+table, the read rows and the task state in step, and record the audit events.
+"""
+
+from django.db import models
+from django.db.models import Q
+
+from core.dicom.models import Series, Study
+from core.models import Project, ProtocolVersion, User
+from core.roles import Tier
+from tasks.states import LIVE_READ_STATES, ReadState, TaskState
+
+
+class TaskQuerySet(models.QuerySet):
+    def open(self):
+        return self.exclude(state__in=[TaskState.CANCELLED, TaskState.DELIVERED, TaskState.CONSENSUS])
+
+
+class Task(models.Model):
+    class Kind(models.TextChoices):
+        PRODUCTION = "production", "Production"
+        GOLD = "gold", "Gold"
+        CALIBRATION = "calibration", "Calibration"
+
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="tasks")
+    protocol_version = models.ForeignKey(ProtocolVersion, on_delete=models.PROTECT, related_name="tasks")
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="tasks")
+    series = models.ForeignKey(Series, null=True, blank=True, on_delete=models.PROTECT, related_name="tasks",
+                               help_text="Set when the protocol reads per series.")
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.PRODUCTION)
+    state = models.CharField(max_length=24, choices=TaskState.choices, default=TaskState.QUEUED)
+    flag_reason = models.CharField(max_length=300, blank=True)
+    reads_required = models.PositiveSmallIntegerField()
+    reads_submitted = models.PositiveSmallIntegerField(default=0)
+    first_read_tier = models.PositiveSmallIntegerField(choices=Tier.choices, default=Tier.ANNOTATOR)
+    first_read_subspecialty = models.CharField(max_length=20, blank=True)
+    adjudication_tier = models.PositiveSmallIntegerField(choices=Tier.choices, default=Tier.RADIOLOGIST)
+    adjudication_subspecialty = models.CharField(max_length=20, blank=True)
+    priority = models.FloatField(default=0.0, help_text="Higher is served first (tasks.priority).")
+    client_priority = models.SmallIntegerField(default=0)
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(reads_required__gte=1) & Q(reads_required__lte=3),
+                                   name="task_reads_required_1_3"),
+            models.CheckConstraint(condition=Q(reads_submitted__lte=models.F("reads_required")),
+                                   name="task_reads_submitted_le_required"),
+            # One production task per study (or series) per protocol version.
+            models.UniqueConstraint(fields=["protocol_version", "study", "series", "kind"], name="task_unique_unit",
+                                    nulls_distinct=False),
+        ]
+        indexes = [models.Index(fields=["project", "state"]), models.Index(fields=["project", "kind", "state"])]
+
+    def __str__(self) -> str:
+        return f"task {self.pk} ({self.state})"
+
+
+class ReadQuerySet(models.QuerySet):
+    def live(self):
+        return self.filter(state__in=LIVE_READ_STATES)
+
+    def open(self):
+        return self.filter(state=ReadState.CLAIMED)
+
+
+class Read(models.Model):
+    """One reader's independent work on a task."""
+
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="+")
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="reads")
+    reader = models.ForeignKey(User, on_delete=models.PROTECT, related_name="reads")
+    state = models.CharField(max_length=12, choices=ReadState.choices, default=ReadState.CLAIMED)
+    tier = models.PositiveSmallIntegerField(choices=Tier.choices, help_text="The reader's tier when claiming.")
+    claimed_at = models.DateTimeField()
+    lease_expires_at = models.DateTimeField()
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    active_seconds = models.FloatField(default=0.0, help_text="Time with the read open, from heartbeats.")
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    draft = models.JSONField(null=True, blank=True)
+    findings = models.JSONField(null=True, blank=True, help_text="Validated, normalised findings.")
+    findings_count = models.PositiveIntegerField(default=0)
+    slices_touched = models.PositiveIntegerField(default=0)
+    idempotency_key = models.CharField(max_length=100, blank=True)
+
+    objects = ReadQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            # No reader reads the same task twice: the database says so, not only Python.
+            models.UniqueConstraint(fields=["task", "reader"], condition=Q(state__in=LIVE_READ_STATES),
+                                    name="read_one_live_per_reader_per_task"),
+        ]
+        indexes = [models.Index(fields=["reader", "state", "project"]), models.Index(fields=["task", "state"])]
+
+    def __str__(self) -> str:
+        return f"read {self.pk} of task {self.task_id} ({self.state})"
+
+    @property
+    def claim_to_submit_seconds(self) -> float | None:
+        if self.submitted_at is None:
+            return None
+        return (self.submitted_at - self.claimed_at).total_seconds()
+
+
+class QueueSlot(models.Model):
+    """One outstanding read of a task: the compact queue claims are taken from.
+
+    A task with k reads starts with k slots; a claim takes a slot (``read`` set, leased); a
+    submit deletes it; a release or an expired lease frees it. Only outstanding work lives here,
+    so claims never scan the task table.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="slots")
+    priority = models.FloatField(default=0.0)
+    tier = models.PositiveSmallIntegerField(choices=Tier.choices)
+    subspecialty = models.CharField(max_length=20, blank=True)
+    read = models.OneToOneField(Read, null=True, blank=True, on_delete=models.SET_NULL, related_name="slot")
+    reader = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-priority", "id"]
+        indexes = [
+            models.Index(fields=["project", "tier", "-priority", "id"], name="slot_claim_order"),
+            models.Index(fields=["lease_expires_at"], condition=Q(reader__isnull=False), name="slot_leased"),
+            models.Index(fields=["task"], name="slot_task"),
+        ]
+
+    def __str__(self) -> str:
+        return f"slot {self.pk} of task {self.task_id}"

@@ -1,0 +1,378 @@
+"""The reading queue: claim, heartbeat, release, submit, sweep, reassign.
+
+Guarantees, under any concurrency: no task gets more than its k reads (a task has k slots and a
+read holds one); no reader reads a task twice (a partial unique index on live reads, and the
+claim never offers such a slot); the k readers of a task are k different people (the same); no
+reader holds more than the project's limit of open reads (checked under a per-reader lock).
+
+On PostgreSQL a claim is one statement (a data-modifying CTE): pick the best eligible slot with
+``FOR UPDATE SKIP LOCKED`` (concurrent claimers skip each other's rows instead of queueing on
+them), insert the read, lease the slot, expire the read whose lease ran out, move the task to
+in_reading. Order: priority, then age (slot id), so equal-priority work is served first come,
+first served. Elsewhere (SQLite, whose IMMEDIATE transactions serialise writers) the same steps
+run through the ORM.
+"""
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from audit.trail import record_event
+from core.errors import Conflict, DomainError, NotFound
+from core.models import Project, User
+from core.roles import Perm
+from core.selectors import projects_visible_to
+from tasks.models import QueueSlot, Read, Task
+from tasks.routing import Eligibility, eligibility
+from tasks.states import LIVE_READ_STATES, ReadState, TaskState, check_read_transition, task_state_after_reads
+
+HEARTBEAT_CREDIT_CAP = timedelta(minutes=5)  # longer gaps between heartbeats are not active time
+
+
+@dataclass
+class Claim:
+    read: Read
+    task: Task
+
+
+def _claimable_projects(user, project_id) -> list[Eligibility]:
+    projects = projects_visible_to(user, Perm.READ)
+    if project_id is not None:
+        projects = projects.filter(pk=project_id)
+    return eligibility(user, projects)
+
+
+def _open_counts(user) -> dict[int, int]:
+    rows = Read.objects.filter(reader=user, state=ReadState.CLAIMED).values("project_id").annotate(n=Count("id"))
+    return {row["project_id"]: row["n"] for row in rows}
+
+
+def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | None:
+    """Claim the most urgent read slot the user may take (None when there is none)."""
+    if project_id is not None and not projects_visible_to(user).filter(pk=project_id).exists():
+        raise NotFound("No such project.")
+    rules = _claimable_projects(user, project_id)
+    if not rules:
+        return None
+    now = timezone.now()
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # Serialises one reader's concurrent claims (different readers never wait on it), so
+            # the open-read limit and the same-task check see each other's results.
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [7301, user.pk])
+        counts = _open_counts(user)
+        rules = [r for r in rules if counts.get(r.project_id, 0) < r.max_open_reads]
+        if not rules:
+            return None
+        leases = {r.project_id: r.lease_seconds for r in rules}
+        if connection.vendor == "postgresql":
+            claimed = _claim_postgresql(user, rules, leases, now)
+        else:
+            claimed = _claim_portable(user, rules, leases, now)
+        if claimed is None:
+            return None
+        read_id, expired_read_id = claimed
+        read = Read.objects.select_related("task__study", "task__series", "task__protocol_version").get(pk=read_id)
+        if expired_read_id:
+            record_event("expire", actor=None, project_id=read.project_id, object_type="tasks.read",
+                         object_id=expired_read_id, study_uid=read.task.study.study_uid,
+                         extra={"reclaimed_by_read": read.pk})
+        record_event("claim", actor=user, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid,
+                     protocol_version=read.task.protocol_version.number,
+                     extra={"task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
+    return Claim(read=read, task=read.task)
+
+
+def _lease_seconds(project_id: int) -> int:
+    return Project.objects.values_list("lease_seconds", flat=True).get(pk=project_id)
+
+
+def _eligibility_sql(rules: list[Eligibility], params: list) -> str:
+    clauses = []
+    for rule in rules:
+        clause = "(s.project_id = %s AND s.tier = ANY(%s) AND (s.subspecialty = '' OR s.subspecialty = ANY(%s)))"
+        params += [rule.project_id, list(rule.tiers), list(rule.subspecialties)]
+        clauses.append(clause)
+    return " OR ".join(clauses)
+
+
+def _case(rules: list[Eligibility], values: dict[int, object], params: list, cast: str) -> str:
+    whens = []
+    for rule in rules:
+        whens.append("WHEN %s THEN %s")
+        params += [rule.project_id, values[rule.project_id]]
+    return f"(CASE c.project_id {' '.join(whens)} END)::{cast}"
+
+
+def _claim_postgresql(user, rules, leases, now) -> tuple[int, int | None] | None:
+    eligible_params: list = []
+    eligible = _eligibility_sql(rules, eligible_params)
+    tier_case_params: list = []
+    tier_case = _case(rules, {r.project_id: r.reader_tier for r in rules}, tier_case_params, "smallint")
+    lease_case_params: list = []
+    lease_case = _case(rules, {r.project_id: leases[r.project_id] for r in rules}, lease_case_params, "integer")
+    sql = f"""
+WITH c AS (
+    SELECT s.id, s.task_id, s.project_id, s.read_id AS old_read_id
+    FROM tasks_queueslot s
+    WHERE ({eligible})
+      AND (s.reader_id IS NULL OR s.lease_expires_at < %s)
+      AND NOT EXISTS (SELECT 1 FROM tasks_read r WHERE r.task_id = s.task_id AND r.reader_id = %s
+                      AND r.state IN ('claimed', 'submitted'))
+    ORDER BY s.priority DESC, s.id
+    LIMIT 1
+    FOR UPDATE OF s SKIP LOCKED
+), new_read AS (
+    INSERT INTO tasks_read (project_id, task_id, reader_id, state, tier, claimed_at, lease_expires_at,
+                            active_seconds, findings_count, slices_touched, idempotency_key)
+    SELECT c.project_id, c.task_id, %s, 'claimed', {tier_case}, %s, %s + make_interval(secs => {lease_case}),
+           0, 0, 0, ''
+    FROM c
+    RETURNING id, task_id, lease_expires_at
+), leased AS (
+    UPDATE tasks_queueslot s SET reader_id = %s, lease_expires_at = new_read.lease_expires_at, read_id = new_read.id
+    FROM new_read, c WHERE s.id = c.id
+    RETURNING s.id
+), expired AS (
+    UPDATE tasks_read r SET state = 'expired', ended_at = %s
+    FROM c WHERE r.id = c.old_read_id AND r.state = 'claimed'
+    RETURNING r.id
+), started AS (
+    UPDATE tasks_task t SET state = 'in_reading', updated_at = %s
+    FROM c WHERE t.id = c.task_id AND t.state = 'queued'
+    RETURNING t.id
+)
+SELECT new_read.id, (SELECT id FROM expired), (SELECT count(*) FROM leased), (SELECT count(*) FROM started)
+FROM new_read"""
+    # Parameter order follows the text: eligibility, now, reader (NOT EXISTS), reader, tier CASE,
+    # now, now, lease CASE, reader, now, now.
+    args = [*eligible_params, now, user.pk, user.pk, *tier_case_params, now, now, *lease_case_params, user.pk, now,
+            now]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, args)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return row[0], row[1]
+
+
+def _claim_portable(user, rules, leases, now) -> tuple[int, int | None] | None:
+    condition = Q()
+    for rule in rules:
+        condition |= Q(project_id=rule.project_id, tier__in=rule.tiers) & (
+            Q(subspecialty="") | Q(subspecialty__in=rule.subspecialties))
+    taken = Read.objects.filter(reader=user, state__in=LIVE_READ_STATES).values("task_id")
+    slot = (QueueSlot.objects.select_for_update(skip_locked=True)
+            .filter(condition).filter(Q(reader__isnull=True) | Q(lease_expires_at__lt=now))
+            .exclude(task_id__in=taken).order_by("-priority", "id").first())
+    if slot is None:
+        return None
+    rule = next(r for r in rules if r.project_id == slot.project_id)
+    expired_read_id = None
+    if slot.read_id is not None:
+        expired_read_id = slot.read_id if Read.objects.filter(pk=slot.read_id, state=ReadState.CLAIMED).update(
+            state=ReadState.EXPIRED, ended_at=now) else None
+    read = Read.objects.create(project_id=slot.project_id, task_id=slot.task_id, reader=user, tier=rule.reader_tier,
+                               claimed_at=now, lease_expires_at=now + timedelta(seconds=leases[slot.project_id]))
+    QueueSlot.objects.filter(pk=slot.pk).update(reader=user, lease_expires_at=read.lease_expires_at, read=read)
+    Task.objects.filter(pk=slot.task_id, state=TaskState.QUEUED).update(state=TaskState.IN_READING, updated_at=now)
+    return read.pk, expired_read_id
+
+
+# --- operations on a held read -------------------------------------------------------------
+
+def get_read_for_update(read_id, user: User) -> Read:
+    """The caller's own read, locked; 404 for anybody else's (existence does not leak)."""
+    try:
+        return Read.objects.select_for_update().select_related("task__study").get(pk=read_id, reader=user)
+    except (Read.DoesNotExist, ValueError, TypeError):
+        raise NotFound("No such read.") from None
+
+
+def _live_slot(read: Read) -> QueueSlot:
+    """The slot this read still holds; 409 when its lease passed and another reader has it."""
+    slot = QueueSlot.objects.select_for_update().filter(read=read).first()
+    if slot is None or slot.reader_id != read.reader_id:
+        raise Conflict("Your lease on this read expired and the task was handed to another reader; "
+                       "your work on it cannot be submitted.", code="lease_lost")
+    return slot
+
+
+@transaction.atomic
+def heartbeat_read(read_id, user: User) -> Read:
+    """Extend the lease by the project's lease length; credit active time since the last beat."""
+    read = get_read_for_update(read_id, user)
+    check_read_transition(read.state, ReadState.SUBMITTED)  # only claimed reads beat
+    slot = _live_slot(read)
+    now = timezone.now()
+    last = read.last_heartbeat_at or read.claimed_at
+    read.active_seconds += min(now - last, HEARTBEAT_CREDIT_CAP).total_seconds()
+    read.last_heartbeat_at = now
+    read.lease_expires_at = now + timedelta(seconds=_lease_seconds(read.project_id))
+    read.save(update_fields=["active_seconds", "last_heartbeat_at", "lease_expires_at"])
+    QueueSlot.objects.filter(pk=slot.pk).update(lease_expires_at=read.lease_expires_at)
+    record_event("heartbeat", actor=user, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid)
+    return read
+
+
+@transaction.atomic
+def release_read(read_id, user: User) -> Read:
+    """Give the read back: its slot returns to the queue for another reader."""
+    read = get_read_for_update(read_id, user)
+    check_read_transition(read.state, ReadState.RELEASED)
+    slot = _live_slot(read)
+    _free_slot(slot, read, ReadState.RELEASED)
+    record_event("release", actor=user, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid)
+    return read
+
+
+def _free_slot(slot: QueueSlot, read: Read, state: str) -> None:
+    now = timezone.now()
+    Read.objects.filter(pk=read.pk).update(state=state, ended_at=now)
+    read.state, read.ended_at = state, now
+    QueueSlot.objects.filter(pk=slot.pk).update(reader=None, lease_expires_at=None, read=None)
+    _refresh_task_state(read.task_id)
+
+
+def _refresh_task_state(task_id: int) -> Task:
+    task = Task.objects.select_for_update().get(pk=task_id)
+    if task.state not in (TaskState.QUEUED, TaskState.IN_READING):
+        return task
+    claimed = Read.objects.filter(task_id=task_id, state=ReadState.CLAIMED).count()
+    target = task_state_after_reads(submitted=task.reads_submitted, claimed=claimed, required=task.reads_required)
+    if target != task.state:
+        task.state = target
+        task.completed_at = timezone.now() if target == TaskState.READS_COMPLETE else None
+        task.save(update_fields=["state", "completed_at", "updated_at"])
+    return task
+
+
+@transaction.atomic
+def save_draft(read_id, user: User, draft) -> Read:
+    read = get_read_for_update(read_id, user)
+    check_read_transition(read.state, ReadState.SUBMITTED)
+    _live_slot(read)
+    if not isinstance(draft, list | dict):
+        raise DomainError("A draft is a list of findings (or an object).", errors={"draft": ["Expected JSON."]})
+    Read.objects.filter(pk=read.pk).update(draft=draft)
+    read.draft = draft
+    record_event("update", actor=user, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid,
+                 extra={"draft": True})
+    return read
+
+
+def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> tuple[Read, bool]:
+    """Validate and store the findings, completing the read. Returns (read, replayed).
+
+    A retry with the same idempotency key returns the first result; the lease must still be
+    the caller's (409 if it passed and the slot went to another reader).
+    """
+    from tasks.submission_service import validated_findings
+
+    with transaction.atomic():
+        read = get_read_for_update(read_id, user)
+        if read.state == ReadState.SUBMITTED and idempotency_key and read.idempotency_key == idempotency_key:
+            return read, True
+        check_read_transition(read.state, ReadState.SUBMITTED)
+        slot = _live_slot(read)
+        normalised, summary = validated_findings(read, findings)
+        now = timezone.now()
+        last = read.last_heartbeat_at or read.claimed_at
+        read.active_seconds += min(now - last, HEARTBEAT_CREDIT_CAP).total_seconds()
+        read.state, read.submitted_at, read.ended_at = ReadState.SUBMITTED, now, now
+        read.findings, read.draft = normalised, None
+        read.findings_count, read.slices_touched = summary["findings"], summary["slices_touched"]
+        read.idempotency_key = idempotency_key[:100]
+        read.save()
+        slot.delete()
+        Task.objects.filter(pk=read.task_id).update(reads_submitted=F("reads_submitted") + 1)
+        task = _refresh_task_state(read.task_id)
+        record_event("submit", actor=user, project_id=read.project_id, obj=read, study_uid=task.study.study_uid,
+                     protocol_version=task.protocol_version.number,
+                     extra={"task": task.pk, "findings": read.findings_count,
+                            "active_seconds": round(read.active_seconds)})
+        if task.state == TaskState.READS_COMPLETE:
+            _on_reads_complete(task)
+    return read, False
+
+
+def _on_reads_complete(task: Task) -> None:
+    """All k reads are in: agreement and consensus (tasks.consensus) take over when installed."""
+    try:
+        from tasks.consensus import on_reads_complete
+    except ImportError:
+        return
+    on_reads_complete(task)
+
+
+# --- leases, managers ------------------------------------------------------------------------
+
+def sweep_expired_leases(now=None) -> int:
+    """Return every slot whose lease ran out to the queue (also done lazily by claims)."""
+    now = now or timezone.now()
+    swept = 0
+    expired = QueueSlot.objects.filter(reader__isnull=False, lease_expires_at__lt=now)
+    for slot_id in expired.values_list("id", flat=True):
+        with transaction.atomic():
+            slot = (QueueSlot.objects.select_for_update(skip_locked=True, of=("self",))
+                    .select_related("read__task__study")
+                    .filter(pk=slot_id, reader__isnull=False, lease_expires_at__lt=now).first())
+            if slot is None or slot.read is None:
+                continue
+            read = slot.read
+            _free_slot(slot, read, ReadState.EXPIRED)
+            record_event("expire", actor=None, project_id=read.project_id, obj=read,
+                         study_uid=read.task.study.study_uid)
+            swept += 1
+    return swept
+
+
+@transaction.atomic
+def reassign_read(read_id, to_user: User, *, by: User) -> Read:
+    """Move a claimed read to another eligible reader (a manager's action); the lease restarts."""
+    read = Read.objects.select_for_update().select_related("task__study").filter(pk=read_id).first()
+    if read is None:
+        raise NotFound("No such read.")
+    check_read_transition(read.state, ReadState.CANCELLED)
+    rules = [r for r in eligibility(to_user, Project.objects.filter(pk=read.project_id))]
+    slot = QueueSlot.objects.select_for_update().get(read=read)
+    if not rules or slot.tier not in rules[0].tiers or (slot.subspecialty and slot.subspecialty not in
+                                                         rules[0].subspecialties):
+        raise DomainError("That person is not eligible for this read (tier, sub-specialty, calibration or "
+                          "suspension).", code="not_eligible", errors={"reader": ["Not eligible."]})
+    if Read.objects.filter(task_id=read.task_id, reader=to_user, state__in=LIVE_READ_STATES).exists():
+        raise Conflict("That person already reads this task.", code="already_reading")
+    now = timezone.now()
+    Read.objects.filter(pk=read.pk).update(state=ReadState.CANCELLED, ended_at=now)
+    try:
+        with transaction.atomic():
+            new = Read.objects.create(project_id=read.project_id, task_id=read.task_id, reader=to_user,
+                                      tier=rules[0].reader_tier, claimed_at=now,
+                                      lease_expires_at=now + timedelta(seconds=_lease_seconds(read.project_id)))
+    except IntegrityError:
+        raise Conflict("That person already reads this task.", code="already_reading") from None
+    QueueSlot.objects.filter(pk=slot.pk).update(reader=to_user, read=new, lease_expires_at=new.lease_expires_at)
+    record_event("reassign", actor=by, project_id=read.project_id, obj=new, study_uid=read.task.study.study_uid,
+                 extra={"from_read": read.pk, "to": to_user.pseudonym})
+    return new
+
+
+@transaction.atomic
+def cancel_task(task_id, *, by: User, project: Project) -> Task:
+    task = Task.objects.select_for_update().filter(pk=task_id, project=project).first()
+    if task is None:
+        raise NotFound("No such task.")
+    from tasks.states import check_task_transition
+
+    check_task_transition(task.state, TaskState.CANCELLED)
+    now = timezone.now()
+    Read.objects.filter(task=task, state=ReadState.CLAIMED).update(state=ReadState.CANCELLED, ended_at=now)
+    QueueSlot.objects.filter(task=task).delete()
+    task.state = TaskState.CANCELLED
+    task.save(update_fields=["state", "updated_at"])
+    record_event("cancel", actor=by, project=project, obj=task, study_uid=task.study.study_uid)
+    return task

@@ -1,0 +1,23 @@
+from django.urls import path
+
+from tasks import api
+
+read_action = {name: api.ReadViewSet.as_view({"post": name}) for name in ("heartbeat", "release", "submit")}
+
+urlpatterns = [
+    path("queue/next/", api.QueueNextView.as_view(), name="queue-next"),
+    path("reads/", api.ReadViewSet.as_view({"get": "list"}), name="read-list"),
+    path("reads/<int:pk>/", api.ReadViewSet.as_view({"get": "retrieve"}), name="read-detail"),
+    path("reads/<int:pk>/heartbeat/", read_action["heartbeat"], name="read-heartbeat"),
+    path("reads/<int:pk>/release/", read_action["release"], name="read-release"),
+    path("reads/<int:pk>/submit/", read_action["submit"], name="read-submit"),
+    path("reads/<int:pk>/draft/", api.ReadViewSet.as_view({"put": "draft"}), name="read-draft"),
+    path("projects/<int:project_pk>/tasks/", api.ProjectTaskViewSet.as_view({"get": "list"}), name="task-list"),
+    path("projects/<int:project_pk>/tasks/create/", api.ProjectTaskViewSet.as_view({"post": "create_tasks"}),
+         name="task-create"),
+    path("projects/<int:project_pk>/tasks/<int:pk>/", api.ProjectTaskViewSet.as_view({"get": "retrieve"}),
+         name="task-detail"),
+    path("projects/<int:project_pk>/tasks/<int:pk>/cancel/", api.ProjectTaskViewSet.as_view({"post": "cancel"}),
+         name="task-cancel"),
+    path("projects/<int:project_pk>/reads/<int:pk>/reassign/", api.ReassignReadView.as_view(), name="read-reassign"),
+]

@@ -1,0 +1,225 @@
+"""Claims, leases, releases and submits through the REST API, and the guarantees behind them."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from tasks.models import QueueSlot, Read, Task
+from tasks.queue import sweep_expired_leases
+from tasks.states import ReadState, TaskState
+
+pytestmark = pytest.mark.django_db
+
+NEXT = "/api/queue/next/"
+
+
+def claim(client, **body):
+    return client.post(NEXT, body, format="json")
+
+
+def test_claim_returns_the_work_its_schema_dicomweb_urls_and_lease(cast, api, queued):
+    response = claim(api(cast.annotator))
+    assert response.status_code == 200
+    body = response.json()
+    task = queued[0]
+    assert body["task"] == task.pk and body["project"] == cast.project.pk
+    assert body["study_uid"] == task.study.study_uid
+    assert body["dicomweb"]["study"].endswith(f"/dicomweb/studies/{task.study.study_uid}")
+    assert body["dicomweb"]["series"][0]["url"].startswith(body["dicomweb"]["study"])
+    assert body["protocol_version"]["number"] == 1 and body["protocol_version"]["entries"]
+    assert "kind" not in body and "priority" not in body
+    read = Read.objects.get(pk=body["read"])
+    assert read.state == ReadState.CLAIMED and read.reader == cast.annotator
+    assert timezone.now() + timedelta(minutes=29) < read.lease_expires_at
+    assert Task.objects.get(pk=task.pk).state == TaskState.IN_READING
+    assert AuditEvent.objects.filter(action="claim", object_id=str(read.pk), actor_id=cast.annotator.pk).exists()
+
+
+def test_nothing_to_claim_is_204(cast, api):
+    assert claim(api(cast.annotator)).status_code == 204
+    assert claim(api(cast.outsider)).status_code == 204
+    assert claim(api(cast.annotator), project=cast.foreign_project.pk).status_code == 404
+
+
+def test_k_reads_go_to_k_different_readers_and_never_twice_to_one(cast, api, queued):
+    a, b = api(cast.annotator), api(cast.second_annotator)
+    first = claim(a).json()
+    second = claim(b).json()
+    assert first["task"] == second["task"] == queued[0].pk  # oldest first, two different people
+    again = claim(a).json()
+    assert again["task"] == queued[1].pk  # never the same task twice
+    assert Read.objects.filter(task=queued[0]).count() == 2
+    assert QueueSlot.objects.filter(task=queued[0], reader__isnull=True).count() == 0
+
+
+def test_open_read_limit(cast, api, queued):
+    cast.project.max_open_reads = 1
+    cast.project.save()
+    client = api(cast.annotator)
+    assert claim(client).status_code == 200
+    assert claim(client).status_code == 204
+
+
+def test_priority_then_age(cast, api, queued):
+    QueueSlot.objects.filter(task=queued[2]).update(priority=5.0)
+    assert claim(api(cast.annotator)).json()["task"] == queued[2].pk
+    assert claim(api(cast.second_annotator)).json()["task"] == queued[2].pk
+    assert claim(api(cast.annotator)).json()["task"] == queued[0].pk
+
+
+def test_heartbeat_extends_the_lease_and_counts_active_time(cast, api, queued):
+    client = api(cast.annotator)
+    read_id = claim(client).json()["read"]
+    Read.objects.filter(pk=read_id).update(claimed_at=timezone.now() - timedelta(minutes=2),
+                                           lease_expires_at=timezone.now() + timedelta(minutes=1))
+    response = client.post(f"/api/reads/{read_id}/heartbeat/")
+    assert response.status_code == 200
+    read = Read.objects.get(pk=read_id)
+    assert read.lease_expires_at > timezone.now() + timedelta(minutes=29)
+    assert 110 < read.active_seconds < 130
+
+
+def test_release_returns_the_slot_to_the_queue(cast, api, queued):
+    client = api(cast.annotator)
+    read_id = claim(client).json()["read"]
+    assert client.post(f"/api/reads/{read_id}/release/").status_code == 200
+    assert Read.objects.get(pk=read_id).state == ReadState.RELEASED
+    assert Task.objects.get(pk=queued[0].pk).state == TaskState.QUEUED
+    assert QueueSlot.objects.filter(task=queued[0], reader__isnull=True).count() == 2
+    assert client.post(f"/api/reads/{read_id}/release/").status_code == 409
+    assert claim(client).json()["task"] == queued[0].pk  # a released read may be taken up again
+
+
+def test_expired_lease_is_reclaimed_and_the_late_submit_gets_409(cast, api, queued):
+    cast.project.reads_per_task = 1
+    cast.project.save()
+    Task.objects.filter(pk=queued[0].pk).update(reads_required=1)
+    QueueSlot.objects.filter(pk=QueueSlot.objects.filter(task=queued[0]).order_by("id").last().pk).delete()
+    late = api(cast.annotator)
+    read_id = claim(late).json()["read"]
+    Read.objects.filter(pk=read_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    QueueSlot.objects.filter(read_id=read_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    taken = claim(api(cast.second_annotator)).json()
+    assert taken["task"] == queued[0].pk
+    assert Read.objects.get(pk=read_id).state == ReadState.EXPIRED
+    response = late.post(f"/api/reads/{read_id}/submit/", {"findings": []}, format="json")
+    assert response.status_code == 409
+    assert "expired" in response.json()["detail"]
+    assert AuditEvent.objects.filter(action="expire", object_id=str(read_id)).exists()
+
+
+def test_lease_passed_but_not_reclaimed_can_still_be_submitted(cast, api, queued):
+    client = api(cast.annotator)
+    read_id = claim(client).json()["read"]
+    Read.objects.filter(pk=read_id).update(lease_expires_at=timezone.now() - timedelta(seconds=5))
+    response = client.post(f"/api/reads/{read_id}/submit/", {"findings": []}, format="json")
+    assert response.status_code == 200, response.json()
+
+
+def test_sweep_returns_expired_reads_to_the_queue(cast, api, queued):
+    read_id = claim(api(cast.annotator)).json()["read"]
+    past = timezone.now() - timedelta(seconds=1)
+    QueueSlot.objects.filter(read_id=read_id).update(lease_expires_at=past)
+    assert sweep_expired_leases() == 1
+    assert Read.objects.get(pk=read_id).state == ReadState.EXPIRED
+    assert QueueSlot.objects.filter(task=queued[0], reader__isnull=True).count() == 2
+    assert Task.objects.get(pk=queued[0].pk).state == TaskState.QUEUED
+
+
+def test_submitting_all_k_reads_completes_the_task(cast, api, queued):
+    for user in (cast.annotator, cast.second_annotator):
+        client = api(user)
+        read_id = claim(client).json()["read"]
+        response = client.post(f"/api/reads/{read_id}/submit/", {"findings": []}, format="json")
+        assert response.status_code == 200
+    task = Task.objects.get(pk=queued[0].pk)
+    assert task.reads_submitted == 2 and task.state != TaskState.IN_READING
+    assert not QueueSlot.objects.filter(task=task).exists()
+
+
+def test_submit_is_idempotent_with_a_key(cast, api, queued):
+    client = api(cast.annotator)
+    read_id = claim(client).json()["read"]
+    url = f"/api/reads/{read_id}/submit/"
+    first = client.post(url, {"findings": []}, format="json", HTTP_IDEMPOTENCY_KEY="abc-1")
+    again = client.post(url, {"findings": []}, format="json", HTTP_IDEMPOTENCY_KEY="abc-1")
+    assert first.status_code == again.status_code == 200 and first.json() == again.json()
+    other = client.post(url, {"findings": []}, format="json", HTTP_IDEMPOTENCY_KEY="abc-2")
+    assert other.status_code == 409
+    assert Task.objects.get(pk=queued[0].pk).reads_submitted == 1
+
+
+def test_drafts_are_kept_until_submit(cast, api, queued):
+    client = api(cast.annotator)
+    read_id = claim(client).json()["read"]
+    draft = [{"label": "fracture", "note": "half done"}]
+    assert client.put(f"/api/reads/{read_id}/draft/", {"draft": draft}, format="json").status_code == 200
+    assert client.get(f"/api/reads/{read_id}/").json()["draft"] == draft
+
+
+def test_readers_see_only_their_own_reads(cast, api, queued):
+    a, b = api(cast.annotator), api(cast.second_annotator)
+    mine = claim(a).json()["read"]
+    theirs = claim(b).json()["read"]
+    assert [r["id"] for r in a.get("/api/reads/").json()["results"]] == [mine]
+    assert a.get(f"/api/reads/{theirs}/").status_code == 404
+    assert a.post(f"/api/reads/{theirs}/heartbeat/").status_code == 404
+    assert a.post(f"/api/reads/{theirs}/submit/", {"findings": []}, format="json").status_code == 404
+    assert "reader" not in a.get(f"/api/reads/{mine}/").json()
+    managed = api(cast.manager).get(f"/api/reads/{theirs}/").json()
+    assert managed["reader"] == "second_annotator"
+
+
+def test_readers_reach_dicomweb_only_for_studies_they_hold(cast, api, queued):
+    client = api(cast.annotator)
+    body = claim(client).json()
+    held, other = queued[0].study, queued[1].study
+    assert client.get(f"/dicomweb/studies/{held.study_uid}/series").status_code == 200
+    assert client.get(f"/dicomweb/studies/{other.study_uid}/series").status_code == 404
+    studies = client.get("/dicomweb/studies").json()
+    assert [s["0020000D"]["Value"][0] for s in studies] == [held.study_uid]
+    client.post(f"/api/reads/{body['read']}/submit/", {"findings": []}, format="json")
+    assert client.get(f"/dicomweb/studies/{held.study_uid}/series").status_code == 404
+
+
+def test_suspended_and_uncalibrated_readers_get_no_work(cast, api, queued):
+    membership = cast.project.memberships.get(user=cast.annotator)
+    membership.is_suspended = True
+    membership.save()
+    assert claim(api(cast.annotator)).status_code == 204
+    cast.project.requires_calibration = True
+    cast.project.save()
+    assert claim(api(cast.second_annotator)).status_code == 204
+    cast.project.memberships.filter(user=cast.second_annotator).update(calibrated_at=timezone.now())
+    assert claim(api(cast.second_annotator)).status_code == 200
+
+
+def test_radiologists_do_not_take_annotator_work_unless_the_project_allows(cast, api, queued):
+    assert claim(api(cast.radiologist)).status_code == 204
+    cast.project.higher_tiers_take_lower_work = True
+    cast.project.save()
+    assert claim(api(cast.radiologist)).status_code == 200
+
+
+def test_manager_views_reassign_and_cancel(cast, api, queued):
+    read_id = claim(api(cast.annotator)).json()["read"]
+    manager = api(cast.manager)
+    listing = manager.get(f"/api/projects/{cast.project.pk}/tasks/?state=in_reading").json()
+    assert [t["id"] for t in listing["results"]] == [queued[0].pk]
+    held = manager.get(f"/api/projects/{cast.project.pk}/tasks/?holder={cast.annotator.pk}").json()
+    assert held["count"] == 1
+    detail = manager.get(f"/api/projects/{cast.project.pk}/tasks/{queued[0].pk}/").json()
+    assert detail["reads"][0]["reader"] == "annotator"
+    moved = manager.post(f"/api/projects/{cast.project.pk}/reads/{read_id}/reassign/",
+                         {"reader": cast.second_annotator.pk}, format="json")
+    assert moved.status_code == 200 and moved.json()["reader"] == "second_annotator"
+    assert Read.objects.get(pk=read_id).state == ReadState.CANCELLED
+    not_eligible = manager.post(f"/api/projects/{cast.project.pk}/reads/{moved.json()['id']}/reassign/",
+                                {"reader": cast.radiologist.pk}, format="json")
+    assert not_eligible.status_code == 400
+    cancelled = manager.post(f"/api/projects/{cast.project.pk}/tasks/{queued[1].pk}/cancel/")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert not QueueSlot.objects.filter(task=queued[1]).exists()
+    assert manager.post(f"/api/projects/{cast.project.pk}/tasks/{queued[1].pk}/cancel/").status_code == 409
