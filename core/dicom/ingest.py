@@ -10,7 +10,6 @@ rejected with a reason.
 import logging
 import multiprocessing
 import os
-import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -141,7 +140,7 @@ class _Batch:
         self.record = IngestBatch.objects.create(project=project, source=source, created_by=by)
         self.max_bytes = settings.RADQUEUE_MAX_FILE_BYTES
         self.only_study_uids: set[str] | None = None
-        self.group = _GroupCommit(self.store, before_commit=self.record_deidentified)
+        self.group = _GroupCommit(self)
 
     def record_deidentified(self, records: list[DeidRecord]) -> None:
         """One audit event per study for the instances this group de-identified, in its transaction."""
@@ -159,74 +158,102 @@ class _Batch:
                                 "quarantined": sum(1 for r in group if r.instance.is_quarantined)})
 
 
-class _GroupCommit:
-    """Commits accepted files in groups: one transaction, one round of fsyncs, per GROUP_FILES files.
+@dataclass
+class _Pending:
+    report: FileReport
+    prep: Prepared
+    name: str
 
-    Each file is stored and indexed in its own savepoint, so a file that fails rolls back alone
-    and the batch goes on; its object is removed. Objects are written without fsync and made
-    durable together just before the transaction that references them commits, so no committed
-    row ever points at an object that a crash could lose.
+
+class _GroupCommit:
+    """Stores and indexes accepted files in groups: one transaction and a handful of statements per
+    group of GROUP_FILES files (or GROUP_BYTES of data), instead of several per file.
+
+    At flush: one query finds the group's duplicates (already stored: idempotent, their objects
+    untouched); the new objects are written, made durable together (fsync) and indexed with
+    one multi-row insert, all before the transaction commits, so no committed row points at an
+    object a crash could lose. Should the multi-row insert fail, each file is retried in its own
+    savepoint so one bad file still fails alone.
     """
 
     GROUP_FILES = 32
-    GROUP_SECONDS = 1.0
+    GROUP_BYTES = 256 * 1024 * 1024
 
-    def __init__(self, store, before_commit=None):
-        self.store = store
-        self.before_commit = before_commit
-        self.atomic = None
-        self.names: list[str] = []
-        self.rows: list = []
-        self.opened_at = 0.0
+    def __init__(self, batch: "_Batch"):
+        self.batch = batch
+        self.pending: list[_Pending] = []
+        self.bytes = 0
 
-    def later(self, row) -> None:
-        """A row to insert with the group (in its transaction, before it commits)."""
-        self.rows.append(row)
-
-    def store_and_index(self, name: str, data: bytes, index):
-        if self.atomic is None:
-            self.atomic = transaction.atomic()
-            self.atomic.__enter__()
-            self.opened_at = time.monotonic()
-        with transaction.atomic():
-            obj = self.store.put_bytes(name, data, durable=False)
-            try:
-                result = index(obj)
-            except IntegrityError:
-                raise  # a concurrent ingest holds this UID: its object must stay
-            except BaseException:
-                self.store.delete(name)
-                raise
-        self.names.append(name)
-        if len(self.names) >= self.GROUP_FILES or time.monotonic() - self.opened_at > self.GROUP_SECONDS:
+    def add(self, report: FileReport, prep: Prepared) -> None:
+        uids = prep.uids
+        name = f"p{self.batch.project.pk}/{uids['StudyInstanceUID']}/{uids['SeriesInstanceUID']}/" \
+               f"{uids['SOPInstanceUID']}.dcm"
+        self.pending.append(_Pending(report, prep, name))
+        self.bytes += len(prep.data)
+        if len(self.pending) >= self.GROUP_FILES or self.bytes >= self.GROUP_BYTES:
             self.flush()
-        return result
 
     def flush(self) -> None:
-        if self.atomic is None:
+        pending, self.pending, self.bytes = self.pending, [], 0
+        if not pending:
             return
-        atomic, self.atomic = self.atomic, None
+        batch, store = self.batch, self.batch.store
+        written: list[str] = []
         try:
-            if self.rows:
-                type(self.rows[0]).objects.bulk_create(self.rows)
-            if self.before_commit is not None:
-                self.before_commit(self.rows)
-            self.store.sync(self.names)
-        except BaseException as exc:
-            atomic.__exit__(type(exc), exc, exc.__traceback__)
-            for name in self.names:
-                self.store.delete(name)
+            with transaction.atomic():
+                sops = [p.prep.uids["SOPInstanceUID"] for p in pending]
+                seen = set(Instance.objects.filter(project=batch.project, sop_instance_uid__in=sops)
+                           .values_list("sop_instance_uid", flat=True))
+                fresh = []
+                for p in pending:
+                    sop = p.prep.uids["SOPInstanceUID"]
+                    if sop in seen:
+                        p.report.status = "duplicate"
+                        continue
+                    seen.add(sop)
+                    fresh.append((p, store.put_bytes(p.name, p.prep.data, durable=False)))
+                    written.append(p.name)
+                indexed = self._index(fresh)
+                records = [DeidRecord(instance=instance, profile_version=p.prep.profile_version,
+                                      options=batch.options.as_dict(), actions=p.prep.actions)
+                           for p, instance in indexed]
+                DeidRecord.objects.bulk_create(records)
+                batch.record_deidentified(records)
+                store.sync([p.name for p, _ in indexed])
+        except BaseException:
+            for name in written:
+                store.delete(name)
             raise
-        atomic.__exit__(None, None, None)
-        self.names, self.rows = [], []
 
-    def abort(self, exc: BaseException) -> None:
-        if self.atomic is not None:
-            atomic, self.atomic = self.atomic, None
-            atomic.__exit__(type(exc), exc, exc.__traceback__)
-            for name in self.names:
-                self.store.delete(name)
-            self.names, self.rows = [], []
+    def _index(self, fresh: list) -> list:
+        """Instance rows for the new files; (pending, instance) for each one indexed."""
+        batch = self.batch
+        rows = [(p, _instance_row(batch, p.prep, obj, p.name)) for p, obj in fresh]
+        try:
+            with transaction.atomic():
+                Instance.objects.bulk_create([row for _, row in rows])
+            indexed = rows
+        except IntegrityError:
+            indexed = []
+            for p, row in rows:
+                try:
+                    with transaction.atomic():
+                        row.pk = None
+                        row.save(force_insert=True)
+                    indexed.append((p, row))
+                except IntegrityError:
+                    # A concurrent ingest indexed it first (same de-identified bytes, same name).
+                    p.report.status = "duplicate"
+                except Exception as exc:  # noqa: BLE001 - one bad file fails alone
+                    log.exception("indexing %s failed", p.report.name)
+                    p.report.status, p.report.reason = "rejected", f"could not store ({type(exc).__name__})"
+                    batch.store.delete(p.name)
+        for p, row in indexed:
+            p.report.quarantined = row.is_quarantined
+            if batch.project.keep_pseudonym_map:
+                _keep_pseudonyms(batch, p.prep)
+            batch.touched_series.add(row.series_id)
+        return indexed
 
 
 def ingest_files(project: Project, items: Iterable[IngestItem], *, by: User | None, source: str,
@@ -248,8 +275,8 @@ def ingest_files(project: Project, items: Iterable[IngestItem], *, by: User | No
             if on_progress is not None:
                 on_progress(file_report)
         batch.group.flush()
-    except BaseException as exc:
-        batch.group.abort(exc)
+    except BaseException:
+        batch.group.pending = []
         raise
     _finish(batch, report)
     return report
@@ -315,20 +342,7 @@ def _ingest_prepared(batch: _Batch, item: IngestItem, prep) -> FileReport:
         report.status, report.code = "rejected", "study_mismatch"
         report.reason = "the instance belongs to another study than the one named in the request"
         return report
-    if Instance.objects.filter(project=batch.project, sop_instance_uid=sop_uid).exists():
-        report.status = "duplicate"
-        return report
-    name = f"p{batch.project.pk}/{study_uid}/{series_uid}/{sop_uid}.dcm"
-    try:
-        instance = batch.group.store_and_index(name, prep.data, lambda obj: _index(batch, prep, obj, name))
-        report.quarantined = instance.is_quarantined
-    except IntegrityError:
-        # A concurrent ingest indexed the same instance first (the object written is the same
-        # de-identified bytes under the same name).
-        report.status = "duplicate"
-    except Exception as exc:  # noqa: BLE001
-        log.exception("indexing %s failed", item.name)
-        report.status, report.reason = "rejected", f"could not store ({type(exc).__name__})"
+    batch.group.add(report, prep)  # indexed (or found a duplicate) when its group flushes
     return report
 
 
@@ -360,11 +374,11 @@ def _series(batch: _Batch, study: Study, prep: Prepared) -> Series:
     return series
 
 
-def _index(batch: _Batch, prep: Prepared, obj, name) -> Instance:
+def _instance_row(batch: _Batch, prep: Prepared, obj, name) -> Instance:
     study = _study(batch, prep)
     series = _series(batch, study, prep)
     meta = prep.meta
-    instance = Instance.objects.create(
+    return Instance(
         project=batch.project, series=series, sop_instance_uid=prep.uids["SOPInstanceUID"],
         sop_class_uid=meta["sop_class_uid"], instance_number=meta["instance_number"],
         transfer_syntax_uid=prep.uids["TransferSyntaxUID"], rows=meta["rows"], columns=meta["columns"],
@@ -373,13 +387,6 @@ def _index(batch: _Batch, prep: Prepared, obj, name) -> Instance:
         size_bytes=obj.size, sha256=obj.sha256, storage_name=name,
         is_quarantined=bool(prep.burned_in_risk), quarantine_reason=prep.burned_in_risk[:200],
     )
-    if batch.project.keep_pseudonym_map:
-        _keep_pseudonyms(batch, prep)
-    batch.touched_series.add(series.pk)
-    # Written with the group, in its transaction: one multi-row insert instead of one per file.
-    batch.group.later(DeidRecord(instance=instance, profile_version=prep.profile_version,
-                                 options=batch.options.as_dict(), actions=prep.actions))
-    return instance
 
 
 def _keep_pseudonyms(batch: _Batch, prep: Prepared) -> None:
