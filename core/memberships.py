@@ -64,9 +64,16 @@ def grant_membership(*, project: Project, user: User, role: str, subspecialties=
 
 @transaction.atomic
 def change_membership(membership: Membership, *, subspecialties=None, is_active: bool | None = None,
-                      by: User | None = None) -> Membership:
-    """Change sub-specialties or (de)activate a membership, keeping permissions in step."""
+                      is_suspended: bool | None = None, by: User | None = None) -> Membership:
+    """Change sub-specialties, (de)activate, suspend or reinstate a membership, keeping permissions in step."""
     membership = Membership.objects.select_for_update().get(pk=membership.pk)
+    if is_suspended is not None and is_suspended != membership.is_suspended:
+        from audit.trail import record_event
+
+        membership.is_suspended = is_suspended
+        membership.suspension_reason = "suspended by a manager" if is_suspended else ""
+        record_event("suspend" if is_suspended else "reinstate", actor=by, project=membership.project, obj=membership,
+                     extra={"reader": membership.user.pseudonym})
     if subspecialties is not None:
         membership.subspecialties = sorted(set(subspecialties))
     if is_active is not None:

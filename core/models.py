@@ -74,6 +74,11 @@ class Project(models.Model):
         default=False, help_text="Let radiologists and sub-specialists claim reads routed to a lower tier."
     )
     requires_calibration = models.BooleanField(default=False, help_text="Readers must pass calibration first.")
+    # Gold checks and calibration (tasks.gold).
+    gold_rate = models.FloatField(default=0.0, help_text="Share of claims served as hidden gold checks (0-1).")
+    gold_threshold = models.FloatField(default=0.8, help_text="Rolling gold score below which a reader is suspended.")
+    gold_window = models.PositiveSmallIntegerField(default=10, help_text="Gold checks in the rolling score.")
+    calibration_threshold = models.FloatField(default=0.8, help_text="Mean score a reader needs on calibration.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -84,6 +89,7 @@ class Project(models.Model):
             models.CheckConstraint(
                 condition=Q(reads_per_task__gte=1) & Q(reads_per_task__lte=3), name="project_reads_per_task_1_3"
             ),
+            models.CheckConstraint(condition=Q(gold_rate__gte=0) & Q(gold_rate__lte=1), name="project_gold_rate_0_1"),
             models.UniqueConstraint(fields=["client", "name"], name="project_unique_name_per_client"),
         ]
 

@@ -1,6 +1,7 @@
 """The reading queue over REST: claim, heartbeat, release, draft, submit; managers' queue views."""
 
 import django_filters
+from django.db.models import Q
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.response import Response
@@ -10,10 +11,11 @@ from audit.recorder import AuditedViewMixin
 from core.api.serializers import LabelEntrySerializer
 from core.errors import NotFound
 from core.models import User
-from core.roles import Perm
-from core.selectors import get_project_for
-from tasks import creation, queue, selectors
-from tasks.models import Read, Task
+from core.roles import READER_ROLE_TIERS, Perm
+from core.selectors import get_project_for, projects_visible_to
+from tasks import adjudication as adjudication_service
+from tasks import creation, gold, queue, selectors
+from tasks.models import Adjudication, Read, Task
 from tasks.states import ReadState, TaskState
 
 
@@ -143,8 +145,9 @@ class ReadViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelM
     def get_serializer_class(self):
         # Readers (who see only their own reads) get no identities; managers and QA do.
         user = self.request.user
-        if getattr(self, "swagger_fake_view", False) or user.is_superuser or Read.objects.filter(pk__in=self.get_queryset().values("pk")).exclude(
-                reader=user).exists():
+        if getattr(self, "swagger_fake_view", False) or user.is_superuser:
+            return ManagedReadSerializer
+        if self.get_queryset().exclude(reader=user).exists():
             return ManagedReadSerializer
         return ReadSerializer
 
@@ -293,3 +296,197 @@ class ReassignReadView(AuditedViewMixin, APIView):
         data.is_valid(raise_exception=True)
         read = queue.reassign_read(pk, data.validated_data["reader"], by=request.user)
         return Response(ManagedReadSerializer(read).data)
+
+
+# --- adjudication ------------------------------------------------------------------------------
+
+class SideBySideReadSerializer(serializers.ModelSerializer):
+    """A read as the adjudicator sees it: unblinded, with a pseudonymous reader and their tier."""
+
+    reader = serializers.CharField(source="reader.pseudonym")
+    tier = serializers.CharField(source="get_tier_display")
+
+    class Meta:
+        model = Read
+        fields = ["id", "reader", "tier", "submitted_at", "findings"]
+        read_only_fields = fields
+
+
+class AdjudicationSerializer(serializers.ModelSerializer):
+    task = serializers.IntegerField(source="task.pk", read_only=True)
+    study_uid = serializers.CharField(source="task.study.study_uid", read_only=True)
+    reads = serializers.SerializerMethodField()
+    protocol_version = serializers.SerializerMethodField()
+    dicomweb = serializers.SerializerMethodField()
+    model_output = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Adjudication
+        fields = ["id", "task", "project", "state", "study_uid", "tier", "subspecialty", "agreement", "reads",
+                  "protocol_version", "dicomweb", "model_output", "lease_expires_at", "resolution", "rationale",
+                  "resolved_at"]
+        read_only_fields = fields
+
+    def get_reads(self, adjudication) -> SideBySideReadSerializer(many=True):
+        reads = adjudication.task.reads.filter(state=ReadState.SUBMITTED).select_related("reader").order_by("id")
+        return SideBySideReadSerializer(reads, many=True).data
+
+    def get_protocol_version(self, adjudication) -> ProtocolSchemaSerializer:
+        version = adjudication.task.protocol_version
+        return ProtocolSchemaSerializer({"number": version.number, "name": version.name, "rules": version.rules,
+                                         "entries": version.entries.all()}).data
+
+    def get_dicomweb(self, adjudication) -> dict:
+        return _dicomweb(self.context["request"], adjudication.task)
+
+    def get_model_output(self, adjudication) -> dict | None:
+        """The current model's output for the task, once the learning module has scored it."""
+        return None
+
+
+class ResolveSerializer(serializers.Serializer):
+    resolution = serializers.ChoiceField(["read", "edit", "new"])
+    read = serializers.IntegerField(required=False, help_text="The chosen read (resolution = read).")
+    findings = serializers.JSONField(required=False, help_text="The answer (resolution = edit or new).")
+    rationale = serializers.CharField(max_length=5000, allow_blank=True)
+
+    def validate(self, attrs):
+        if attrs["resolution"] == "read" and "read" not in attrs:
+            raise serializers.ValidationError({"read": ["Name the read you choose."]})
+        if attrs["resolution"] != "read" and "findings" not in attrs:
+            raise serializers.ValidationError({"findings": ["Give the findings."]})
+        return attrs
+
+
+class AdjudicationNextView(AuditedViewMixin, APIView):
+    """Claim the most urgent adjudication you are eligible for (200), or 204 when there is none."""
+
+    audit_object_type = "tasks.adjudication"
+
+    def audit_action(self, request):
+        return "claim"
+
+    @extend_schema(request=None, responses={200: AdjudicationSerializer, 204: OpenApiResponse(description="None.")})
+    def post(self, request):
+        adjudication = adjudication_service.claim_next_adjudication(request.user)
+        if adjudication is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(AdjudicationSerializer(adjudication, context={"request": request}).data)
+
+
+class AdjudicationViewSet(AuditedViewMixin, viewsets.GenericViewSet):
+    """Your claimed adjudications (managers see their projects'), and resolving them."""
+
+    audit_object_type = "tasks.adjudication"
+    queryset = Adjudication.objects.none()
+    serializer_class = AdjudicationSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Adjudication.objects.none()
+        user = self.request.user
+        managed = projects_visible_to(user, Perm.MANAGE).values("pk")
+        return Adjudication.objects.filter(Q(adjudicator=user) | Q(project_id__in=managed)).select_related(
+            "task__study", "task__series", "task__protocol_version")
+
+    def audit_target(self):
+        return None, self.kwargs.get("pk", ""), ""
+
+    def retrieve(self, request, pk=None):
+        adjudication = self.get_queryset().filter(pk=pk).first()
+        if adjudication is None:
+            raise NotFound("No such adjudication.")
+        return Response(AdjudicationSerializer(adjudication, context={"request": request}).data)
+
+    @extend_schema(request=ResolveSerializer, responses={200: AdjudicationSerializer})
+    def resolve(self, request, pk=None):
+        data = ResolveSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        adjudication = adjudication_service.resolve_adjudication(
+            pk, request.user, resolution=v["resolution"], rationale=v["rationale"], read_id=v.get("read"),
+            findings=v.get("findings"))
+        return Response(AdjudicationSerializer(adjudication, context={"request": request}).data)
+
+    @extend_schema(request=None, responses={200: AdjudicationSerializer})
+    def release(self, request, pk=None):
+        adjudication = adjudication_service.release_adjudication(pk, request.user)
+        return Response(AdjudicationSerializer(adjudication, context={"request": request}).data)
+
+
+class ProjectAdjudicationListView(AuditedViewMixin, APIView):
+    """A project's adjudications by state (managers and QA)."""
+
+    audit_object_type = "tasks.adjudication"
+
+    @extend_schema(parameters=[OpenApiParameter("state", str, enum=Adjudication.State.values)],
+                   responses=AdjudicationSerializer(many=True))
+    def get(self, request, project_pk):
+        project = get_project_for(request.user, project_pk, Perm.VIEW_READS)
+        qs = Adjudication.objects.filter(project=project).select_related("task__study", "task__protocol_version")
+        if state := request.query_params.get("state"):
+            qs = qs.filter(state=state)
+        from core.api.pagination import Pagination
+
+        paginator = Pagination()
+        page = paginator.paginate_queryset(qs.order_by("id"), request, view=self)
+        return paginator.get_paginated_response(AdjudicationSerializer(page, many=True,
+                                                                       context={"request": request}).data)
+
+
+# --- gold references and the workforce --------------------------------------------------------
+
+class ReferenceSerializer(serializers.Serializer):
+    findings = serializers.JSONField(help_text="The reference findings (validated like a read).")
+
+
+class ReferenceView(AuditedViewMixin, APIView):
+    """Import the reference of a gold or calibration task (managers)."""
+
+    audit_object_type = "tasks.consensus"
+
+    @extend_schema(request=ReferenceSerializer, responses={201: OpenApiResponse(description="Reference stored.")})
+    def post(self, request, project_pk, pk):
+        project = get_project_for(request.user, project_pk, Perm.MANAGE)
+        task = Task.objects.filter(project=project, pk=pk).first()
+        if task is None:
+            raise NotFound("No such task.")
+        data = ReferenceSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        consensus = gold.import_reference(task, data.validated_data["findings"], by=request.user)
+        return Response({"task": task.pk, "consensus": consensus.pk, "method": consensus.method},
+                        status=status.HTTP_201_CREATED)
+
+
+class WorkforceMemberSerializer(serializers.Serializer):
+    reader = serializers.CharField(help_text="Username for managers and QA; a pseudonym for clients.")
+    role = serializers.CharField()
+    tier = serializers.CharField(allow_null=True)
+    subspecialties = serializers.ListField(child=serializers.CharField())
+    calibrated = serializers.BooleanField()
+    suspended = serializers.BooleanField()
+    suspension_reason = serializers.CharField()
+    gold_checks = serializers.IntegerField()
+    rolling_gold_score = serializers.FloatField(allow_null=True)
+
+
+class WorkforceView(AuditedViewMixin, APIView):
+    """Calibration and gold status of the project's readers (pseudonymous for clients)."""
+
+    audit_object_type = "core.membership"
+
+    @extend_schema(responses=WorkforceMemberSerializer(many=True))
+    def get(self, request, project_pk):
+        project = get_project_for(request.user, project_pk, Perm.VIEW_PROGRESS)
+        named = request.user.is_superuser or request.user.has_perm(f"core.{Perm.VIEW_MEMBERS}", project)
+        rows = []
+        memberships = (project.memberships.filter(is_active=True, role__in=list(READER_ROLE_TIERS))
+                       .select_related("user").order_by("user__username", "role"))
+        for m in memberships:
+            score, count = gold.rolling_gold_score(m.user_id, project.pk, project.gold_window)
+            rows.append({"reader": m.user.username if named else m.user.pseudonym, "role": m.role,
+                         "tier": m.tier.label if m.tier else None, "subspecialties": m.subspecialties,
+                         "calibrated": m.calibrated_at is not None or not project.requires_calibration,
+                         "suspended": m.is_suspended, "suspension_reason": m.suspension_reason,
+                         "gold_checks": count, "rolling_gold_score": round(score, 4) if score is not None else None})
+        return Response(WorkforceMemberSerializer(rows, many=True).data)

@@ -1,5 +1,8 @@
 """Tasks from ingested studies, under the project's current protocol version.
 
+Gold and calibration tasks are routed to radiologists (``"gold_first_read_tier"`` overrides);
+their consensus becomes the reference that checks are scored against (tasks.gold).
+
 Protocol rules used here: ``"unit": "study" | "series"`` (default study); ``"modalities"`` (only
 series of these); ``"required_sequences": ["FLAIR", "T1_POST"]`` (MR: a study missing one is
 flagged, not queued); and the routing rules (tasks.routing). A task with k reads gets k queue
@@ -49,6 +52,9 @@ def create_tasks(project: Project, *, by: User | None, studies=None, kind: str =
             raise DomainError("A study of another project was given.", code="wrong_project")
         facts = facts_of(study)
         first, adjudicate = first_read_route(facts, rules), adjudication_route(facts, rules)
+        if kind != Task.Kind.PRODUCTION:
+            # Gold and calibration references are read by radiologists (tasks.gold).
+            first = first_read_route(facts, {"first_read_tier": rules.get("gold_first_read_tier", "radiologist")})
         missing = _missing_sequences(study, rules)
         for series in _units(study, rules):
             if (study.pk, series.pk if series else None) in existing:

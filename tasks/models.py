@@ -91,6 +91,9 @@ class Read(models.Model):
     findings_count = models.PositiveIntegerField(default=0)
     slices_touched = models.PositiveIntegerField(default=0)
     idempotency_key = models.CharField(max_length=100, blank=True)
+    is_check = models.BooleanField(default=False, help_text="A gold or calibration check, scored against the "
+                                                            "reference (never shown to the reader).")
+    score = models.FloatField(null=True, blank=True, help_text="Check reads: agreement with the reference, 0-1.")
 
     objects = ReadQuerySet.as_manager()
 
@@ -140,3 +143,60 @@ class QueueSlot(models.Model):
 
     def __str__(self) -> str:
         return f"slot {self.pk} of task {self.task_id}"
+
+
+class Adjudication(models.Model):
+    """A disagreement between a task's reads, for a senior reader to resolve with a rationale."""
+
+    class State(models.TextChoices):
+        OPEN = "open", "Open"
+        CLAIMED = "claimed", "Claimed"
+        RESOLVED = "resolved", "Resolved"
+        CANCELLED = "cancelled", "Cancelled"
+
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="+")
+    task = models.OneToOneField(Task, on_delete=models.PROTECT, related_name="adjudication")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.OPEN)
+    tier = models.PositiveSmallIntegerField(choices=Tier.choices)
+    subspecialty = models.CharField(max_length=20, blank=True)
+    priority = models.FloatField(default=0.0)
+    agreement = models.JSONField(default=dict, help_text="Per-label agreement figures that failed the protocol.")
+    adjudicator = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    adjudicator_tier = models.PositiveSmallIntegerField(choices=Tier.choices, null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    resolution = models.CharField(max_length=10, blank=True, help_text="read | edit | new")
+    chosen_read = models.ForeignKey(Read, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    rationale = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-priority", "id"]
+        indexes = [models.Index(fields=["project", "state", "tier"])]
+
+    def __str__(self) -> str:
+        return f"adjudication {self.pk} of task {self.task_id} ({self.state})"
+
+
+class Consensus(models.Model):
+    """The final label of a task: auto-agreed, adjudicated, or a gold reference."""
+
+    class Method(models.TextChoices):
+        AGREED = "agreed", "Readers agreed (majority / median / vote)"
+        ADJUDICATED = "adjudicated", "Adjudicated"
+        GOLD_REFERENCE = "gold_reference", "Imported gold reference"
+
+    task = models.OneToOneField(Task, on_delete=models.PROTECT, related_name="consensus")
+    method = models.CharField(max_length=16, choices=Method.choices)
+    findings = models.JSONField()
+    agreement = models.JSONField(default=dict)
+    adjudication = models.OneToOneField(Adjudication, null=True, blank=True, on_delete=models.PROTECT,
+                                        related_name="consensus")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "consensus labels"
+
+    def __str__(self) -> str:
+        return f"consensus of task {self.task_id} ({self.method})"

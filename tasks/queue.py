@@ -68,11 +68,18 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
         rules = [r for r in rules if counts.get(r.project_id, 0) < r.max_open_reads]
         if not rules:
             return None
-        leases = {r.project_id: r.lease_seconds for r in rules}
-        if connection.vendor == "postgresql":
-            claimed = _claim_postgresql(user, rules, leases, now)
+        check = _claim_check(user, rules)
+        rules = [r for r in rules if not r.needs_calibration]
+        if check is not None:
+            claimed = (check.pk, None)
+        elif not rules:
+            return None
         else:
-            claimed = _claim_portable(user, rules, leases, now)
+            leases = {r.project_id: r.lease_seconds for r in rules}
+            if connection.vendor == "postgresql":
+                claimed = _claim_postgresql(user, rules, leases, now)
+            else:
+                claimed = _claim_portable(user, rules, leases, now)
         if claimed is None:
             return None
         read_id, expired_read_id = claimed
@@ -89,6 +96,24 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
 
 def _lease_seconds(project_id: int) -> int:
     return Project.objects.values_list("lease_seconds", flat=True).get(pk=project_id)
+
+
+def _claim_check(user, rules: list[Eligibility]) -> Read | None:
+    """A calibration check (readers still calibrating) or, at the project's rate, a hidden gold check."""
+    from tasks import gold
+
+    for rule in rules:
+        if rule.needs_calibration:
+            read = gold.claim_check(user, rule.project_id, Task.Kind.CALIBRATION, rule.reader_tier,
+                                    rule.lease_seconds)
+            if read is not None:
+                return read
+    for rule in rules:
+        if not rule.needs_calibration and gold.wants_gold_check(rule.gold_rate):
+            read = gold.claim_check(user, rule.project_id, Task.Kind.GOLD, rule.reader_tier, rule.lease_seconds)
+            if read is not None:
+                return read
+    return None
 
 
 def _eligibility_sql(rules: list[Eligibility], params: list) -> str:
@@ -193,8 +218,13 @@ def get_read_for_update(read_id, user: User) -> Read:
         raise NotFound("No such read.") from None
 
 
-def _live_slot(read: Read) -> QueueSlot:
-    """The slot this read still holds; 409 when its lease passed and another reader has it."""
+def _live_slot(read: Read) -> QueueSlot | None:
+    """The slot this read still holds; 409 when its lease passed and another reader has it.
+
+    Check reads (gold, calibration) hold no slot: None.
+    """
+    if read.is_check:
+        return None
     slot = QueueSlot.objects.select_for_update().filter(read=read).first()
     if slot is None or slot.reader_id != read.reader_id:
         raise Conflict("Your lease on this read expired and the task was handed to another reader; "
@@ -214,7 +244,8 @@ def heartbeat_read(read_id, user: User) -> Read:
     read.last_heartbeat_at = now
     read.lease_expires_at = now + timedelta(seconds=_lease_seconds(read.project_id))
     read.save(update_fields=["active_seconds", "last_heartbeat_at", "lease_expires_at"])
-    QueueSlot.objects.filter(pk=slot.pk).update(lease_expires_at=read.lease_expires_at)
+    if slot is not None:
+        QueueSlot.objects.filter(pk=slot.pk).update(lease_expires_at=read.lease_expires_at)
     record_event("heartbeat", actor=user, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid)
     return read
 
@@ -230,10 +261,12 @@ def release_read(read_id, user: User) -> Read:
     return read
 
 
-def _free_slot(slot: QueueSlot, read: Read, state: str) -> None:
+def _free_slot(slot: QueueSlot | None, read: Read, state: str) -> None:
     now = timezone.now()
     Read.objects.filter(pk=read.pk).update(state=state, ended_at=now)
     read.state, read.ended_at = state, now
+    if slot is None:  # a check read: its task is not in the queue
+        return
     QueueSlot.objects.filter(pk=slot.pk).update(reader=None, lease_expires_at=None, read=None)
     _refresh_task_state(read.task_id)
 
@@ -288,6 +321,13 @@ def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> 
         read.findings_count, read.slices_touched = summary["findings"], summary["slices_touched"]
         read.idempotency_key = idempotency_key[:100]
         read.save()
+        if slot is None:  # a check read: scored against the reference, the task itself unchanged
+            from tasks.gold import on_check_submitted
+
+            on_check_submitted(read)
+            record_event("submit", actor=user, project_id=read.project_id, obj=read,
+                         study_uid=read.task.study.study_uid, extra={"findings": read.findings_count})
+            return read, False
         slot.delete()
         Task.objects.filter(pk=read.task_id).update(reads_submitted=F("reads_submitted") + 1)
         task = _refresh_task_state(read.task_id)

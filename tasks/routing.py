@@ -105,6 +105,8 @@ class Eligibility:
     max_open_reads: int
     reader_tier: int
     lease_seconds: int
+    needs_calibration: bool = False  # only calibration checks until the reader passes
+    gold_rate: float = 0.0
 
 
 def eligibility(user, projects) -> list[Eligibility]:
@@ -119,12 +121,12 @@ def eligibility(user, projects) -> list[Eligibility]:
         project = memberships[0].project
         if not project.is_active or any(m.is_suspended for m in memberships):
             continue
-        if project.requires_calibration and not any(m.calibrated_at for m in memberships):
-            continue
+        needs_calibration = project.requires_calibration and not any(m.calibrated_at for m in memberships)
         top = max(READER_ROLE_TIERS[m.role] for m in memberships)
         tiers = tuple(t for t in Tier.values if t == top or (project.higher_tiers_take_lower_work and t < top))
         subs = tuple(sorted({s for m in memberships for s in m.subspecialties}))
-        result.append(Eligibility(project_id, tiers, subs, project.max_open_reads, int(top), project.lease_seconds))
+        result.append(Eligibility(project_id, tiers, subs, project.max_open_reads, int(top), project.lease_seconds,
+                                  needs_calibration, project.gold_rate))
     return result
 
 

@@ -70,7 +70,11 @@ def pixel_reader(study):
 
 def validated_findings(read: Read, findings) -> tuple[list[dict], dict]:
     """Normalised findings and their summary; DomainError (400) naming every bad field."""
-    task = read.task
+    return validate_for_task(read.task, findings)
+
+
+def validate_for_task(task, findings) -> tuple[list[dict], dict]:
+    """Findings checked against a task's protocol version and study (reads and adjudications)."""
     try:
         normalised = validate_findings(
             findings, labels=labels_of(task.protocol_version_id), study=study_geometry(task.study),

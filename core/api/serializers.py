@@ -71,7 +71,7 @@ class MembershipSerializer(serializers.ModelSerializer):
     class Meta:
         model = Membership
         fields = ["id", "project", "user", "username", "pseudonym", "role", "tier", "subspecialties", "is_active",
-                  "created_at", "updated_at"]
+                  "is_suspended", "suspension_reason", "calibrated_at", "created_at", "updated_at"]
         read_only_fields = fields
 
     def get_tier(self, membership) -> str | None:
@@ -88,6 +88,7 @@ class MembershipCreateSerializer(serializers.Serializer):
 class MembershipUpdateSerializer(serializers.Serializer):
     subspecialties = serializers.ListField(child=serializers.ChoiceField(Subspecialty.choices), required=False)
     is_active = serializers.BooleanField(required=False)
+    is_suspended = serializers.BooleanField(required=False, help_text="false reinstates a suspended reader.")
 
 
 class CategorySerializer(serializers.Serializer):

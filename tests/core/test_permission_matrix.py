@@ -18,7 +18,9 @@ from audit.trail import record_event
 from core.dicom import synthetic
 from core.memberships import grant_membership
 from core.protocols import create_protocol_version
+from tasks.adjudication import claim_next_adjudication
 from tasks.creation import create_tasks
+from tasks.models import Adjudication, Task
 from tasks.queue import claim_next_read
 from tests.factories import UserFactory
 
@@ -84,6 +86,10 @@ def _dw(suffix=""):
 
 def _read(suffix):
     return lambda c, x, o: suffix.format(read=x["dicom_own" if o else "dicom_foreign"]["read"])
+
+
+def _adj(suffix):
+    return lambda c, x, o: suffix.format(adjudication=x["dicom_own" if o else "dicom_foreign"]["adjudication"])
 
 
 def _pp(suffix):
@@ -191,7 +197,8 @@ CASES = [
          DICOM_READ, ONLY_SU),
     Case("wado-thumbnail", "get", _dw("/dicomweb/studies/{study}/series/{series}/instances/{instance}/thumbnail"),
          DICOM_READ, ONLY_SU),
-    Case("queue-next", "post", lambda c, x, o: "/api/queue/next/", expect(204, annotator=200)),
+    # Annotators take production reads; radiologists the reads that build the gold reference.
+    Case("queue-next", "post", lambda c, x, o: "/api/queue/next/", expect(204, annotator=200, radiologist=200)),
     Case("read-list", "get", lambda c, x, o: "/api/reads/", expect(200)),
     Case("read-detail", "get", _read("/api/reads/{read}/"),
          expect(404, superuser=200, manager=200, annotator=200), ONLY_SU),
@@ -212,6 +219,23 @@ CASES = [
     Case("read-reassign", "post", _pp("reads/{read}/reassign/"),
          expect(404, superuser=200, **members(403, manager=200)), expect(404, superuser=400),
          body=lambda c: {"reader": c.second_annotator.pk}),
+    Case("task-reference", "post", _pp("tasks/{gold_task}/reference/"),
+         expect(404, superuser=201, **members(403, manager=201)), expect(404, superuser=201),
+         body=lambda c: {"findings": [{"label": "finding_laterality", "value": "left"}]}),
+    Case("workforce", "get", _pp("workforce/"),
+         expect(404, superuser=200, **members(403, manager=200, qa=200, client_viewer=200)), ONLY_SU),
+    Case("adjudication-next", "post", lambda c, x, o: "/api/adjudications/next/",
+         expect(204, radiologist=200, neuro_subspecialist=200)),
+    Case("adjudication-detail", "get", _adj("/api/adjudications/{adjudication}/"),
+         expect(404, superuser=200, manager=200, radiologist=200), ONLY_SU),
+    Case("adjudication-resolve", "post", _adj("/api/adjudications/{adjudication}/resolve/"),
+         expect(404, radiologist=200), expect(404),
+         body=lambda c: {"resolution": "new", "findings": [{"label": "finding_laterality", "value": "left"}],
+                         "rationale": "left on review"}),
+    Case("adjudication-release", "post", _adj("/api/adjudications/{adjudication}/release/"),
+         expect(404, radiologist=200), expect(404)),
+    Case("project-adjudication-list", "get", _pp("adjudications/"),
+         expect(404, superuser=200, **members(403, manager=200, qa=200)), ONLY_SU),
     Case("audit-event-list", "get", lambda c, x, o: "/api/audit/events/", expect(200)),
     Case("audit-event-detail", "get",
          lambda c, x, o: f"/api/audit/events/{x['e_own' if o else 'e_foreign']}/",
@@ -244,18 +268,30 @@ def _ingest_one(project, seed) -> dict:
     instance = Instance.objects.get(sop_instance_uid=f.sop_instance_uid)
     quarantined = Instance.objects.get(sop_instance_uid=report.files[1].sop_instance_uid)
     Instance.objects.filter(pk=quarantined.pk).update(is_quarantined=True, quarantine_reason="test")
-    # A second study, so the reader holding a read of the first still has work to claim.
-    extra = synthetic.make_ct_series(n_slices=1, rows=8, cols=8, seed=seed + 50)[0]
-    ingest_files(project, [IngestItem("y", reader=io.BytesIO(synthetic.to_bytes(extra)))], by=None, source="folder")
+    # More studies: the reader holding a read of the first still has work to claim, and two
+    # tasks carry adjudications (one open, one claimed by a radiologist).
+    for extra_seed in (seed + 50, seed + 60, seed + 70):
+        extra = synthetic.make_ct_series(n_slices=1, rows=8, cols=8, seed=extra_seed)[0]
+        ingest_files(project, [IngestItem("y", reader=io.BytesIO(synthetic.to_bytes(extra)))], by=None,
+                     source="folder")
     tasks = create_tasks(project, by=None)
     reader = project.memberships.filter(role="annotator", user__username="annotator").first()
     if reader is None:
         reader = grant_membership(project=project, user=UserFactory(organization=project.vendor), role="annotator")
     read = claim_next_read(reader.user).read
+    gold = create_tasks(project, by=None, kind=Task.Kind.GOLD, studies=project.studies.order_by("id")[:1])[0]
     create_protocol_version(project=project, name="draft v2")  # unused, so still editable
+    radiologist = project.memberships.filter(role="radiologist").first()
+    if radiologist is None:
+        radiologist = grant_membership(project=project, user=UserFactory(organization=project.vendor),
+                                       role="radiologist")
+    for task in tasks[2:4]:
+        Task.objects.filter(pk=task.pk).update(state="awaiting_adjudication")
+        Adjudication.objects.create(project=project, task=task, tier=2)
+    held = claim_next_adjudication(radiologist.user)
     return {"study": f.study_uid, "series": f.series_uid, "instance": f.sop_instance_uid,
             "instance_pk": quarantined.pk, "study_pk": instance.series.study_id, "orig_study": ds.StudyInstanceUID,
-            "task": tasks[0].pk, "read": read.pk}
+            "task": tasks[0].pk, "read": read.pk, "adjudication": held.pk, "gold_task": gold.pk}
 
 
 class _Rollback(Exception):
