@@ -2,6 +2,9 @@
 
 import django_filters
 from django.db.models import Q
+from django.http import HttpResponse
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.response import Response
@@ -9,12 +12,12 @@ from rest_framework.views import APIView
 
 from audit.recorder import AuditedViewMixin
 from core.api.serializers import LabelEntrySerializer
-from core.errors import NotFound
+from core.errors import DomainError, NotFound
 from core.models import User
 from core.roles import READER_ROLE_TIERS, Perm
 from core.selectors import get_project_for, projects_visible_to
 from tasks import adjudication as adjudication_service
-from tasks import creation, gold, queue, selectors
+from tasks import creation, gold, queue, reports, selectors
 from tasks.models import Adjudication, Read, Task
 from tasks.states import ReadState, TaskState
 
@@ -490,3 +493,34 @@ class WorkforceView(AuditedViewMixin, APIView):
                          "suspended": m.is_suspended, "suspension_reason": m.suspension_reason,
                          "gold_checks": count, "rolling_gold_score": round(score, 4) if score is not None else None})
         return Response(WorkforceMemberSerializer(rows, many=True).data)
+
+
+class ConcordanceView(AuditedViewMixin, APIView):
+    """Concordance per modality x finding class (JSON, or CSV with ?output=csv); scorecards pseudonymous
+    for clients."""
+
+    audit_object_type = "tasks.report"
+
+    def audit_action(self, request):
+        return "export" if request.query_params.get("output") == "csv" else "view"
+
+    @extend_schema(parameters=[OpenApiParameter("since", OpenApiTypes.DATETIME),
+                               OpenApiParameter("until", OpenApiTypes.DATETIME),
+                               OpenApiParameter("output", str, enum=["json", "csv"])],
+                   responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="The report (or text/csv).")})
+    def get(self, request, project_pk):
+        project = get_project_for(request.user, project_pk, Perm.VIEW_PROGRESS)
+        bounds = {}
+        for name in ("since", "until"):
+            if value := request.query_params.get(name):
+                parsed = parse_datetime(value)
+                if parsed is None:
+                    raise DomainError(f"{name} must be an ISO 8601 date-time.", errors={name: ["Not a date-time."]})
+                bounds[name] = parsed
+        named = request.user.is_superuser or request.user.has_perm(f"core.{Perm.VIEW_MEMBERS}", project)
+        report = reports.concordance_report(project, named=named, **bounds)
+        if request.query_params.get("output") == "csv":
+            response = HttpResponse(reports.report_csv(report), content_type="text/csv")
+            response["Content-Disposition"] = f'attachment; filename="concordance-project-{project.pk}.csv"'
+            return response
+        return Response(report)

@@ -37,7 +37,7 @@ def agreement_rules(task: Task) -> dict:
     return {**AGREEMENT_DEFAULTS, **(task.protocol_version.rules or {}).get("agreement", {})}
 
 
-def _by_label(findings: list[dict], label: str) -> list[dict]:
+def findings_of_label(findings: list[dict], label: str) -> list[dict]:
     return [f for f in findings or [] if f["label"] == label]
 
 
@@ -90,7 +90,7 @@ def _points(items: list[dict]) -> list[tuple[float, float, float]]:
     return points
 
 
-def _compare_pair(kind: str, spec, a: list[dict], b: list[dict], rules: dict) -> tuple[bool, float | None]:
+def compare_pair(kind: str, spec, a: list[dict], b: list[dict], rules: dict) -> tuple[bool, float | None]:
     """(agree, figure) for one label between two reads that both used it."""
     if kind == "classification":
         return {f["value"] for f in a} == {f["value"] for f in b}, None
@@ -129,14 +129,14 @@ def compute_agreement(task: Task, reads: list[Read]) -> dict:
     labels, rules = labels_of(task.protocol_version_id), agreement_rules(task)
     result: dict = {}
     for key, spec in labels.items():
-        per_read = [_by_label(r.findings, key) for r in reads]
+        per_read = [findings_of_label(r.findings, key) for r in reads]
         used = [bool(items) for items in per_read]
         if not any(used):
             continue
         if not all(used):
             result[key] = {"kind": spec.kind, "agree": False, "figures": [], "reason": "not every reader used it"}
             continue
-        pairs = [_compare_pair(spec.kind, spec, a, b, rules) for a, b in combinations(per_read, 2)]
+        pairs = [compare_pair(spec.kind, spec, a, b, rules) for a, b in combinations(per_read, 2)]
         result[key] = {"kind": spec.kind, "agree": all(ok for ok, _ in pairs), "figures": [f for _, f in pairs]}
     return {"agree": all(v["agree"] for v in result.values()), "labels": result, "rules": rules}
 
@@ -182,7 +182,7 @@ def derive_consensus(task: Task, reads: list[Read]) -> list[dict]:
     k = len(reads)
     out = []
     for key, spec in labels.items():
-        per_read = [_by_label(r.findings, key) for r in reads]
+        per_read = [findings_of_label(r.findings, key) for r in reads]
         if not any(per_read):
             continue
         first = per_read[0][0]

@@ -153,9 +153,9 @@ WITH c AS (
     FOR UPDATE OF s SKIP LOCKED
 ), new_read AS (
     INSERT INTO tasks_read (project_id, task_id, reader_id, state, tier, claimed_at, lease_expires_at,
-                            active_seconds, findings_count, slices_touched, idempotency_key)
+                            active_seconds, findings_count, slices_touched, idempotency_key, is_check)
     SELECT c.project_id, c.task_id, %s, 'claimed', {tier_case}, %s, %s + make_interval(secs => {lease_case}),
-           0, 0, 0, ''
+           0, 0, 0, '', false
     FROM c
     RETURNING id, task_id, lease_expires_at
 ), leased AS (

@@ -22,6 +22,7 @@ urlpatterns = [
     path("projects/<int:project_pk>/reads/<int:pk>/reassign/", api.ReassignReadView.as_view(), name="read-reassign"),
     path("projects/<int:project_pk>/tasks/<int:pk>/reference/", api.ReferenceView.as_view(), name="task-reference"),
     path("projects/<int:project_pk>/workforce/", api.WorkforceView.as_view(), name="workforce"),
+    path("projects/<int:project_pk>/reports/concordance/", api.ConcordanceView.as_view(), name="concordance-report"),
     path("adjudications/next/", api.AdjudicationNextView.as_view(), name="adjudication-next"),
     path("adjudications/<int:pk>/", api.AdjudicationViewSet.as_view({"get": "retrieve"}), name="adjudication-detail"),
     path("adjudications/<int:pk>/resolve/", api.AdjudicationViewSet.as_view({"post": "resolve"}),

@@ -224,6 +224,8 @@ CASES = [
          body=lambda c: {"findings": [{"label": "finding_laterality", "value": "left"}]}),
     Case("workforce", "get", _pp("workforce/"),
          expect(404, superuser=200, **members(403, manager=200, qa=200, client_viewer=200)), ONLY_SU),
+    Case("concordance-report", "get", _pp("reports/concordance/"),
+         expect(404, superuser=200, **members(403, manager=200, qa=200, client_viewer=200)), ONLY_SU),
     Case("adjudication-next", "post", lambda c, x, o: "/api/adjudications/next/",
          expect(204, radiologist=200, neuro_subspecialist=200)),
     Case("adjudication-detail", "get", _adj("/api/adjudications/{adjudication}/"),

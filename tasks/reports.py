@@ -1,0 +1,155 @@
+"""Concordance reports: per modality x finding class x metric, reader-vs-reader and
+reader-vs-consensus, each with n, the value and a 95% bootstrap interval over tasks; and per-reader
+scorecards. Model-vs-consensus rows appear once the learning module scores tasks.
+
+Metrics by label kind: classification -> Cohen's kappa; ordinal grade -> quadratic-weighted
+kappa; mask -> mean Dice; boxes, polygons -> share of boxes matched at the protocol's IoU;
+landmarks and measurements -> share agreeing within the protocol's tolerance. A label a read did
+not use counts as the category "(absent)" for kappa and as disagreement elsewhere.
+"""
+
+import csv
+import io
+import math
+from collections import defaultdict
+from itertools import combinations
+
+import numpy as np
+from django.core.cache import cache
+from django.db.models import Max
+
+from tasks import metrics
+from tasks.consensus import agreement_rules, compare_pair, findings_of_label
+from tasks.models import Consensus, Read, Task
+from tasks.states import ReadState
+from tasks.submission_service import labels_of
+
+ABSENT = "(absent)"
+BOOTSTRAP_DRAWS = 1000
+
+
+def _value(findings, label):
+    items = findings_of_label(findings, label)
+    return items[0]["value"] if items and "value" in items[0] else ABSENT
+
+
+def _interval(statistic, *columns) -> list[float | None]:
+    low, high = metrics.bootstrap_ci(statistic, *columns, n=BOOTSTRAP_DRAWS)
+    return [None if math.isnan(low) else round(low, 4), None if math.isnan(high) else round(high, 4)]
+
+
+def _row(modality, label, kind, comparison, metric, pairs) -> dict | None:
+    if not pairs:
+        return None
+    if metric.endswith("kappa"):
+        a = np.array([p[0] for p in pairs], dtype=object)
+        b = np.array([p[1] for p in pairs], dtype=object)
+        categories, weights = pairs[0][2], ("quadratic" if metric == "weighted_kappa" else None)
+
+        def statistic(x, y):
+            return metrics.cohen_kappa(x, y, categories=categories, weights=weights)
+
+        value = statistic(a, b)
+        interval = _interval(statistic, a, b)
+    else:
+        scores = np.array([p for p in pairs], dtype=float)
+        value = float(scores.mean())
+        interval = _interval(lambda s: float(s.mean()), scores)
+    return {"modality": modality, "finding_class": label, "kind": kind, "comparison": comparison,
+            "metric": metric, "n": len(pairs), "value": None if math.isnan(value) else round(value, 4),
+            "ci95": interval}
+
+
+def _pair_scores(spec, rules, reads_findings, reference=None):
+    """(reader-vs-reader, reader-vs-consensus) samples of one label on one task."""
+    label = spec.key
+    if spec.kind in ("classification", "ordinal"):
+        categories = [*spec.categories, ABSENT]
+        values = [_value(f, label) for f in reads_findings]
+        rr = [(x, y, categories) for x, y in combinations(values, 2)]
+        rc = [(v, _value(reference, label), categories) for v in values] if reference is not None else []
+        return rr, rc
+
+    def score(a, b):
+        items_a, items_b = findings_of_label(a, label), findings_of_label(b, label)
+        if not items_a and not items_b:
+            return None
+        if not items_a or not items_b:
+            return 0.0
+        ok, figure = compare_pair(spec.kind, spec, items_a, items_b, rules)
+        return float(figure) if spec.kind == "mask" and figure is not None else float(ok)
+
+    rr = [s for a, b in combinations(reads_findings, 2) if (s := score(a, b)) is not None]
+    rc = [s for a in reads_findings if reference is not None and (s := score(a, reference)) is not None]
+    return rr, rc
+
+
+def _metric_name(kind: str) -> str:
+    return {"classification": "kappa", "ordinal": "weighted_kappa", "mask": "dice"}.get(kind, "agreement_rate")
+
+
+def concordance_report(project, *, since=None, until=None, named: bool = True) -> dict:
+    """The report over tasks that reached consensus in [since, until); cached until a new consensus."""
+    consensus = Consensus.objects.filter(task__project=project, task__kind=Task.Kind.PRODUCTION)
+    if since:
+        consensus = consensus.filter(created_at__gte=since)
+    if until:
+        consensus = consensus.filter(created_at__lt=until)
+    key = f"concordance:{project.pk}:{since}:{until}:{named}:{consensus.aggregate(m=Max('id'))['m']}"
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    samples: dict[tuple, dict[str, list]] = defaultdict(lambda: {"reader_vs_reader": [], "reader_vs_consensus": []})
+    kinds: dict[tuple, str] = {}
+    per_reader: dict[int, dict] = defaultdict(lambda: {"reads": 0, "agree": 0, "compared": 0, "active_seconds": 0.0})
+    rows = consensus.select_related("task__study", "task__protocol_version").order_by("id")
+    for item in rows.iterator(chunk_size=500):
+        task = item.task
+        reads = list(Read.objects.filter(task=task, state=ReadState.SUBMITTED, is_check=False)
+                     .select_related("reader").order_by("id"))
+        specs, rules = labels_of(task.protocol_version_id), agreement_rules(task)
+        findings = [r.findings or [] for r in reads]
+        modality = "/".join(task.study.modalities) or "?"
+        for spec in specs.values():
+            rr, rc = _pair_scores(spec, rules, findings, item.findings)
+            group = (modality, spec.key)
+            kinds[group] = spec.kind
+            samples[group]["reader_vs_reader"] += rr
+            samples[group]["reader_vs_consensus"] += rc
+        for read in reads:
+            card = per_reader[read.reader_id]
+            card["reads"] += 1
+            card["active_seconds"] += read.active_seconds
+            card["name"] = read.reader.username if named else read.reader.pseudonym
+            for spec in specs.values():
+                mine, ref = findings_of_label(read.findings, spec.key), findings_of_label(item.findings, spec.key)
+                if mine or ref:
+                    card["compared"] += 1
+                    card["agree"] += int(bool(mine and ref) and compare_pair(spec.kind, spec, mine, ref, rules)[0])
+    report_rows = []
+    for (modality, label), comparisons in sorted(samples.items()):
+        for comparison, pairs in comparisons.items():
+            row = _row(modality, label, kinds[(modality, label)], comparison, _metric_name(kinds[(modality, label)]),
+                       pairs)
+            if row is not None:
+                report_rows.append(row)
+    scorecards = [{"reader": card["name"], "reads": card["reads"],
+                   "agreement_with_consensus": round(card["agree"] / card["compared"], 4) if card["compared"] else None,
+                   "mean_active_minutes": round(card["active_seconds"] / card["reads"] / 60, 2)}
+                  for card in sorted(per_reader.values(), key=lambda c: c["name"])]
+    report = {"project": project.pk, "since": str(since) if since else None, "until": str(until) if until else None,
+              "tasks": rows.count(), "rows": report_rows, "scorecards": scorecards,
+              "model_vs_consensus": "not available: no model has scored this project yet"}
+    cache.set(key, report, 3600)
+    return report
+
+
+def report_csv(report: dict) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["modality", "finding_class", "kind", "comparison", "metric", "n", "value", "ci95_low",
+                     "ci95_high"])
+    for row in report["rows"]:
+        writer.writerow([row["modality"], row["finding_class"], row["kind"], row["comparison"], row["metric"], row["n"],
+                         row["value"], *row["ci95"]])
+    return out.getvalue()
