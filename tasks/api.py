@@ -1,5 +1,7 @@
 """The reading queue over REST: claim, heartbeat, release, draft, submit; managers' queue views."""
 
+from functools import lru_cache
+
 import django_filters
 from django.db.models import Q
 from django.http import HttpResponse
@@ -13,7 +15,7 @@ from rest_framework.views import APIView
 from audit.recorder import AuditedViewMixin
 from core.api.serializers import LabelEntrySerializer
 from core.errors import DomainError, NotFound
-from core.models import User
+from core.models import ProtocolVersion, User
 from core.roles import READER_ROLE_TIERS, Perm
 from core.selectors import get_project_for, projects_visible_to
 from tasks import adjudication as adjudication_service
@@ -38,6 +40,21 @@ class ProtocolSchemaSerializer(serializers.Serializer):
     entries = LabelEntrySerializer(many=True)
 
 
+@lru_cache(maxsize=256)
+def _schema_of_locked_version(version_id: int) -> dict:
+    version = ProtocolVersion.objects.get(pk=version_id)
+    return ProtocolSchemaSerializer({"number": version.number, "name": version.name, "rules": version.rules,
+                                     "entries": version.entries.all()}).data
+
+
+def protocol_schema(version) -> dict:
+    """A version's schema as readers get it; cached once the version is locked (it cannot change then)."""
+    if version.is_locked:
+        return _schema_of_locked_version(version.pk)
+    return ProtocolSchemaSerializer({"number": version.number, "name": version.name, "rules": version.rules,
+                                     "entries": version.entries.all()}).data
+
+
 class ClaimSerializer(serializers.Serializer):
     """What a reader gets: the work, never its kind (gold looks like production), priority or other reads."""
 
@@ -51,9 +68,7 @@ class ClaimSerializer(serializers.Serializer):
     dicomweb = serializers.SerializerMethodField()
 
     def get_protocol_version(self, claim) -> ProtocolSchemaSerializer:
-        version = claim.task.protocol_version
-        return ProtocolSchemaSerializer({"number": version.number, "name": version.name, "rules": version.rules,
-                                         "entries": version.entries.all()}).data
+        return protocol_schema(claim.task.protocol_version)
 
     def get_series_uid(self, claim) -> str | None:
         return claim.task.series.series_uid if claim.task.series else None
@@ -335,9 +350,7 @@ class AdjudicationSerializer(serializers.ModelSerializer):
         return SideBySideReadSerializer(reads, many=True).data
 
     def get_protocol_version(self, adjudication) -> ProtocolSchemaSerializer:
-        version = adjudication.task.protocol_version
-        return ProtocolSchemaSerializer({"number": version.number, "name": version.name, "rules": version.rules,
-                                         "entries": version.entries.all()}).data
+        return protocol_schema(adjudication.task.protocol_version)
 
     def get_dicomweb(self, adjudication) -> dict:
         return _dicomweb(self.context["request"], adjudication.task)

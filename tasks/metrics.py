@@ -16,7 +16,6 @@ Conventions shared by every function:
 import math
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 import numpy as np
 from scipy import ndimage, optimize, spatial, stats
@@ -106,7 +105,7 @@ def _confusion(a: np.ndarray, b: np.ndarray, index: dict) -> np.ndarray:
         if span <= _MAX_CODE_SPAN and in_range:
             # One pass over the pairs in the raw values; the k x k block is picked out afterwards.
             joint = a.astype(np.intp, copy=False) * span
-            joint += b
+            joint += b.astype(np.intp, copy=False)
             if low:
                 joint -= low * (span + 1)
             full = np.bincount(joint, minlength=span * span).reshape(span, span)
@@ -219,9 +218,11 @@ def krippendorff_alpha(ratings, *, level: str = "nominal", categories: Sequence 
         raise ValueError(f"level must be one of {ALPHA_LEVELS}, not {level!r}")
     table = _ratings_table(ratings)
     domain = list(categories) if categories is not None else _observed_values(table)
-    if level != "nominal" and not all(isinstance(v, int | float | np.number) for v in domain):
-        if categories is None or level == "interval":
-            raise ValueError(f"{level} alpha needs numeric ratings or categories (ordinal: an ordered categories)")
+    numeric = all(isinstance(v, int | float | np.number) for v in domain)
+    if level == "interval" and not numeric:
+        raise ValueError("interval alpha needs numeric ratings (and numeric categories)")
+    if level == "ordinal" and not numeric and categories is None:
+        raise ValueError("ordinal alpha needs numeric ratings, or categories giving the order of the values")
     index = _category_index(domain) if domain else {}
     if not index:
         return math.nan
@@ -309,6 +310,13 @@ def _union_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def _padded(mask: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """The box of the mask with one empty voxel around it (one copy, unlike np.pad of a slice)."""
+    padded = np.zeros(tuple(s.stop - s.start + 2 for s in box), dtype=bool)
+    padded[(slice(1, -1),) * mask.ndim] = mask[box]
+    return padded
+
+
 def _surface(padded: np.ndarray) -> np.ndarray:
     """Flat indices of the surface voxels of a mask padded by one empty voxel on every side: inside,
     with a face neighbour outside (the mask XOR its binary erosion with a cross, border outside).
@@ -317,11 +325,18 @@ def _surface(padded: np.ndarray) -> np.ndarray:
     strides = [int(np.prod(padded.shape[axis + 1 :])) for axis in range(padded.ndim)]
     # The first and last stride[0] voxels are padding, so every shifted slice stays in bounds.
     low, high = strides[0], flat.size - strides[0]
-    interior = flat[low - 1 : high - 1] & flat[low + 1 : high + 1]
-    for stride in strides[:-1]:
-        interior &= flat[low - stride : high - stride]
-        interior &= flat[low + stride : high + stride]
-    return np.flatnonzero(flat[low:high] & ~interior) + low
+    found = []
+    scratch = np.empty(min(_CHUNK, max(high - low, 0)), dtype=bool)
+    for start in range(low, high, _CHUNK):
+        stop = min(start + _CHUNK, high)
+        interior = scratch[: stop - start]
+        np.logical_and(flat[start - 1 : stop - 1], flat[start + 1 : stop + 1], out=interior)
+        for stride in strides[:-1]:
+            interior &= flat[start - stride : stop - stride]
+            interior &= flat[start + stride : stop + stride]
+        np.greater(flat[start:stop], interior, out=interior)
+        found.append(np.flatnonzero(interior) + start)
+    return np.concatenate(found) if found else np.empty(0, dtype=np.intp)
 
 
 def _nearest_by_transform(surface_a, surface_b, shape, sampling) -> tuple[np.ndarray, np.ndarray]:
@@ -333,15 +348,17 @@ def _nearest_by_transform(surface_a, surface_b, shape, sampling) -> tuple[np.nda
     return distances_to(surface_b)[surface_a], distances_to(surface_a)[surface_b]
 
 
-def _nearest_by_tree(surface_a, surface_b, shape, sampling) -> tuple[np.ndarray, np.ndarray]:
-    points = [np.column_stack(np.unravel_index(s, shape)) * sampling for s in (surface_a, surface_b)]
-    with ThreadPoolExecutor(max_workers=2) as pool:  # both release the GIL: two cores, two trees
-        trees = list(pool.map(partial(spatial.cKDTree, leafsize=32, balanced_tree=False, compact_nodes=False), points))
+def _nearest_by_tree(pool, surface_a, surface_b, shape, sampling) -> tuple[np.ndarray, np.ndarray]:
+    def tree(surface: np.ndarray) -> tuple[np.ndarray, spatial.cKDTree]:
+        points = np.column_stack(np.unravel_index(surface, shape)) * sampling
+        built = spatial.cKDTree(points, leafsize=32, balanced_tree=False, compact_nodes=False)
         # Asking in the order of the asking surface's own tree keeps neighbouring queries on the same
-        # leaves (about 20% faster); the distances are returned in that order, which no caller needs.
-        asked = [points[0][trees[0].indices], points[1][trees[1].indices]]
-        d_ab, d_ba = pool.map(lambda tree, query: tree.query(query)[0], (trees[1], trees[0]), asked)
-    return d_ab, d_ba
+        # leaves (about 20% faster); the distances come back in that order, which no caller needs.
+        return points[built.indices], built
+
+    (asked_a, tree_a), (asked_b, tree_b) = pool.map(tree, (surface_a, surface_b))
+    nearest = pool.map(lambda target, asked: target.query(asked, workers=-1)[0], (tree_b, tree_a), (asked_a, asked_b))
+    return tuple(nearest)
 
 
 def _surface_distances(a, b, spacing) -> tuple[np.ndarray, np.ndarray] | None:
@@ -350,19 +367,23 @@ def _surface_distances(a, b, spacing) -> tuple[np.ndarray, np.ndarray] | None:
     exactly one is.
     """
     a, b = _masks(a, b)
+    if a.ndim == 0:
+        raise ValueError("surface distances need masks with at least one axis")
     sampling = _spacing(spacing, a.ndim)
     box = _union_box(a, b)
     if box is None:
         return np.empty(0), np.empty(0)
-    a, b = np.pad(a[box], 1), np.pad(b[box], 1)
-    surface_a, surface_b = _surface(a), _surface(b)
-    if not surface_a.size or not surface_b.size:
-        return None
-    # Exact either way: a distance transform costs per voxel of the crop, a k-d tree per surface
-    # voxel (about three times as much), so the tree wins unless the surfaces fill a third of it.
-    if 3 * (surface_a.size + surface_b.size) > a.size:
-        return _nearest_by_transform(surface_a, surface_b, a.shape, sampling)
-    return _nearest_by_tree(surface_a, surface_b, a.shape, sampling)
+    shape = tuple(s.stop - s.start + 2 for s in box)
+    # Each mask's crop, surface and k-d tree on its own core: numpy and cKDTree release the GIL.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        surface_a, surface_b = pool.map(lambda mask: _surface(_padded(mask, box)), (a, b))
+        if not surface_a.size or not surface_b.size:
+            return None
+        # Exact either way: a distance transform costs per voxel of the crop, a k-d tree per surface
+        # voxel (about three times as much), so the tree wins unless the surfaces fill a third of it.
+        if 3 * (surface_a.size + surface_b.size) > np.prod(shape):
+            return _nearest_by_transform(surface_a, surface_b, shape, sampling)
+        return _nearest_by_tree(pool, surface_a, surface_b, shape, sampling)
 
 
 def hausdorff(a, b, *, spacing, percentile: float = 100) -> float:
@@ -500,19 +521,19 @@ def _boxes(pred_boxes, ref_boxes) -> tuple[np.ndarray, np.ndarray, int]:
 
 def _pair_quality(pred, ref, ndim, iou, centre_distance_mm, spacing) -> tuple[np.ndarray, np.ndarray]:
     """(pair passes the threshold, quality in [0, 1], higher better) for every pred x ref pair."""
+    if centre_distance_mm is not None and not centre_distance_mm >= 0:
+        raise ValueError(f"centre_distance_mm must be >= 0, got {centre_distance_mm}")
+    if centre_distance_mm is None and not 0 <= iou <= 1:
+        raise ValueError(f"iou must be within [0, 1], got {iou}")
     if not pred.size or not ref.size:
         return np.zeros((len(pred), len(ref)), dtype=bool), np.zeros((len(pred), len(ref)))
     if centre_distance_mm is not None:
-        if centre_distance_mm < 0:
-            raise ValueError(f"centre_distance_mm must be >= 0, got {centre_distance_mm}")
         scale = np.ones(ndim) if spacing is None else _spacing(spacing, ndim)
         centres = [(x[:, :ndim] + x[:, ndim:]) / 2 * scale for x in (pred, ref)]
         distance = spatial.distance.cdist(*centres)
         passes = distance <= centre_distance_mm
         quality = 1 - distance / centre_distance_mm if centre_distance_mm else np.ones_like(distance)
         return passes, quality
-    if not 0 <= iou <= 1:
-        raise ValueError(f"iou must be within [0, 1], got {iou}")
     near = np.maximum(pred[:, None, :ndim], ref[None, :, :ndim])
     far = np.minimum(pred[:, None, ndim:], ref[None, :, ndim:])
     inter = np.prod(np.clip(far - near, 0, None), axis=-1)
@@ -530,7 +551,7 @@ def match_detections(
 ) -> dict:
     """One-to-one matching of predicted to reference boxes: as many pairs as possible that pass the
     threshold, and among those the highest total IoU (or lowest total centre distance), by the
-    Hungarian algorithm. Returns tp, fp, fn and ``pairs`` [(pred index, ref index)] by pred index.
+    Hungarian algorithm. Returns tp, fp, fn and ``matches`` [(pred index, ref index)] by pred index.
 
     Boxes are (x0, y0, x1, y1) or (x0, y0, z0, x1, y1, z1) in continuous coordinates (volume =
     product of x1 - x0 ...). A pair passes with IoU >= ``iou``, or, when ``centre_distance_mm`` is
@@ -546,7 +567,7 @@ def match_detections(
         gain = np.where(passes, min(passes.shape) + 1 + quality, 0.0)
         rows, cols = optimize.linear_sum_assignment(gain, maximize=True)
         pairs = sorted((int(r), int(c)) for r, c in zip(rows, cols, strict=True) if passes[r, c])
-    return {"tp": len(pairs), "fp": len(pred) - len(pairs), "fn": len(ref) - len(pairs), "pairs": pairs}
+    return {"tp": len(pairs), "fp": len(pred) - len(pairs), "fn": len(ref) - len(pairs), "matches": pairs}
 
 
 def froc(
@@ -568,7 +589,9 @@ def froc(
     = references hit / all references, FPs per scan = false positives / number of scans. The
     sensitivity at each rate is linearly interpolated along that curve from (0, 0), held at the
     last point beyond it: np.interp, as the script's curve (which samples np.interp on a grid).
-    NaN sensitivities and CPM when there are no scans or no references.
+    Returns fps_per_scan, sensitivity (one per rate), cpm (their mean) and the curve: thresholds
+    (from +inf), curve_fps, curve_sensitivity. NaN sensitivities and CPM when there are no scans or
+    no references.
     """
     hits, false_positives, references = [], [], 0
     for scan in scans:

@@ -136,7 +136,8 @@ class QueueSlot(models.Model):
     class Meta:
         ordering = ["-priority", "id"]
         indexes = [
-            models.Index(fields=["project", "tier", "-priority", "id"], name="slot_claim_order"),
+            # Claims walk this from the head (tier and sub-specialty are filters on the way).
+            models.Index(fields=["project", "-priority", "id"], name="slot_claim_order"),
             models.Index(fields=["lease_expires_at"], condition=Q(reader__isnull=False), name="slot_leased"),
             models.Index(fields=["task"], name="slot_task"),
         ]

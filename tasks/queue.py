@@ -23,7 +23,6 @@ from django.utils import timezone
 from audit.trail import record_event
 from core.errors import Conflict, DomainError, NotFound
 from core.models import Project, User
-from core.roles import Perm
 from core.selectors import projects_visible_to
 from tasks.models import QueueSlot, Read, Task
 from tasks.routing import Eligibility, eligibility
@@ -39,9 +38,8 @@ class Claim:
 
 
 def _claimable_projects(user, project_id) -> list[Eligibility]:
-    projects = projects_visible_to(user, Perm.READ)
-    if project_id is not None:
-        projects = projects.filter(pk=project_id)
+    # A reader role is what grants read_studies (core.roles), so the memberships say it all.
+    projects = Project.objects.all() if project_id is None else Project.objects.filter(pk=project_id)
     return eligibility(user, projects)
 
 
@@ -116,13 +114,26 @@ def _claim_check(user, rules: list[Eligibility]) -> Read | None:
     return None
 
 
-def _eligibility_sql(rules: list[Eligibility], params: list) -> str:
-    clauses = []
+def _candidates_sql(rules: list[Eligibility], reader_id: int, now, params: list) -> str:
+    """One ordered, locked LIMIT 1 scan per project (each walks the project's claim-order index from
+    the head and stops at the first eligible, unlocked slot), then the best of them.
+
+    The reader's own live tasks are excluded with NOT IN (a hashed subplan the index scan filters
+    through) rather than NOT EXISTS, which the planner turns into an anti-join over the whole queue.
+    """
+    scans = []
     for rule in rules:
-        clause = "(s.project_id = %s AND s.tier = ANY(%s) AND (s.subspecialty = '' OR s.subspecialty = ANY(%s)))"
-        params += [rule.project_id, list(rule.tiers), list(rule.subspecialties)]
-        clauses.append(clause)
-    return " OR ".join(clauses)
+        scans.append("""(SELECT s.id, s.task_id, s.project_id, s.read_id AS old_read_id, s.priority
+        FROM tasks_queueslot s
+        WHERE s.project_id = %s AND s.tier = ANY(%s) AND (s.subspecialty = '' OR s.subspecialty = ANY(%s))
+          AND (s.reader_id IS NULL OR s.lease_expires_at < %s)
+          AND s.task_id NOT IN (SELECT r.task_id FROM tasks_read r WHERE r.reader_id = %s
+                                AND r.state IN ('claimed', 'submitted'))
+        ORDER BY s.priority DESC, s.id
+        LIMIT 1
+        FOR UPDATE OF s SKIP LOCKED)""")
+        params += [rule.project_id, list(rule.tiers), list(rule.subspecialties), now, reader_id]
+    return f"SELECT * FROM ({' UNION ALL '.join(scans)}) candidates ORDER BY priority DESC, id LIMIT 1"
 
 
 def _case(rules: list[Eligibility], values: dict[int, object], params: list, cast: str) -> str:
@@ -134,23 +145,26 @@ def _case(rules: list[Eligibility], values: dict[int, object], params: list, cas
 
 
 def _claim_postgresql(user, rules, leases, now) -> tuple[int, int | None] | None:
-    eligible_params: list = []
-    eligible = _eligibility_sql(rules, eligible_params)
+    sql, args = claim_statement(user.pk, rules, leases, now)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, args)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return row[0], row[1]
+
+
+def claim_statement(reader_id: int, rules, leases, now) -> tuple[str, list]:
+    """The PostgreSQL claim statement and its arguments (bench/claims.py drives it with pgbench too)."""
+    candidate_params: list = []
+    candidates = _candidates_sql(rules, reader_id, now, candidate_params)
     tier_case_params: list = []
     tier_case = _case(rules, {r.project_id: r.reader_tier for r in rules}, tier_case_params, "smallint")
     lease_case_params: list = []
     lease_case = _case(rules, {r.project_id: leases[r.project_id] for r in rules}, lease_case_params, "integer")
     sql = f"""
 WITH c AS (
-    SELECT s.id, s.task_id, s.project_id, s.read_id AS old_read_id
-    FROM tasks_queueslot s
-    WHERE ({eligible})
-      AND (s.reader_id IS NULL OR s.lease_expires_at < %s)
-      AND NOT EXISTS (SELECT 1 FROM tasks_read r WHERE r.task_id = s.task_id AND r.reader_id = %s
-                      AND r.state IN ('claimed', 'submitted'))
-    ORDER BY s.priority DESC, s.id
-    LIMIT 1
-    FOR UPDATE OF s SKIP LOCKED
+    {candidates}
 ), new_read AS (
     INSERT INTO tasks_read (project_id, task_id, reader_id, state, tier, claimed_at, lease_expires_at,
                             active_seconds, findings_count, slices_touched, idempotency_key, is_check)
@@ -173,16 +187,10 @@ WITH c AS (
 )
 SELECT new_read.id, (SELECT id FROM expired), (SELECT count(*) FROM leased), (SELECT count(*) FROM started)
 FROM new_read"""
-    # Parameter order follows the text: eligibility, now, reader (NOT EXISTS), reader, tier CASE,
-    # now, now, lease CASE, reader, now, now.
-    args = [*eligible_params, now, user.pk, user.pk, *tier_case_params, now, now, *lease_case_params, user.pk, now,
-            now]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, args)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    return row[0], row[1]
+    # Parameter order follows the text: candidates, reader, tier CASE, now, now, lease CASE,
+    # reader, now, now.
+    args = [*candidate_params, reader_id, *tier_case_params, now, now, *lease_case_params, reader_id, now, now]
+    return sql, args
 
 
 def _claim_portable(user, rules, leases, now) -> tuple[int, int | None] | None:
@@ -272,7 +280,8 @@ def _free_slot(slot: QueueSlot | None, read: Read, state: str) -> None:
 
 
 def _refresh_task_state(task_id: int) -> Task:
-    task = Task.objects.select_for_update().get(pk=task_id)
+    """Set a reading task's state from its read counts (tasks.states.task_state_after_reads)."""
+    task = Task.objects.select_for_update().select_related("study", "protocol_version").get(pk=task_id)
     if task.state not in (TaskState.QUEUED, TaskState.IN_READING):
         return task
     claimed = Read.objects.filter(task_id=task_id, state=ReadState.CLAIMED).count()
@@ -280,7 +289,8 @@ def _refresh_task_state(task_id: int) -> Task:
     if target != task.state:
         task.state = target
         task.completed_at = timezone.now() if target == TaskState.READS_COMPLETE else None
-        task.save(update_fields=["state", "completed_at", "updated_at"])
+        Task.objects.filter(pk=task.pk).update(state=task.state, completed_at=task.completed_at,
+                                               updated_at=timezone.now())
     return task
 
 

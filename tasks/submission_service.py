@@ -75,6 +75,8 @@ def validated_findings(read: Read, findings) -> tuple[list[dict], dict]:
 
 def validate_for_task(task, findings) -> tuple[list[dict], dict]:
     """Findings checked against a task's protocol version and study (reads and adjudications)."""
+    if isinstance(findings, list) and not findings:
+        return [], summarise([])  # nothing to check against the geometry
     try:
         normalised = validate_findings(
             findings, labels=labels_of(task.protocol_version_id), study=study_geometry(task.study),
