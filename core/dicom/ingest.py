@@ -31,6 +31,9 @@ from core.dicom.volume import check_series
 from core.models import Project, User
 
 log = logging.getLogger(__name__)
+# Files in flight per worker process: enough that workers keep preparing while this process
+# stores and indexes a group, few enough to keep memory flat.
+WINDOW_PER_WORKER = 16
 
 
 @dataclass
@@ -314,7 +317,7 @@ def _prepared(batch: _Batch, items: Iterable[IngestItem], workers: int) -> Itera
             data = _read(batch, item)
             _close(item)
             window.append((item, data if isinstance(data, Rejection) else pool.submit(prepare_one, data)))
-            if len(window) >= 4 * workers:
+            if len(window) >= WINDOW_PER_WORKER * workers:
                 yield _settle(window.popleft())
         while window:
             yield _settle(window.popleft())
