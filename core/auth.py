@@ -10,6 +10,7 @@ from django.contrib.auth import authenticate
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from knox.models import AuthToken
 from rest_framework import status
@@ -144,3 +145,9 @@ def on_user_logged_in(sender, request, user, **kwargs):
 def on_user_login_failed(sender, credentials, request=None, **kwargs):
     # Credentials may hold a mistyped password; only the fact of the failure is kept.
     record_event("login_failed", outcome="denied", reason="wrong credentials")
+
+
+def purge_expired_tokens() -> int:
+    """Delete every expired API token; returns how many."""
+    count, _ = AuthToken.objects.filter(expiry__lt=timezone.now()).delete()
+    return count

@@ -95,3 +95,13 @@ def test_admin_session_login_works_for_staff(cast, client):
     response = client.post("/admin/login/?next=/admin/", {"username": "manager", "password": PASSWORD})
     assert response.status_code == 302
     assert client.get("/admin/").status_code == 200
+
+
+def test_expired_tokens_are_purged_by_the_job(cast):
+    from core.jobs import purge_expired_tokens_job
+
+    expired, _ = AuthToken.objects.create(cast.annotator)
+    live, _ = AuthToken.objects.create(cast.annotator)
+    AuthToken.objects.filter(pk=expired.pk).update(expiry=timezone.now() - timedelta(seconds=1))
+    assert purge_expired_tokens_job() == 1
+    assert list(AuthToken.objects.filter(user=cast.annotator)) == [live]
