@@ -8,7 +8,7 @@ class CoreConfig(AppConfig):
     def ready(self) -> None:
         from django.contrib.auth.signals import user_logged_in, user_login_failed
 
-        from core import auth
+        from core import auth, schema  # noqa: F401 - schema registers the OpenAPI extensions
 
         # Django's login signals are the only hook into the admin's session login; they
         # record the audit events and nothing else.
