@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit.recorder import AuditedViewMixin
+from core.api.pagination import paginated_response
 from core.api.serializers import LabelEntrySerializer
 from core.errors import DomainError, NotFound
 from core.models import ProtocolVersion, User
@@ -442,12 +443,8 @@ class ProjectAdjudicationListView(AuditedViewMixin, APIView):
         qs = Adjudication.objects.filter(project=project).select_related("task__study", "task__protocol_version")
         if state := request.query_params.get("state"):
             qs = qs.filter(state=state)
-        from core.api.pagination import Pagination
-
-        paginator = Pagination()
-        page = paginator.paginate_queryset(qs.order_by("id"), request, view=self)
-        return paginator.get_paginated_response(AdjudicationSerializer(page, many=True,
-                                                                       context={"request": request}).data)
+        return paginated_response(request, self, qs.order_by("id"), AdjudicationSerializer,
+                                  context={"request": request})
 
 
 # --- gold references and the workforce --------------------------------------------------------

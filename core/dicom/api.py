@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from audit.recorder import AuditedViewMixin
 from audit.trail import record_event
+from core.api.pagination import paginated_response
 from core.dicom.archives import iter_zip_members
 from core.dicom.ingest import IngestItem, ingest_files, read_pseudonym
 from core.dicom.models import IngestBatch, Instance, PseudonymMapEntry, Series, Study
@@ -165,11 +166,7 @@ class StudyListView(ProjectIndexMixin, APIView):
             qs = qs.filter(modalities__icontains=f'"{modality.upper()}"')
         if patient := request.query_params.get("patient"):
             qs = qs.filter(patient_pseudonym=patient)
-        from core.api.pagination import Pagination
-
-        paginator = Pagination()
-        page = paginator.paginate_queryset(qs, request, view=self)
-        return paginator.get_paginated_response(StudySerializer(page, many=True).data)
+        return paginated_response(request, self, qs, StudySerializer)
 
 
 class StudyDetailView(ProjectIndexMixin, APIView):
@@ -193,11 +190,7 @@ class QuarantineListView(ProjectIndexMixin, APIView):
     def get(self, request, project_pk):
         project = self.project(Perm.MANAGE)
         qs = Instance.objects.filter(project=project, is_quarantined=True).select_related("series__study")
-        from core.api.pagination import Pagination
-
-        paginator = Pagination()
-        page = paginator.paginate_queryset(qs.order_by("id"), request, view=self)
-        return paginator.get_paginated_response(InstanceSerializer(page, many=True).data)
+        return paginated_response(request, self, qs.order_by("id"), InstanceSerializer)
 
 
 class ClearQuarantineView(AuditedViewMixin, APIView):
@@ -228,11 +221,8 @@ class IngestBatchListView(ProjectIndexMixin, APIView):
     @extend_schema(responses=IngestBatchSerializer(many=True))
     def get(self, request, project_pk):
         project = self.project()
-        from core.api.pagination import Pagination
-
-        paginator = Pagination()
-        page = paginator.paginate_queryset(IngestBatch.objects.filter(project=project), request, view=self)
-        return paginator.get_paginated_response(IngestBatchSerializer(page, many=True).data)
+        batches = IngestBatch.objects.filter(project=project)
+        return paginated_response(request, self, batches, IngestBatchSerializer)
 
 
 class PseudonymLookupSerializer(serializers.Serializer):
