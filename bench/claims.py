@@ -1,7 +1,7 @@
 """Claim benchmark: readers claiming and submitting over real HTTP against a multi-worker server,
 next to the raw SQL claim rate of the same statement on the same database.
 
-    .venv/bin/python bench/claims.py [--quick] [--audit-overhead] [--profile N]
+    .venv/bin/python bench/claims.py [--quick] [--audit-overhead] [--server asgi|wsgi] [--profile N]
 
 Uses DATABASE_URL (default postgres://postgres@127.0.0.1:5432/radqueue_bench_claims; created if
 missing, migrated on every run). The database name must contain "bench": each run empties the
@@ -10,33 +10,37 @@ queue, study and audit tables. One run, one database, in this order:
 1. Seed: 1,000,000 tasks with k = 2 (--quick: 20,000), i.e. 2,000,000 queue slots, one project,
    one protocol version, 32 annotators with memberships (object permissions) and knox tokens.
    Rows go in with INSERT ... SELECT generate_series, then VACUUM ANALYZE.
-2. Raw SQL: pgbench, 8 connections, drives the claim statement of tasks.queue._claim_postgresql
-   (built by that very function for one reader's eligibility; the reader id and the clock become
+2. Raw SQL: pgbench, 8 connections, drives the claim statement of tasks.queue (built by
+   tasks.queue.claim_statement for a reader's eligibility; the reader id and the clock become
    pgbench's :reader and now()) inside the app's transaction: BEGIN; pg_advisory_xact_lock;
-   claim; COMMIT. Simple query protocol, as psycopg2 sends it. For context also the bare
-   UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1), one per transaction.
-   The queue is reset to fresh after each (the freed slots, reads and task states).
-3. HTTP: `uvicorn core.asgi:application --workers 2` (DEBUG=0, persistent DB connections
-   allowed), 8 and then 32 closed-loop virtual readers, one keep-alive HTTP/1.1 connection
-   each, each its own user: POST /api/queue/next/, then POST /api/reads/{id}/submit/ with
-   {"findings": []}; again. Warm-up excluded; a reader that is told to stop finishes its submit.
-   The load generator is a minimal asyncio HTTP/1.1 client on uvloop in this process (httpx or
-   aiohttp would take several times the CPU per request from the two cores the server needs);
-   its own CPU share is printed. Latency is per claim request: from writing the request to the
-   whole response read, on the client.
+   claim; COMMIT. Simple query protocol, as psycopg2 sends it; client n is reader n. For context
+   also the bare UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1), one per
+   transaction. The queue is reset to fresh after each (freed slots, no reads, tasks queued).
+3. HTTP: `uvicorn core.asgi:application --workers 2` (DEBUG=0; DB_CONN_MAX_AGE=0, as Django
+   requires under ASGI: see running_server), 8 and then 32 closed-loop virtual readers (--quick:
+   shorter phases), one keep-alive HTTP/1.1 connection each, each its own user: POST
+   /api/queue/next/, then POST /api/reads/{id}/submit/ with {"findings": []}; again. Warm-up
+   excluded; a reader told to stop finishes its submit. --server wsgi serves core.wsgi through
+   uvicorn's WSGI adapter instead (persistent connections, DB_CONN_MAX_AGE=600).
+   The load generator is a minimal asyncio HTTP/1.1 client on uvloop in this process: about
+   0.07 ms of CPU per request, where httpx.AsyncClient takes 1.2 ms (measured here), CPU the
+   server's two cores would lose; its share is printed. Latency is per claim request, on the
+   client, from writing the request to having read the whole response; submits are not in it.
 4. --audit-overhead: 8 readers against a second server started with AUDIT_ENABLED=0 and the
    first (AUDIT_ENABLED=1), alternating off/on twice each to cancel drift; overhead is
    (off - on) / off over the mean claims/s of each mode.
 
-Exactness, read back from the database after every HTTP phase (all must be 0, and the run fails
-otherwise): double handouts (a read id returned to two claims or to a reader who does not hold it
-in the database; a reader with two live reads of a task; a claimed read whose slot has been handed
-to another read); over-read tasks (more live reads than reads_required, or more submitted than
-required); lost submissions (a submit acknowledged with 200 whose read is not 'submitted').
+Exactness, read back from the database after every HTTP phase (all must be 0): double handouts
+(a read id returned to two claims or to a reader who does not hold it in the database; a reader
+with two live reads of a task; a claimed read whose slot went to another read); over-read tasks
+(more live or submitted reads than reads_required, or reads_submitted disagreeing with the
+submitted reads); lost submissions (a submit answered 200 whose read is not 'submitted'). Failed
+requests (non-2xx) are counted too, and the server's logged exceptions listed. Any of them makes
+the run exit with status 1, after the JSON line.
 
---profile N: cProfile of N claim requests through DRF's test client in this process (token auth,
-all middleware), top functions printed. The SQL statements one claim request makes are always
-printed. Human-readable lines first, then one JSON line with the results.
+The SQL statements of one claim request (DRF's test client in this process: token auth, every
+middleware) are always printed; --profile N adds a cProfile of N such claims. Human-readable lines
+first, then one JSON line with the results.
 """
 
 import argparse
@@ -44,6 +48,7 @@ import asyncio
 import base64
 import gc
 import json
+import math
 import os
 import re
 import secrets
@@ -57,8 +62,6 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, print_result, setup_django, use_bench_database  # noqa: E402
@@ -225,51 +228,20 @@ def exactness(project, handed: dict[int, int], acked: set[int]) -> dict:
 
 # --- raw SQL with pgbench ----------------------------------------------------------------------
 
-def _statement_and_args(rules, leases, reader, now) -> tuple[str, list]:
-    """tasks.queue's claim statement and arguments, without running it."""
-    from tasks import queue
-
-    if hasattr(queue, "claim_statement"):
-        return queue.claim_statement(reader, rules, leases, now)
-
-    class Capture:  # an older tasks.queue builds and runs it in one function: catch it in flight
-        vendor = "postgresql"
-        sql, args = "", []
-
-        def cursor(self):
-            return self
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc) -> None:
-            return None
-
-        def execute(self, sql, args) -> None:
-            self.sql, self.args = sql, list(args)
-
-        def fetchone(self) -> None:
-            return None
-
-    capture = Capture()
-    with mock.patch.object(queue, "connection", capture):
-        queue._claim_postgresql(SimpleNamespace(pk=reader), rules, leases, now)
-    return capture.sql, capture.args
-
-
 def claim_statement(project, reader) -> str:
     """tasks.queue's claim statement for ``reader``'s eligibility, with :reader and now() for pgbench."""
     from django.db import connection
     from django.utils import timezone
 
     from core.models import Project
+    from tasks import queue
     from tasks.routing import eligibility
 
     rules = eligibility(reader, Project.objects.filter(pk=project.pk))
     assert len(rules) == 1, rules
     leases = {r.project_id: r.lease_seconds for r in rules}
     stand_in_reader, stand_in_now = object(), timezone.now()
-    sql, args = _statement_and_args(rules, leases, stand_in_reader, stand_in_now)
+    sql, args = queue.claim_statement(stand_in_reader, rules, leases, stand_in_now)
     pieces = sql.split("%s")
     assert len(pieces) == len(args) + 1 and "%" not in "".join(pieces), "unexpected placeholders"
     text = pieces[0]
@@ -317,15 +289,18 @@ def raw_sql_rates(project, readers, clients: int, seconds: float) -> tuple[float
     """Claims/s of the app's claim statement (in the app's transaction) and of the bare statement."""
     from tasks.models import QueueSlot, Read
 
+    first = readers[0].pk
+    # pgbench's client n claims as reader first + n: the readers' ids must run on without gaps.
+    assert [r.pk for r in readers[:clients]] == list(range(first, first + clients)), "reader ids not contiguous"
     claim = claim_statement(project, readers[0])
     app_script = f"BEGIN;\nSELECT pg_advisory_xact_lock({READ_LOCK}, :reader);\n{claim};\nCOMMIT;"
-    rate, done = pgbench(app_script, readers[0].pk, clients, seconds)
+    rate, done = pgbench(app_script, first, clients, seconds)
     reads = Read.objects.count()
     # Every transaction must have claimed a slot (an empty queue would count as a fast claim).
     assert reads == done, f"pgbench ran {done} transactions but {reads} reads exist (queue ran dry?)"
     print(f"  claim statement (tasks.queue), {clients} connections: {rate:8.0f} claims/s ({done} in {seconds:.0f} s)")
     reset_queue(project)
-    bare, done = pgbench(bare_statement(project) + ";", readers[0].pk, clients, seconds)
+    bare, done = pgbench(bare_statement(project) + ";", first, clients, seconds)
     leased = QueueSlot.objects.filter(reader__isnull=False).count()
     assert leased == done, f"pgbench ran {done} transactions but {leased} slots are leased"
     print(f"  bare UPDATE ... SKIP LOCKED,       {clients} connections: {bare:8.0f} claims/s "
@@ -342,41 +317,96 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Server:
+    port: int
+    log: Path
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server's processes (the supervisor and its workers)."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            if int(stat.parent.name) == self.pid or int(fields[1]) == self.pid:  # fields[1]: the parent
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def errors(self) -> dict[str, int]:
+        """The errors the server logged, counted by the last exception line of each (a chained
+        exception counts once)."""
+        counts: dict[str, int] = {}
+        last = None
+        for line in [*self.log.read_text(errors="replace").splitlines(), "Internal Server Error: <end>"]:
+            if line.startswith(("Internal Server Error", "Exception in ASGI application", "ERROR")):
+                if last is not None:
+                    counts[last] = counts.get(last, 0) + 1
+                last = None
+            elif re.match(r"^[\w.]+(Error|Exception|Detected)\b:", line):
+                last = line[:160]
+        return counts
+
+
+def warm_up(port: int, connections: int = 16) -> None:
+    """/healthz on many connections at once, so that every worker has imported the URLconf (and
+    with it the API's modules) before anything is measured."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def get(_) -> None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=60) as answer:
+            answer.read()
+
+    with ThreadPoolExecutor(connections) as pool:
+        list(pool.map(get, range(4 * connections)))
+
+
 @contextmanager
 def running_server(audit: bool, interface: str = "asgi", workers: int = 2):
-    """uvicorn with ``workers`` processes on a free port, serving core.asgi (or core.wsgi); yields the port."""
+    """uvicorn with ``workers`` processes on a free port serving core.asgi (or core.wsgi through
+    uvicorn's WSGI adapter); yields a Server whose log collects the workers' output."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DJANGO_SETTINGS_MODULE")}
+    # Under ASGI every request runs in a fresh thread context and so opens its own connection;
+    # with CONN_MAX_AGE > 0 nobody closes it and the workers exhaust max_connections (Django's
+    # docs: disable persistent connections under ASGI). Threads of the WSGI adapter keep theirs.
+    max_age = "0" if interface == "asgi" else "600"
     env.update(
-        DJANGO_SETTINGS_MODULE="core.settings", DEBUG="0", SECRET_KEY=secrets.token_urlsafe(64),
-        ALLOWED_HOSTS="127.0.0.1", RADQUEUE_STORAGE_KEY="k1:" + base64.b64encode(os.urandom(32)).decode(),
-        SECURE_SSL_REDIRECT="0", DB_CONN_MAX_AGE="600", AUDIT_ENABLED="1" if audit else "0", LOG_LEVEL="WARNING",
+        DJANGO_SETTINGS_MODULE="core.settings", DEBUG="0",
+        SECRET_KEY=secrets.token_urlsafe(64), ALLOWED_HOSTS="127.0.0.1",
+        RADQUEUE_STORAGE_KEY="k1:" + base64.b64encode(os.urandom(32)).decode(), SECURE_SSL_REDIRECT="0",
+        DB_CONN_MAX_AGE=max_age, AUDIT_ENABLED="1" if audit else "0", LOG_LEVEL="WARNING",
     )
     command = [sys.executable, "-m", "uvicorn", f"core.{interface}:application",
-               "--interface", "asgi3" if interface == "asgi" else interface,
-               "--workers", str(workers),
+               "--interface", "asgi3" if interface == "asgi" else "wsgi", "--workers", str(workers),
                "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not come up (exit code {process.poll()})")
-            time.sleep(0.2)
-        yield port
-    finally:
-        process.send_signal(signal.SIGTERM)
+    with tempfile.NamedTemporaryFile("w+", prefix="claims-server-", suffix=".log") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                        if answer.status == 200:
+                            break
+                except OSError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"uvicorn did not come up (exit code {process.poll()}):\n{log.read()[-3000:]}")
+                time.sleep(0.2)
+            warm_up(port)
+            yield Server(port, Path(log.name), process.pid)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 # --- the load generator ------------------------------------------------------------------------
@@ -387,16 +417,28 @@ class Phase:
     started: float = 0.0
     stopped: float = 0.0
     claim_latencies: list[float] = field(default_factory=list)
+    claims: int = 0
     submits: int = 0
     empty: int = 0
     errors: list[str] = field(default_factory=list)
     handed: dict[int, int] = field(default_factory=dict)
     acked: set[int] = field(default_factory=set)
-    cpu_s: float = 0.0
+    cpu_s: float = 0.0  # the load generator's, in the measured window
+    server_cpu_s: float = 0.0
+    machine_cpu_s: float = 0.0
+    checks: dict[str, int] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
         return self.stopped - self.started
+
+    @property
+    def server_cpu_ms_per_claim(self) -> float:
+        return self.server_cpu_s / self.claims * 1000 if self.claims else math.nan
+
+    @property
+    def claims_per_s(self) -> float:
+        return self.claims / self.seconds
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.claim_latencies)
@@ -439,6 +481,8 @@ class HttpConnection:
 
 
 async def virtual_reader(phase: Phase, port: int, token: str, reader_id: int, stop: asyncio.Event) -> None:
+    """Claim, submit, again, until told to stop. Rates count what completed inside the measured
+    window; latencies, the claims started inside it (one begun in the warm-up is not measured)."""
     connection = HttpConnection(port, token)
     await connection.open()
     clock = time.perf_counter
@@ -447,7 +491,6 @@ async def virtual_reader(phase: Phase, port: int, token: str, reader_id: int, st
             t0 = clock()
             status, body = await connection.post("/api/queue/next/", b"{}")
             t1 = clock()
-            measured = phase.started <= t1 <= phase.stopped
             if status == 204:
                 phase.empty += 1
                 await asyncio.sleep(0.01)
@@ -457,120 +500,172 @@ async def virtual_reader(phase: Phase, port: int, token: str, reader_id: int, st
                 continue
             read = json.loads(body)["read"]
             phase.handed[read] = -1 if read in phase.handed else reader_id
-            if measured:
+            if phase.started <= t0 < phase.stopped:
                 phase.claim_latencies.append(t1 - t0)
+            if phase.started <= t1 < phase.stopped:
+                phase.claims += 1
             status, body = await connection.post(f"/api/reads/{read}/submit/", b'{"findings": []}')
             if status != 200:
                 phase.errors.append(f"submit {status}: {body[:200]!r}")
                 continue
             phase.acked.add(read)
-            if phase.started <= clock() <= phase.stopped:
+            if phase.started <= clock() < phase.stopped:
                 phase.submits += 1
     finally:
         connection.close()
 
 
-async def drive(port: int, tokens: list[str], reader_ids: list[int], clients: int, warmup_s: float,
+def machine_busy_seconds() -> float:
+    """CPU time all processes of the machine have used (every core, anyone's: /proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(server: Server, tokens: list[str], reader_ids: list[int], clients: int, warmup_s: float,
                 seconds: float) -> Phase:
     phase = Phase(clients)
     stop = asyncio.Event()
     now = time.perf_counter()
     phase.started, phase.stopped = now + warmup_s, now + warmup_s + seconds
-    readers = [asyncio.create_task(virtual_reader(phase, port, tokens[i], reader_ids[i], stop))
+    readers = [asyncio.create_task(virtual_reader(phase, server.port, tokens[i], reader_ids[i], stop))
                for i in range(clients)]
     await asyncio.sleep(warmup_s)
-    cpu = time.process_time()
+    cpu = (time.process_time(), server.cpu_seconds(), machine_busy_seconds())
     await asyncio.sleep(phase.stopped - time.perf_counter())
-    phase.cpu_s = time.process_time() - cpu
+    phase.cpu_s, phase.server_cpu_s, phase.machine_cpu_s = (
+        b - a for a, b in zip(cpu, (time.process_time(), server.cpu_seconds(), machine_busy_seconds()), strict=True))
     stop.set()
     await asyncio.gather(*readers)
     return phase
 
 
-def run_phase(port: int, tokens, readers, clients: int, warmup_s: float, seconds: float, project,
+def run_phase(server: Server, tokens, readers, clients: int, warmup_s: float, seconds: float, project,
               label: str) -> Phase:
+    """``clients`` virtual readers for ``warmup_s`` + ``seconds``; exactness checked afterwards."""
     import uvloop
 
     gc.collect()
     gc.freeze()  # Django's objects stay out of the load generator's collections
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        phase = runner.run(drive(port, tokens, [r.pk for r in readers], clients, warmup_s, seconds))
+        phase = runner.run(drive(server, tokens, [r.pk for r in readers], clients, warmup_s, seconds))
     gc.unfreeze()
-    claims = len(phase.claim_latencies)
-    checks = exactness(project, phase.handed, phase.acked)
-    print(f"  {label}: {claims / phase.seconds:7.1f} claims/s, {phase.submits / phase.seconds:7.1f} submits/s; "
-          f"claim latency p50 {phase.percentile(50):.1f} ms, p95 {phase.percentile(95):.1f} ms, "
-          f"p99 {phase.percentile(99):.1f} ms; load generator CPU {phase.cpu_s / phase.seconds:.0%} of a core; "
-          f"{phase.empty} empty, {len(phase.errors)} errors; exactness {checks}")
-    for error in phase.errors[:5]:
-        print(f"    {error}")
-    phase.checks = checks
+    phase.checks = exactness(project, phase.handed, phase.acked)
+    print(f"  {label}: {phase.claims_per_s:7.1f} claims/s, {phase.submits / phase.seconds:7.1f} submits/s; claim "
+          f"latency p50 {phase.percentile(50):.1f} ms, p95 {phase.percentile(95):.1f} ms, p99 "
+          f"{phase.percentile(99):.1f} ms ({phase.claims} claims in {phase.seconds:.0f} s); "
+          f"{len(phase.errors)} failed requests, {phase.empty} empty claims; "
+          f"{', '.join(f'{k} {v}' for k, v in phase.checks.items())}")
+    print(f"    CPU: server {phase.server_cpu_ms_per_claim:.1f} ms per claim and its submit "
+          f"({phase.server_cpu_s / phase.seconds:.0%} of a core), load generator "
+          f"{phase.cpu_s / phase.seconds:.0%} of a core; the whole machine busy "
+          f"{phase.machine_cpu_s / phase.seconds / os.cpu_count():.0%} (everyone's processes)")
     return phase
 
 
 # --- in-process: SQL per claim, profile ---------------------------------------------------------
 
-def claim_requests(tokens, count: int):
+def api_client(token: str):
     from rest_framework.test import APIClient
 
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {tokens[0]}")
-
-    def claim_and_submit() -> None:
-        answer = client.post("/api/queue/next/", {}, format="json")
-        assert answer.status_code == 200, answer.status_code
-        submitted = client.post(f"/api/reads/{answer.json()['read']}/submit/", {"findings": []}, format="json")
-        assert submitted.status_code == 200, submitted.status_code
-
-    return client, claim_and_submit
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    return client
 
 
-def statements_per_claim(tokens) -> tuple[int, int, list[str]]:
+def claim_and_submit(client) -> tuple:
+    """One claim and its submit through the test client: (claim response, submit response)."""
+    claimed = client.post("/api/queue/next/", {}, format="json")
+    assert claimed.status_code == 200, (claimed.status_code, claimed.content[:300])
+    submitted = client.post(f"/api/reads/{claimed.json()['read']}/submit/", {"findings": []}, format="json")
+    assert submitted.status_code == 200, (submitted.status_code, submitted.content[:300])
+    return claimed, submitted
+
+
+def statements_per_claim(token: str) -> tuple[int, int, list[str]]:
+    """(SQL statements of one claim request, of one submit request, the claim's statements)."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    client, claim_and_submit = claim_requests(tokens, 1)
-    claim_and_submit()  # warm caches as a running server's would be
+    client = api_client(token)
+    claim_and_submit(client)  # warm the caches a running server would have warm
     with CaptureQueriesContext(connection) as claim:
-        answer = client.post("/api/queue/next/", {}, format="json")
+        claimed = client.post("/api/queue/next/", {}, format="json")
     with CaptureQueriesContext(connection) as submit:
-        client.post(f"/api/reads/{answer.json()['read']}/submit/", {"findings": []}, format="json")
+        client.post(f"/api/reads/{claimed.json()['read']}/submit/", {"findings": []}, format="json")
     return len(claim.captured_queries), len(submit.captured_queries), [q["sql"] for q in claim.captured_queries]
 
 
-def profile_claims(tokens, count: int) -> None:
+def profile_claims(token: str, count: int) -> None:
+    """cProfile of ``count`` claim requests (their submits run outside the profile)."""
     import cProfile
     import pstats
 
-    from rest_framework.test import APIClient
-
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {tokens[1]}")
+    client = api_client(token)
+    claim_and_submit(client)
     profiler = cProfile.Profile()
     started = time.perf_counter()
     for _ in range(count):
         profiler.enable()
-        answer = client.post("/api/queue/next/", {}, format="json")
+        claimed = client.post("/api/queue/next/", {}, format="json")
         profiler.disable()
-        client.post(f"/api/reads/{answer.json()['read']}/submit/", {"findings": []}, format="json")
-    print(f"  {count} claims through DRF's test client, one thread: {time.perf_counter() - started:.1f} s with "
-          "their submits")
+        client.post(f"/api/reads/{claimed.json()['read']}/submit/", {"findings": []}, format="json")
+    print(f"profile: {count} claims (and their submits) through DRF's test client, one thread, "
+          f"{time.perf_counter() - started:.1f} s")
     stats = pstats.Stats(profiler)
-    stats.sort_stats("cumulative").print_stats(45)
-    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(40)
+    stats.sort_stats("tottime").print_stats(20)
+
+
+def audit_overhead(server: Server, tokens, readers, project, interface: str, warmup_s: float, seconds: float,
+                   rounds: int) -> tuple[dict, list[Phase], dict[str, int]]:
+    """Claims/s at 8 readers with the audit trail off (a second server) and on (``server``),
+    alternating ``rounds`` times; (figures, phases, the off server's errors)."""
+    print("audit trail off vs on, 8 readers, alternating (a second server with AUDIT_ENABLED=0):")
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    phases = []
+    with running_server(audit=False, interface=interface) as off_server:
+        for _ in range(rounds):
+            for audit in (False, True):
+                phase = run_phase(server if audit else off_server, tokens, readers, 8, warmup_s, seconds, project,
+                                  f"audit {'on ' if audit else 'off'}")
+                rates[audit].append(phase.claims_per_s)
+                phases.append(phase)
+        errors = off_server.errors()
+    off, on = (sum(rates[mode]) / len(rates[mode]) for mode in (False, True))
+    overhead = (off - on) / off * 100 if off else math.nan
+    print(f"  audit overhead: {overhead:.1f} % ({off:.1f} claims/s off, {on:.1f} on)")
+    return ({"claims_per_s_audit_off": figure(off), "claims_per_s_audit_on": figure(on),
+             "audit_overhead_pct": figure(overhead, 2)}, phases, errors)
+
+
+def print_targets(result: dict) -> None:
+    """The issue's targets at 8 readers, met or missed (informative: they do not fail the run)."""
+    targets = [("p99 claim latency < 50 ms", result["p99_ms"], lambda v: v < 50),
+               ("claims/s >= 10% of the raw SQL rate", result["ratio_to_raw"], lambda v: v >= 0.10)]
+    if "audit_overhead_pct" in result:
+        targets.append(("audit overhead < 10%", result["audit_overhead_pct"], lambda v: v < 10))
+    for name, value, met in targets:
+        print(f"  target {name}: {value} -> {'met' if value is not None and met(value) else 'MISSED'}")
+
+
+def figure(value: float, digits: int = 1) -> float | None:
+    """Rounded for the JSON line; null where there is nothing to measure (no claims)."""
+    return None if math.isnan(value) else round(value, digits)
 
 
 # --- main ------------------------------------------------------------------------------------
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="20,000 tasks, 8 readers, under a minute.")
+    parser.add_argument("--quick", action="store_true", help="20,000 tasks, under a minute.")
     parser.add_argument("--audit-overhead", action="store_true", help="Claims/s with the audit trail on vs off.")
+    parser.add_argument("--server", choices=["asgi", "wsgi"], default="asgi",
+                        help="core.asgi (default, as deployed) or core.wsgi through uvicorn's WSGI adapter.")
     parser.add_argument("--profile", type=int, metavar="N", default=0,
-                        help="Profile N claim requests in this process (DRF test client) after the run.")
+                        help="Also profile N claim requests in this process (DRF test client) at the end.")
     args = parser.parse_args()
     if args.quick:
-        tasks, raw_s, warmup_s, phase_s, phase32_s, audit_s, audit_rounds = 20_000, 3, 1.5, 6, 4, 3, 2
+        tasks, raw_s, warmup_s, phase_s, phase32_s, audit_s, audit_rounds = 20_000, 3, 1.5, 6, 4, 4, 2
     else:
         tasks, raw_s, warmup_s, phase_s, phase32_s, audit_s, audit_rounds = 1_000_000, 10, 2, 20, 15, 10, 2
 
@@ -586,57 +681,57 @@ def main() -> None:
     seed(project, version, tasks)
     print(f"seeded {tasks} tasks (k = 2, {2 * tasks} slots) and {READERS} readers in "
           f"{time.perf_counter() - started:.1f} s")
-
-    claim_sql, submit_sql, _ = statements_per_claim(tokens)
+    claim_sql, submit_sql, statements = statements_per_claim(tokens[0])
     print(f"SQL statements per request (in-process, token auth, all middleware): claim {claim_sql}, "
-          f"submit {submit_sql}")
+          f"submit {submit_sql}; the claim's:")
+    for sql in statements:
+        print(f"    {' '.join(sql.split())[:110]}")
     reset_queue(project)
 
-    print("raw SQL (pgbench):")
+    print("raw SQL (pgbench, 8 connections):")
     raw, bare = raw_sql_rates(project, readers, 8, raw_s)
-
-    result = {"tasks": tasks}
-    print("HTTP (uvicorn core.asgi, 2 workers; audit on):")
-    with running_server(audit=True) as port:
-        eight = run_phase(port, tokens, readers, 8, warmup_s, phase_s, project, "8 readers")
-        if args.quick:
-            many = None
-        else:
-            many = run_phase(port, tokens, readers, 32, warmup_s, phase32_s, project, "32 readers")
-        claims = len(eight.claim_latencies) / eight.seconds
+    result = {"tasks": tasks, "server": args.server}
+    phases = []
+    print(f"HTTP (uvicorn core.{args.server}, 2 workers; audit on):")
+    with running_server(audit=True, interface=args.server) as server:
+        eight = run_phase(server, tokens, readers, 8, warmup_s, phase_s, project, "8 readers")
+        many = run_phase(server, tokens, readers, 32, warmup_s, phase32_s, project, "32 readers")
+        phases += [eight, many]
         result.update(
-            claims_per_s=round(claims, 1), submits_per_s=round(eight.submits / eight.seconds, 1),
-            p50_ms=round(eight.percentile(50), 1), p95_ms=round(eight.percentile(95), 1),
-            p99_ms=round(eight.percentile(99), 1), **eight.checks,
-            raw_sql_claims_per_s=round(raw, 1), raw_bare_claims_per_s=round(bare, 1),
-            ratio_to_raw=round(claims / raw, 3),
-            claims_per_s_32=round(len(many.claim_latencies) / many.seconds, 1) if many else None,
-            p50_ms_32=round(many.percentile(50), 1) if many else None,
-            p99_ms_32=round(many.percentile(99), 1) if many else None,
+            claims_per_s=figure(eight.claims_per_s), submits_per_s=figure(eight.submits / eight.seconds),
+            p50_ms=figure(eight.percentile(50)), p95_ms=figure(eight.percentile(95)),
+            p99_ms=figure(eight.percentile(99)),
+            raw_sql_claims_per_s=figure(raw), raw_bare_claims_per_s=figure(bare),
+            ratio_to_raw=figure(eight.claims_per_s / raw, 3), claims_per_s_32=figure(many.claims_per_s),
+            p50_ms_32=figure(many.percentile(50)), p99_ms_32=figure(many.percentile(99)),
+            server_cpu_ms_per_claim=figure(eight.server_cpu_ms_per_claim),
         )
-        phases = [eight, *([many] if many else [])]
+        server_errors: dict[str, int] = {}
         if args.audit_overhead:
-            with running_server(audit=False) as off_port:
-                rates = {False: [], True: []}
-                for _ in range(audit_rounds):
-                    for audit in (False, True):
-                        phase = run_phase(off_port if not audit else port, tokens, readers, 8, warmup_s / 2,
-                                          audit_s, project, f"8 readers, audit {'on ' if audit else 'off'}")
-                        rates[audit].append(len(phase.claim_latencies) / phase.seconds)
-                        phases.append(phase)
-            off, on = (sum(rates[m]) / len(rates[m]) for m in (False, True))
-            result.update(claims_per_s_audit_off=round(off, 1), claims_per_s_audit_on=round(on, 1),
-                          audit_overhead_pct=round((off - on) / off * 100, 2))
-            print(f"  audit overhead: {result['audit_overhead_pct']:.1f} %")
-    print(f"ratio to raw SQL: {result['ratio_to_raw']:.3f}; whole run {time.perf_counter() - started:.0f} s; "
-          f"load average now {os.getloadavg()[0]:.2f}")
+            overhead, audit_phases, server_errors = audit_overhead(server, tokens, readers, project, args.server,
+                                                                   warmup_s / 2, audit_s, audit_rounds)
+            result.update(overhead)
+            phases += audit_phases
+        for line, count in server.errors().items():
+            server_errors[line] = server_errors.get(line, 0) + count
+    for key in ("double_handouts", "over_read_tasks", "lost_submissions"):
+        result[key] = sum(p.checks[key] for p in phases)
+    result["failed_requests"] = sum(len(p.errors) for p in phases)
+    print(f"whole run {time.perf_counter() - started:.0f} s; load average now {os.getloadavg()[0]:.2f}")
+    print_targets(result)
+    for line, count in server_errors.items():
+        print(f"  server error x{count}: {line}")
     if args.profile:
         reset_queue(project)
-        profile_claims(tokens, args.profile)
-    for phase in phases:
-        assert not any(phase.checks.values()), f"exactness violated: {phase.checks}"
-        assert not phase.errors, f"{len(phase.errors)} failed requests, first: {phase.errors[0]}"
+        profile_claims(tokens[1], args.profile)
+    failures = [key for key in ("double_handouts", "over_read_tasks", "lost_submissions") if result[key]]
+    if result["failed_requests"]:
+        failures.append(f"{result['failed_requests']} failed requests")
+    if failures:
+        print(f"FAILED: {', '.join(failures)}")
     print_result(result)
+    if failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,11 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------------------------
 if env.str("DATABASE_URL", default=""):
     DATABASES = {"default": env.db("DATABASE_URL")}
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
+    # 0 by default: under ASGI every request runs in its own thread-sensitive context, so a
+    # persistent connection is never reused and never closed, and workers would exhaust the
+    # server's connections (Django's docs: disable persistent connections under ASGI; use a
+    # pooler such as PgBouncer). A WSGI deployment may set DB_CONN_MAX_AGE.
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=0))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     DATABASES = {
