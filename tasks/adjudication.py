@@ -19,6 +19,7 @@ from core.roles import READER_ROLE_TIERS, Perm
 from core.selectors import projects_visible_to
 from tasks.consensus import store_consensus_from_adjudication
 from tasks.models import Adjudication, Read
+from tasks.queue import ROW_LOCK
 from tasks.states import ReadState
 
 
@@ -47,7 +48,7 @@ def claim_next_adjudication(user: User) -> Adjudication | None:
         condition |= Q(project_id=project_id, tier__lte=tier) & (Q(subspecialty="") | Q(subspecialty__in=subs))
     own_tasks = Read.objects.filter(reader=user, state__in=[ReadState.CLAIMED, ReadState.SUBMITTED]).values("task_id")
     with transaction.atomic():
-        adjudication = (Adjudication.objects.select_for_update(skip_locked=True)
+        adjudication = (Adjudication.objects.select_for_update(skip_locked=True, **ROW_LOCK)
                         .filter(condition)
                         .filter(Q(state=Adjudication.State.OPEN)
                                 | Q(state=Adjudication.State.CLAIMED, lease_expires_at__lt=now))
@@ -67,7 +68,8 @@ def claim_next_adjudication(user: User) -> Adjudication | None:
 
 def get_adjudication_for_update(adjudication_id, user: User) -> Adjudication:
     """The caller's claimed adjudication, locked; 404 for anybody else's."""
-    adjudication = (Adjudication.objects.select_for_update().select_related("task__study", "task__protocol_version")
+    adjudication = (Adjudication.objects.select_for_update(**ROW_LOCK)
+                    .select_related("task__study", "task__protocol_version")
                     .filter(pk=adjudication_id, adjudicator=user).first())
     if adjudication is None:
         raise NotFound("No such adjudication.")

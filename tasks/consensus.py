@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from audit.trail import record_event
 from tasks.models import Adjudication, Consensus, Read, Task
+from tasks.queue import ROW_LOCK
 from tasks.states import ReadState, TaskState, check_task_transition
 from tasks.submission import rle_decode, rle_encode
 from tasks.submission_service import labels_of
@@ -238,7 +239,7 @@ def on_reads_complete(task: Task) -> None:
 
 @transaction.atomic
 def store_consensus_from_adjudication(adjudication: Adjudication, findings: list[dict]) -> Consensus:
-    task = Task.objects.select_for_update().get(pk=adjudication.task_id)
+    task = Task.objects.select_for_update(**ROW_LOCK).get(pk=adjudication.task_id)
     consensus = Consensus.objects.create(task=task, method=Consensus.Method.ADJUDICATED, findings=findings,
                                          agreement=adjudication.agreement, adjudication=adjudication)
     _set_task_state(task, TaskState.CONSENSUS)

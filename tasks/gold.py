@@ -29,6 +29,7 @@ from core.models import Membership, Project, User
 from core.roles import READER_ROLE_TIERS
 from tasks.consensus import compute_agreement
 from tasks.models import Consensus, Read, Task
+from tasks.queue import ROW_LOCK
 from tasks.states import ReadState, TaskState
 
 MIN_GOLD_CHECKS = 3
@@ -44,7 +45,7 @@ def import_reference(task: Task, findings, *, by: User) -> Consensus:
     """A manager's reference for a gold or calibration task (validated like a read)."""
     from tasks.submission_service import validate_for_task
 
-    task = Task.objects.select_for_update().get(pk=task.pk)
+    task = Task.objects.select_for_update(**ROW_LOCK).get(pk=task.pk)
     if task.kind == Task.Kind.PRODUCTION:
         raise DomainError("Only gold and calibration tasks take a reference.", code="not_gold")
     if hasattr(task, "consensus"):
@@ -90,8 +91,8 @@ def score_against_reference(read: Read) -> float:
 
 
 def _reader_memberships(read: Read):
-    return Membership.objects.select_for_update().filter(user_id=read.reader_id, project_id=read.project_id,
-                                                         is_active=True, role__in=list(READER_ROLE_TIERS))
+    return Membership.objects.select_for_update(**ROW_LOCK).filter(
+        user_id=read.reader_id, project_id=read.project_id, is_active=True, role__in=list(READER_ROLE_TIERS))
 
 
 def on_check_submitted(read: Read) -> None:

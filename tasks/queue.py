@@ -29,6 +29,9 @@ from tasks.routing import Eligibility, eligibility
 from tasks.states import LIVE_READ_STATES, ReadState, TaskState, check_read_transition, task_state_after_reads
 
 HEARTBEAT_CREDIT_CAP = timedelta(minutes=5)  # longer gaps between heartbeats are not active time
+# Row locks take only the row itself, FOR NO KEY UPDATE: no key ever changes, and concurrent
+# foreign-key checks (KEY SHARE) must not wait on them (see get_read_for_update).
+ROW_LOCK = {"of": ("self",), "no_key": True}
 
 
 @dataclass
@@ -199,7 +202,7 @@ def _claim_portable(user, rules, leases, now) -> tuple[int, int | None] | None:
         condition |= Q(project_id=rule.project_id, tier__in=rule.tiers) & (
             Q(subspecialty="") | Q(subspecialty__in=rule.subspecialties))
     taken = Read.objects.filter(reader=user, state__in=LIVE_READ_STATES).values("task_id")
-    slot = (QueueSlot.objects.select_for_update(skip_locked=True)
+    slot = (QueueSlot.objects.select_for_update(skip_locked=True, **ROW_LOCK)
             .filter(condition).filter(Q(reader__isnull=True) | Q(lease_expires_at__lt=now))
             .exclude(task_id__in=taken).order_by("-priority", "id").first())
     if slot is None:
@@ -219,9 +222,15 @@ def _claim_portable(user, rules, leases, now) -> tuple[int, int | None] | None:
 # --- operations on a held read -------------------------------------------------------------
 
 def get_read_for_update(read_id, user: User) -> Read:
-    """The caller's own read, locked; 404 for anybody else's (existence does not leak)."""
+    """The caller's own read, locked; 404 for anybody else's (existence does not leak).
+
+    Locks in this module take only the row itself, FOR NO KEY UPDATE (no key ever changes): a
+    plain FOR UPDATE on joined rows made a concurrent claim's foreign-key check (KEY SHARE on
+    the task) wait on a submit that in turn waited on the claim's audit shard: a deadlock.
+    """
     try:
-        return Read.objects.select_for_update().select_related("task__study").get(pk=read_id, reader=user)
+        return (Read.objects.select_for_update(**ROW_LOCK).select_related("task__study")
+                .get(pk=read_id, reader=user))
     except (Read.DoesNotExist, ValueError, TypeError):
         raise NotFound("No such read.") from None
 
@@ -233,7 +242,7 @@ def _live_slot(read: Read) -> QueueSlot | None:
     """
     if read.is_check:
         return None
-    slot = QueueSlot.objects.select_for_update().filter(read=read).first()
+    slot = QueueSlot.objects.select_for_update(**ROW_LOCK).filter(read=read).first()
     if slot is None or slot.reader_id != read.reader_id:
         raise Conflict("Your lease on this read expired and the task was handed to another reader; "
                        "your work on it cannot be submitted.", code="lease_lost")
@@ -281,7 +290,7 @@ def _free_slot(slot: QueueSlot | None, read: Read, state: str) -> None:
 
 def _refresh_task_state(task_id: int) -> Task:
     """Set a reading task's state from its read counts (tasks.states.task_state_after_reads)."""
-    task = Task.objects.select_for_update().select_related("study", "protocol_version").get(pk=task_id)
+    task = Task.objects.select_for_update(**ROW_LOCK).select_related("study", "protocol_version").get(pk=task_id)
     if task.state not in (TaskState.QUEUED, TaskState.IN_READING):
         return task
     claimed = Read.objects.filter(task_id=task_id, state=ReadState.CLAIMED).count()
@@ -368,7 +377,7 @@ def sweep_expired_leases(now=None) -> int:
     expired = QueueSlot.objects.filter(reader__isnull=False, lease_expires_at__lt=now)
     for slot_id in expired.values_list("id", flat=True):
         with transaction.atomic():
-            slot = (QueueSlot.objects.select_for_update(skip_locked=True, of=("self",))
+            slot = (QueueSlot.objects.select_for_update(skip_locked=True, **ROW_LOCK)
                     .select_related("read__task__study")
                     .filter(pk=slot_id, reader__isnull=False, lease_expires_at__lt=now).first())
             if slot is None or slot.read is None:
@@ -384,12 +393,12 @@ def sweep_expired_leases(now=None) -> int:
 @transaction.atomic
 def reassign_read(read_id, to_user: User, *, by: User) -> Read:
     """Move a claimed read to another eligible reader (a manager's action); the lease restarts."""
-    read = Read.objects.select_for_update().select_related("task__study").filter(pk=read_id).first()
+    read = Read.objects.select_for_update(**ROW_LOCK).select_related("task__study").filter(pk=read_id).first()
     if read is None:
         raise NotFound("No such read.")
     check_read_transition(read.state, ReadState.CANCELLED)
     rules = [r for r in eligibility(to_user, Project.objects.filter(pk=read.project_id))]
-    slot = QueueSlot.objects.select_for_update().get(read=read)
+    slot = QueueSlot.objects.select_for_update(**ROW_LOCK).get(read=read)
     if not rules or slot.tier not in rules[0].tiers or (slot.subspecialty and slot.subspecialty not in
                                                          rules[0].subspecialties):
         raise DomainError("That person is not eligible for this read (tier, sub-specialty, calibration or "
@@ -413,7 +422,7 @@ def reassign_read(read_id, to_user: User, *, by: User) -> Read:
 
 @transaction.atomic
 def cancel_task(task_id, *, by: User, project: Project) -> Task:
-    task = Task.objects.select_for_update().filter(pk=task_id, project=project).first()
+    task = Task.objects.select_for_update(**ROW_LOCK).filter(pk=task_id, project=project).first()
     if task is None:
         raise NotFound("No such task.")
     from tasks.states import check_task_transition
