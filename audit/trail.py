@@ -369,6 +369,3 @@ def verify_chains(shards: Iterable[int] | None = None) -> VerifyResult:
             breaks.append(brk)
     return VerifyResult(events=total, shards=len(shards), breaks=breaks)
 
-
-def db_supports_triggers() -> bool:
-    return connection.vendor == "postgresql"

@@ -15,10 +15,6 @@ def study_ids_held_by(user) -> QuerySet:
     return Study.objects.filter(tasks__reads__reader=user, tasks__reads__state=ReadState.CLAIMED).values("pk")
 
 
-def own_reads(user) -> QuerySet[Read]:
-    return Read.objects.filter(reader=user).select_related("task__study", "task__series", "task__protocol_version")
-
-
 def tasks_for_managers(user, project) -> QuerySet[Task]:
     return Task.objects.filter(project=project).select_related("study", "series", "protocol_version")
 

@@ -28,7 +28,6 @@ class ReadState(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
-OPEN_READ_STATES = (ReadState.CLAIMED,)
 LIVE_READ_STATES = (ReadState.CLAIMED, ReadState.SUBMITTED)  # one per reader per task
 
 TASK_TRANSITIONS: dict[str, set[str]] = {
