@@ -25,10 +25,13 @@ from tasks.models import Adjudication, Read, Task
 from tasks.states import ReadState, TaskState
 
 
-def _dicomweb(request, task: Task) -> dict:
+def _dicomweb(request, task: Task, study_series: list | None = None) -> dict:
     root = request.build_absolute_uri("/dicomweb")
     study_url = f"{root}/studies/{task.study.study_uid}"
-    series = [task.series] if task.series else list(task.study.series.all())
+    if task.series:
+        series = [task.series]
+    else:
+        series = study_series if study_series is not None else list(task.study.series.all())
     return {"root": root, "study": study_url,
             "series": [{"series_uid": s.series_uid, "modality": s.modality, "mr_sequence": s.mr_sequence,
                         "url": f"{study_url}/series/{s.series_uid}"} for s in series]}
@@ -75,7 +78,7 @@ class ClaimSerializer(serializers.Serializer):
         return claim.task.series.series_uid if claim.task.series else None
 
     def get_dicomweb(self, claim) -> dict:
-        return _dicomweb(self.context["request"], claim.task)
+        return _dicomweb(self.context["request"], claim.task, claim.study_series)
 
 
 class ReadSerializer(serializers.ModelSerializer):

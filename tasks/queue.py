@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from audit.trail import record_event
+from core import rows
 from core.errors import Conflict, DomainError, NotFound
 from core.models import Project, User
 from core.selectors import projects_visible_to
@@ -38,12 +39,14 @@ ROW_LOCK = {"of": ("self",), "no_key": True}
 class Claim:
     read: Read
     task: Task
+    # The study's series when the task has no single series (PostgreSQL's claim returns them with
+    # the read); None: ask the database (task.study.series).
+    study_series: list | None = None
 
 
 def _claimable_projects(user, project_id) -> list[Eligibility]:
     # A reader role is what grants read_studies (core.roles), so the memberships say it all.
-    projects = Project.objects.all() if project_id is None else Project.objects.filter(pk=project_id)
-    return eligibility(user, projects)
+    return eligibility(user, None if project_id is None else [project_id])
 
 
 def _open_counts(user) -> dict[int, int]:
@@ -59,39 +62,51 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
     if not rules:
         return None
     now = timezone.now()
+    postgresql = connection.vendor == "postgresql"
     with transaction.atomic():
-        if connection.vendor == "postgresql":
+        if postgresql:
             # Serialises one reader's concurrent claims (different readers never wait on it), so
             # the open-read limit and the same-task check see each other's results.
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [7301, user.pk])
-        counts = _open_counts(user)
-        rules = [r for r in rules if counts.get(r.project_id, 0) < r.max_open_reads]
-        if not rules:
-            return None
-        check = _claim_check(user, rules)
+        check = None
+        # PostgreSQL's claim statement checks the open-read limit itself (its snapshot is taken
+        # after the lock above); a check read (calibration, gold) is picked here, so needs it first.
+        if not postgresql or any(r.needs_calibration or r.gold_rate > 0 for r in rules):
+            counts = _open_counts(user)
+            rules = [r for r in rules if counts.get(r.project_id, 0) < r.max_open_reads]
+            if not rules:
+                return None
+            check = _claim_check(user, rules)
         rules = [r for r in rules if not r.needs_calibration]
         if check is not None:
-            claimed = (check.pk, None)
+            claim, expired_read_id = _fetch_claim(check.pk), None
         elif not rules:
             return None
         else:
             leases = {r.project_id: r.lease_seconds for r in rules}
-            if connection.vendor == "postgresql":
+            if postgresql:
                 claimed = _claim_postgresql(user, rules, leases, now)
             else:
                 claimed = _claim_portable(user, rules, leases, now)
-        if claimed is None:
-            return None
-        read_id, expired_read_id = claimed
-        read = Read.objects.select_related("task__study", "task__series", "task__protocol_version").get(pk=read_id)
+                if claimed is not None:
+                    claimed = _fetch_claim(claimed[0]), claimed[1]
+            if claimed is None:
+                return None
+            claim, expired_read_id = claimed
+        read, task = claim.read, claim.task
         if expired_read_id:
             record_event("expire", actor=None, project_id=read.project_id, object_type="tasks.read",
-                         object_id=expired_read_id, study_uid=read.task.study.study_uid,
+                         object_id=expired_read_id, study_uid=task.study.study_uid,
                          extra={"reclaimed_by_read": read.pk})
-        record_event("claim", actor=user, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid,
-                     protocol_version=read.task.protocol_version.number,
+        record_event("claim", actor=user, project_id=read.project_id, obj=read, study_uid=task.study.study_uid,
+                     protocol_version=task.protocol_version.number,
                      extra={"task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
+    return claim
+
+
+def _fetch_claim(read_id: int) -> Claim:
+    read = Read.objects.select_related("task__study", "task__series", "task__protocol_version").get(pk=read_id)
     return Claim(read=read, task=read.task)
 
 
@@ -123,19 +138,24 @@ def _candidates_sql(rules: list[Eligibility], reader_id: int, now, params: list)
 
     The reader's own live tasks are excluded with NOT IN (a hashed subplan the index scan filters
     through) rather than NOT EXISTS, which the planner turns into an anti-join over the whole queue.
+    A project where the reader already holds the most open reads it allows yields nothing (the
+    count is a one-time subplan, evaluated under the reader's advisory lock).
     """
     scans = []
     for rule in rules:
         scans.append("""(SELECT s.id, s.task_id, s.project_id, s.read_id AS old_read_id, s.priority
         FROM tasks_queueslot s
         WHERE s.project_id = %s AND s.tier = ANY(%s) AND (s.subspecialty = '' OR s.subspecialty = ANY(%s))
+          AND (SELECT count(*) FROM tasks_read o WHERE o.reader_id = %s AND o.project_id = %s
+               AND o.state = 'claimed') < %s
           AND (s.reader_id IS NULL OR s.lease_expires_at < %s)
           AND s.task_id NOT IN (SELECT r.task_id FROM tasks_read r WHERE r.reader_id = %s
                                 AND r.state IN ('claimed', 'submitted'))
         ORDER BY s.priority DESC, s.id
         LIMIT 1
         FOR UPDATE OF s SKIP LOCKED)""")
-        params += [rule.project_id, list(rule.tiers), list(rule.subspecialties), now, reader_id]
+        params += [rule.project_id, list(rule.tiers), list(rule.subspecialties), reader_id, rule.project_id,
+                   rule.max_open_reads, now, reader_id]
     return f"SELECT * FROM ({' UNION ALL '.join(scans)}) candidates ORDER BY priority DESC, id LIMIT 1"
 
 
@@ -147,14 +167,38 @@ def _case(rules: list[Eligibility], values: dict[int, object], params: list, cas
     return f"(CASE c.project_id {' '.join(whens)} END)::{cast}"
 
 
-def _claim_postgresql(user, rules, leases, now) -> tuple[int, int | None] | None:
+def _claim_postgresql(user, rules, leases, now) -> tuple[Claim, int | None] | None:
+    from core.dicom.models import Series, Study
+    from core.models import ProtocolVersion
+
     sql, args = claim_statement(user.pk, rules, leases, now)
     with connection.cursor() as cursor:
         cursor.execute(sql, args)
         row = cursor.fetchone()
     if row is None:
         return None
-    return row[0], row[1]
+    (read_id, expired_read_id, task_id, project_id, tier, lease_expires_at, study_id, study_uid, series_id,
+     series_uid, series_modality, series_mr_sequence, version_id, version_number, version_used_at, study_series,
+     *_counts) = row
+    # Everything the claim's response and audit event need came back with it: no query follows.
+    read = rows.loaded(Read, id=read_id, project_id=project_id, task_id=task_id, reader_id=user.pk,
+                   state=ReadState.CLAIMED, tier=tier, claimed_at=now, lease_expires_at=lease_expires_at,
+                   last_heartbeat_at=None, active_seconds=0.0, submitted_at=None, ended_at=None, draft=None,
+                   findings=None, findings_count=0, slices_touched=0, idempotency_key="", is_check=False)
+    task = rows.loaded(Task, id=task_id, project_id=project_id, study_id=study_id, series_id=series_id,
+                   protocol_version_id=version_id)
+    task.study = rows.loaded(Study, id=study_id, project_id=project_id, study_uid=study_uid)
+    task.series = None if series_id is None else rows.loaded(
+        Series, id=series_id, study_id=study_id, series_uid=series_uid, modality=series_modality,
+        mr_sequence=series_mr_sequence)
+    task.protocol_version = rows.loaded(ProtocolVersion, id=version_id, project_id=project_id, number=version_number,
+                                    used_at=version_used_at)
+    read.task = task
+    series = None
+    if series_id is None:
+        series = [rows.loaded(Series, id=pk, study_id=study_id, series_uid=uid, modality=modality, mr_sequence=sequence)
+                  for pk, uid, modality, sequence in (study_series or [])]
+    return Claim(read=read, task=task, study_series=series), expired_read_id
 
 
 def claim_statement(reader_id: int, rules, leases, now) -> tuple[str, list]:
@@ -174,7 +218,7 @@ WITH c AS (
     SELECT c.project_id, c.task_id, %s, 'claimed', {tier_case}, %s, %s + make_interval(secs => {lease_case}),
            0, 0, 0, '', false
     FROM c
-    RETURNING id, task_id, lease_expires_at
+    RETURNING id, task_id, tier, lease_expires_at
 ), leased AS (
     UPDATE tasks_queueslot s SET reader_id = %s, lease_expires_at = new_read.lease_expires_at, read_id = new_read.id
     FROM new_read, c WHERE s.id = c.id
@@ -188,8 +232,18 @@ WITH c AS (
     FROM c WHERE t.id = c.task_id AND t.state = 'queued'
     RETURNING t.id
 )
-SELECT new_read.id, (SELECT id FROM expired), (SELECT count(*) FROM leased), (SELECT count(*) FROM started)
-FROM new_read"""
+SELECT new_read.id, (SELECT id FROM expired), new_read.task_id, t.project_id, new_read.tier,
+       new_read.lease_expires_at, t.study_id, st.study_uid, t.series_id, se.series_uid, se.modality, se.mr_sequence,
+       t.protocol_version_id, pv.number, pv.used_at,
+       CASE WHEN t.series_id IS NULL THEN (
+           SELECT json_agg(json_build_array(x.id, x.series_uid, x.modality, x.mr_sequence) ORDER BY x.id)
+           FROM core_series x WHERE x.study_id = t.study_id) END,
+       (SELECT count(*) FROM leased), (SELECT count(*) FROM started)
+FROM new_read
+JOIN tasks_task t ON t.id = new_read.task_id
+JOIN core_study st ON st.id = t.study_id
+LEFT JOIN core_series se ON se.id = t.series_id
+JOIN core_protocolversion pv ON pv.id = t.protocol_version_id"""
     # Parameter order follows the text: candidates, reader, tier CASE, now, now, lease CASE,
     # reader, now, now.
     args = [*candidate_params, reader_id, *tier_case_params, now, now, *lease_case_params, reader_id, now, now]
@@ -228,11 +282,43 @@ def get_read_for_update(read_id, user: User) -> Read:
     plain FOR UPDATE on joined rows made a concurrent claim's foreign-key check (KEY SHARE on
     the task) wait on a submit that in turn waited on the claim's audit shard: a deadlock.
     """
+    if connection.vendor == "postgresql":
+        read = _locked_read_postgresql(read_id, user)
+        if read is None:
+            raise NotFound("No such read.")
+        return read
     try:
-        return (Read.objects.select_for_update(**ROW_LOCK).select_related("task__study")
+        return (Read.objects.select_for_update(**ROW_LOCK).select_related("task__study", "task__protocol_version")
                 .get(pk=read_id, reader=user))
     except (Read.DoesNotExist, ValueError, TypeError):
         raise NotFound("No such read.") from None
+
+
+def _locked_read_postgresql(read_id, user: User) -> Read | None:
+    """get_read_for_update's query in plain SQL (the ORM's building of it cost more than running
+    it): the read, locked FOR NO KEY UPDATE, with its task, study and protocol version."""
+    from core.dicom.models import Study
+    from core.models import ProtocolVersion
+
+    try:
+        read_id = int(read_id)
+    except (ValueError, TypeError):
+        return None
+    if not -(2 ** 63) <= read_id < 2 ** 63:
+        return None
+    selected = [*rows.columns(Read, "r"), *rows.columns(Task, "t"), *rows.columns(Study, "st"),
+                *rows.columns(ProtocolVersion, "pv")]
+    with connection.cursor() as cursor:
+        cursor.execute(f"""SELECT {", ".join(selected)}
+            FROM tasks_read r JOIN tasks_task t ON t.id = r.task_id JOIN core_study st ON st.id = t.study_id
+            JOIN core_protocolversion pv ON pv.id = t.protocol_version_id
+            WHERE r.id = %s AND r.reader_id = %s FOR NO KEY UPDATE OF r""", [read_id, user.pk])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    read, task, study, version = rows.instances((Read, Task, Study, ProtocolVersion), row)
+    task.study, task.protocol_version, read.task = study, version, task
+    return read
 
 
 def _live_slot(read: Read) -> QueueSlot | None:
@@ -242,7 +328,12 @@ def _live_slot(read: Read) -> QueueSlot | None:
     """
     if read.is_check:
         return None
-    slot = QueueSlot.objects.select_for_update(**ROW_LOCK).filter(read=read).first()
+    # Plain SQL (the ORM's query building costs ten times the query): the slot, locked.
+    lock = " FOR NO KEY UPDATE" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id, reader_id FROM tasks_queueslot WHERE read_id = %s{lock}", [read.pk])
+        row = cursor.fetchone()
+    slot = None if row is None else rows.loaded(QueueSlot, id=row[0], reader_id=row[1], read_id=read.pk)
     if slot is None or slot.reader_id != read.reader_id:
         raise Conflict("Your lease on this read expired and the task was handed to another reader; "
                        "your work on it cannot be submitted.", code="lease_lost")
@@ -339,7 +430,8 @@ def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> 
         read.findings, read.draft = normalised, None
         read.findings_count, read.slices_touched = summary["findings"], summary["slices_touched"]
         read.idempotency_key = idempotency_key[:100]
-        read.save()
+        read.save(update_fields=["active_seconds", "state", "submitted_at", "ended_at", "findings", "draft",
+                                 "findings_count", "slices_touched", "idempotency_key"])
         if slot is None:  # a check read: scored against the reference, the task itself unchanged
             from tasks.gold import on_check_submitted
 
@@ -347,16 +439,35 @@ def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> 
             record_event("submit", actor=user, project_id=read.project_id, obj=read,
                          study_uid=read.task.study.study_uid, extra={"findings": read.findings_count})
             return read, False
-        slot.delete()
-        Task.objects.filter(pk=read.task_id).update(reads_submitted=F("reads_submitted") + 1)
-        task = _refresh_task_state(read.task_id)
-        record_event("submit", actor=user, project_id=read.project_id, obj=read, study_uid=task.study.study_uid,
-                     protocol_version=task.protocol_version.number,
-                     extra={"task": task.pk, "findings": read.findings_count,
+        complete = _count_submission(slot, read.task_id, now)
+        record_event("submit", actor=user, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid,
+                     protocol_version=read.task.protocol_version.number,
+                     extra={"task": read.task_id, "findings": read.findings_count,
                             "active_seconds": round(read.active_seconds)})
-        if task.state == TaskState.READS_COMPLETE:
-            _on_reads_complete(task)
+        if complete:
+            _on_reads_complete(Task.objects.select_related("study", "protocol_version").get(pk=read.task_id))
     return read, False
+
+
+def _count_submission(slot: QueueSlot, task_id: int, now) -> bool:
+    """Delete the submitted read's slot, count the read on its task and set the task's state from
+    its reads (as _refresh_task_state does; the UPDATE locks the task's row). True when that made
+    the task's reads complete. Plain SQL: the submit path's hottest statements."""
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM tasks_queueslot WHERE id = %s", [slot.pk])
+        cursor.execute("UPDATE tasks_task SET reads_submitted = reads_submitted + 1 WHERE id = %s "
+                       "RETURNING state, reads_submitted, reads_required", [task_id])
+        state, submitted, required = cursor.fetchone()
+        if state not in (TaskState.QUEUED, TaskState.IN_READING):
+            return False
+        cursor.execute("SELECT count(*) FROM tasks_read WHERE task_id = %s AND state = %s",
+                       [task_id, ReadState.CLAIMED])
+        target = task_state_after_reads(submitted=submitted, claimed=cursor.fetchone()[0], required=required)
+        if target == state:
+            return False
+        completed_at = now if target == TaskState.READS_COMPLETE else None
+        Task.objects.filter(pk=task_id).update(state=target, completed_at=completed_at, updated_at=now)
+    return target == TaskState.READS_COMPLETE
 
 
 def _on_reads_complete(task: Task) -> None:
@@ -397,7 +508,7 @@ def reassign_read(read_id, to_user: User, *, by: User) -> Read:
     if read is None:
         raise NotFound("No such read.")
     check_read_transition(read.state, ReadState.CANCELLED)
-    rules = [r for r in eligibility(to_user, Project.objects.filter(pk=read.project_id))]
+    rules = eligibility(to_user, [read.project_id])
     slot = QueueSlot.objects.select_for_update(**ROW_LOCK).get(read=read)
     if not rules or slot.tier not in rules[0].tiers or (slot.subspecialty and slot.subspecialty not in
                                                          rules[0].subspecialties):

@@ -1,0 +1,59 @@
+"""What one claim and one submit cost the database: a fixed, small number of statements each.
+
+The HTTP claim path's rate is bounded by the application server's CPU per request, most of it
+spent building queries; these pins catch a change that adds a query to the hot path (issue 5).
+"""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from audit.models import AuditEvent
+from tasks.models import Read, Task
+from tasks.states import ReadState, TaskState
+
+pytestmark = pytest.mark.django_db
+
+NEXT = "/api/queue/next/"
+
+
+@pytest.fixture(autouse=True)
+def _postgres_only():
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: the one-statement claim and the prepared audit append exist only there")
+
+
+def statements(call):
+    with CaptureQueriesContext(connection) as queries:
+        response = call()
+    return response, [" ".join(q["sql"].split())[:80] for q in queries.captured_queries]
+
+
+def test_a_claim_is_auth_eligibility_lock_claim_and_audit(cast, api, queued):
+    client = api(cast.annotator)
+    client.post(NEXT, {}, format="json")  # warms the locked protocol version's schema cache
+    response, sql = statements(lambda: client.post(NEXT, {}, format="json"))
+    assert response.status_code == 200, response.content
+    # token, eligibility, savepoint, the reader's advisory lock, the claim, the audit append, release
+    assert len(sql) == 7, sql
+    body = response.json()
+    assert body["task"] == queued[1].pk and body["series_uid"] is None
+    assert [s["series_uid"] for s in body["dicomweb"]["series"]] == list(
+        queued[1].study.series.order_by("id").values_list("series_uid", flat=True))
+    assert AuditEvent.objects.filter(action="claim", object_id=str(body["read"])).count() == 1
+
+
+def test_a_submit_is_auth_lock_checks_store_count_and_audit(cast, api, queued):
+    client = api(cast.annotator)
+    first = client.post(NEXT, {}, format="json").json()["read"]
+    second = client.post(NEXT, {}, format="json").json()["read"]
+    client.post(f"/api/reads/{first}/submit/", {"findings": []}, format="json")
+    response, sql = statements(lambda: client.post(f"/api/reads/{second}/submit/", {"findings": []},
+                                                   format="json"))
+    assert response.status_code == 200, response.content
+    # token, savepoint, the read (locked), its slot (locked), the read stored, the slot deleted,
+    # the task counted, its claimed reads counted, the audit append, release
+    assert len(sql) == 10, sql
+    assert Read.objects.get(pk=second).state == ReadState.SUBMITTED
+    task = Task.objects.get(pk=queued[1].pk)
+    assert task.reads_submitted == 1 and task.state == TaskState.IN_READING
