@@ -16,12 +16,12 @@ queue, study and audit tables. One run, one database, in this order:
    claim; COMMIT. Simple query protocol, as psycopg2 sends it; client n is reader n. For context
    also the bare UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1), one per
    transaction. The queue is reset to fresh after each (freed slots, no reads, tasks queued).
-3. HTTP: `uvicorn core.asgi:application --workers 2` (DEBUG=0; DB_CONN_MAX_AGE=0, as Django
-   requires under ASGI: see running_server), 8 and then 32 closed-loop virtual readers (--quick:
+3. HTTP: `uvicorn core.wsgi:application --interface wsgi --workers 2` (DEBUG=0,
+   DB_CONN_MAX_AGE=600: how deploy/ serves the API), 8 and then 32 closed-loop virtual readers (--quick:
    shorter phases), one keep-alive HTTP/1.1 connection each, each its own user: POST
    /api/queue/next/, then POST /api/reads/{id}/submit/ with {"findings": []}; again. Warm-up
-   excluded; a reader told to stop finishes its submit. --server wsgi serves core.wsgi through
-   uvicorn's WSGI adapter instead (persistent connections, DB_CONN_MAX_AGE=600).
+   excluded; a reader told to stop finishes its submit. --server asgi serves core.asgi instead
+   (DB_CONN_MAX_AGE=0, as Django requires under ASGI: see running_server; about twice the CPU).
    The load generator is a minimal asyncio HTTP/1.1 client on uvloop in this process: about
    0.07 ms of CPU per request, where httpx.AsyncClient takes 1.2 ms (measured here), CPU the
    server's two cores would lose; its share is printed. Latency is per claim request, on the
@@ -659,8 +659,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20,000 tasks, under a minute.")
     parser.add_argument("--audit-overhead", action="store_true", help="Claims/s with the audit trail on vs off.")
-    parser.add_argument("--server", choices=["asgi", "wsgi"], default="asgi",
-                        help="core.asgi (default, as deployed) or core.wsgi through uvicorn's WSGI adapter.")
+    parser.add_argument("--server", choices=["asgi", "wsgi"], default="wsgi",
+                        help="core.wsgi through uvicorn's WSGI adapter (default: deploy/ serves the API so) or core.asgi.")
     parser.add_argument("--profile", type=int, metavar="N", default=0,
                         help="Also profile N claim requests in this process (DRF test client) at the end.")
     args = parser.parse_args()
