@@ -18,6 +18,40 @@ class TaskQuerySet(models.QuerySet):
         return self.exclude(state__in=[TaskState.CANCELLED, TaskState.DELIVERED, TaskState.CONSENSUS])
 
 
+class Batch(models.Model):
+    """A delivery batch: consensus tasks grouped to be delivered together with their reports and exports.
+
+    Change it only through tasks.batches (create / add tasks / deliver), which records the audit
+    events and broadcasts ``batch.delivered``.
+    """
+
+    class State(models.TextChoices):
+        OPEN = "open", "Open"
+        DELIVERED = "delivered", "Delivered"
+
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="batches")
+    name = models.CharField(max_length=200)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.OPEN)
+    pricing = models.JSONField(default=dict, blank=True,
+                               help_text="Pricing snapshot for the cost report (see tasks.costs).")
+    report = models.JSONField(null=True, blank=True, help_text="Stored concordance report (tasks.reports).")
+    report_computed_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    delivered_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "batches"
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="batch_unique_name_per_project"),
+        ]
+
+    def __str__(self) -> str:
+        return f"batch {self.pk} ({self.state})"
+
+
 class Task(models.Model):
     class Kind(models.TextChoices):
         PRODUCTION = "production", "Production"
@@ -44,6 +78,7 @@ class Task(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.PROTECT, related_name="tasks")
 
     objects = TaskQuerySet.as_manager()
 
