@@ -29,6 +29,12 @@ class Batch(models.Model):
         OPEN = "open", "Open"
         DELIVERED = "delivered", "Delivered"
 
+    class ExportState(models.TextChoices):
+        NONE = "none", "Not built"
+        BUILDING = "building", "Building"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
     project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="batches")
     name = models.CharField(max_length=200)
     state = models.CharField(max_length=10, choices=State.choices, default=State.OPEN)
@@ -36,6 +42,11 @@ class Batch(models.Model):
                                help_text="Pricing snapshot for the cost report (see tasks.costs).")
     report = models.JSONField(null=True, blank=True, help_text="Stored concordance report (tasks.reports).")
     report_computed_at = models.DateTimeField(null=True, blank=True)
+    export_state = models.CharField(max_length=10, choices=ExportState.choices, default=ExportState.NONE)
+    exports = models.JSONField(default=list, blank=True,
+                               help_text="The built export files: format, name, object name, size, SHA-256.")
+    export_error = models.CharField(max_length=500, blank=True)
+    exports_built_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
