@@ -25,6 +25,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.trail import record_event
+from core.broadcast import broadcast_on_commit
 from tasks.models import Adjudication, Consensus, Read, Task
 from tasks.queue import ROW_LOCK
 from tasks.states import ReadState, TaskState, check_task_transition
@@ -227,6 +228,7 @@ def on_reads_complete(task: Task) -> None:
         record_event("consensus", actor=None, project_id=task.project_id, obj=consensus,
                      study_uid=task.study.study_uid, protocol_version=task.protocol_version.number,
                      extra={"task": task.pk, "method": consensus.method})
+        broadcast_on_commit(task.project_id, "task.consensus", {"task": task.pk, "method": consensus.method})
         return
     adjudication = Adjudication.objects.create(
         project_id=task.project_id, task=task, tier=task.adjudication_tier, subspecialty=task.adjudication_subspecialty,
@@ -235,6 +237,8 @@ def on_reads_complete(task: Task) -> None:
     record_event("create", actor=None, project_id=task.project_id, obj=adjudication, study_uid=task.study.study_uid,
                  extra={"task": task.pk, "disagreeing_labels": [k for k, v in agreement["labels"].items()
                                                                 if not v["agree"]]})
+    broadcast_on_commit(task.project_id, "adjudication.opened", {"adjudication": adjudication.pk, "task": task.pk,
+                                                                 "tier": adjudication.tier})
 
 
 @transaction.atomic

@@ -21,6 +21,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from audit.trail import record_event
+from core.broadcast import broadcast_to_reader_on_commit
 from core.errors import Conflict, DomainError, NotFound
 from core.models import Project, User
 from core.selectors import projects_visible_to
@@ -89,9 +90,13 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
             record_event("expire", actor=None, project_id=read.project_id, object_type="tasks.read",
                          object_id=expired_read_id, study_uid=read.task.study.study_uid,
                          extra={"reclaimed_by_read": read.pk})
+            broadcast_to_reader_on_commit(Read.objects.values_list("reader_id", flat=True).get(pk=expired_read_id),
+                                          read.project_id, "read.expired", {"read": expired_read_id})
         record_event("claim", actor=user, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid,
                      protocol_version=read.task.protocol_version.number,
                      extra={"task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
+        broadcast_to_reader_on_commit(user.pk, read.project_id, "read.claimed", {
+            "read": read.pk, "task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
     return Claim(read=read, task=read.task)
 
 
@@ -275,6 +280,7 @@ def release_read(read_id, user: User) -> Read:
     slot = _live_slot(read)
     _free_slot(slot, read, ReadState.RELEASED)
     record_event("release", actor=user, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid)
+    broadcast_to_reader_on_commit(user.pk, read.project_id, "read.released", {"read": read.pk, "task": read.task_id})
     return read
 
 
@@ -340,6 +346,8 @@ def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> 
         read.findings_count, read.slices_touched = summary["findings"], summary["slices_touched"]
         read.idempotency_key = idempotency_key[:100]
         read.save()
+        broadcast_to_reader_on_commit(user.pk, read.project_id, "read.submitted",
+                                      {"read": read.pk, "task": read.task_id})
         if slot is None:  # a check read: scored against the reference, the task itself unchanged
             from tasks.gold import on_check_submitted
 
@@ -386,6 +394,7 @@ def sweep_expired_leases(now=None) -> int:
             _free_slot(slot, read, ReadState.EXPIRED)
             record_event("expire", actor=None, project_id=read.project_id, obj=read,
                          study_uid=read.task.study.study_uid)
+            broadcast_to_reader_on_commit(read.reader_id, read.project_id, "read.expired", {"read": read.pk})
             swept += 1
     return swept
 
