@@ -247,3 +247,95 @@ class Consensus(models.Model):
 
     def __str__(self) -> str:
         return f"consensus of task {self.task_id} ({self.method})"
+
+
+# --- progress tallies (tasks.progress) ------------------------------------------------------------
+# Kept by database triggers (migration 0007_progress_tallies), never by Python: every path that
+# changes a task or a read, raw SQL claims included, keeps them exact. Writers only append delta
+# rows (no row is updated, so concurrent claims never wait on each other here); readers fold the
+# deltas into the tallies (tasks.progress.fold_deltas). ``recount_progress`` rebuilds them.
+
+class TaskTally(models.Model):
+    """Production tasks of a project per batch (0: none), modality and state, and their reads left."""
+
+    project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    batch_key = models.BigIntegerField(default=0)
+    modality = models.CharField(max_length=64, blank=True)
+    state = models.CharField(max_length=24)
+    tasks = models.BigIntegerField(default=0)
+    reads_left = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "batch_key", "modality", "state"],
+                                               name="task_tally_key")]
+
+    def __str__(self) -> str:
+        return f"{self.tasks} {self.state} tasks of project {self.project_id}"
+
+
+class TaskTallyDelta(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    batch_key = models.BigIntegerField(default=0)
+    modality = models.CharField(max_length=64, blank=True)
+    state = models.CharField(max_length=24)
+    tasks = models.BigIntegerField(default=0)
+    reads_left = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.tasks:+d} {self.state} tasks of project {self.project_id}"
+
+
+class ReadDayTally(models.Model):
+    """Per project, UTC day and tier: production and check reads submitted, adjudications resolved,
+    and the active seconds of those reads (reader hours)."""
+
+    project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    day = models.DateField()
+    tier = models.PositiveSmallIntegerField(choices=Tier.choices)
+    reads = models.BigIntegerField(default=0)
+    check_reads = models.BigIntegerField(default=0)
+    adjudications = models.BigIntegerField(default=0)
+    active_seconds = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "day", "tier"], name="read_day_tally_key")]
+
+    def __str__(self) -> str:
+        return f"tally of project {self.project_id} on {self.day}, tier {self.tier}"
+
+
+class ReadDayDelta(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    day = models.DateField()
+    tier = models.PositiveSmallIntegerField(choices=Tier.choices)
+    reads = models.BigIntegerField(default=0)
+    check_reads = models.BigIntegerField(default=0)
+    adjudications = models.BigIntegerField(default=0)
+    active_seconds = models.FloatField(default=0.0)
+
+    def __str__(self) -> str:
+        return f"{self.reads:+d} reads of project {self.project_id} on {self.day}"
+
+
+class FindingTally(models.Model):
+    """Production tasks with a consensus per finding class (label); '' counts those with no finding."""
+
+    project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    finding_class = models.CharField(max_length=200, blank=True)
+    tasks = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "finding_class"], name="finding_tally_key")]
+
+    def __str__(self) -> str:
+        return f"{self.tasks} tasks with {self.finding_class or 'no finding'} in project {self.project_id}"
+
+
+class UncountedConsensus(models.Model):
+    """A production consensus whose finding classes are not in FindingTally yet (a trigger adds it)."""
+
+    project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    consensus_id = models.BigIntegerField(unique=True)
+
+    def __str__(self) -> str:
+        return f"consensus {self.consensus_id} not counted yet"

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from tasks import api
+from tasks import api, progress_api
 
 read_action = {name: api.ReadViewSet.as_view({"post": name}) for name in ("heartbeat", "release", "submit")}
 
@@ -23,6 +23,7 @@ urlpatterns = [
     path("projects/<int:project_pk>/tasks/<int:pk>/reference/", api.ReferenceView.as_view(), name="task-reference"),
     path("projects/<int:project_pk>/workforce/", api.WorkforceView.as_view(), name="workforce"),
     path("projects/<int:project_pk>/reports/concordance/", api.ConcordanceView.as_view(), name="concordance-report"),
+    path("projects/<int:project_pk>/progress/", progress_api.ProjectProgressView.as_view(), name="project-progress"),
     path("adjudications/next/", api.AdjudicationNextView.as_view(), name="adjudication-next"),
     path("adjudications/<int:pk>/", api.AdjudicationViewSet.as_view({"get": "retrieve"}), name="adjudication-detail"),
     path("adjudications/<int:pk>/resolve/", api.AdjudicationViewSet.as_view({"post": "resolve"}),

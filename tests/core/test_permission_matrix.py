@@ -226,6 +226,8 @@ CASES = [
          expect(404, superuser=200, **members(403, manager=200, qa=200, client_viewer=200)), ONLY_SU),
     Case("concordance-report", "get", _pp("reports/concordance/"),
          expect(404, superuser=200, **members(403, manager=200, qa=200, client_viewer=200)), ONLY_SU),
+    Case("project-progress", "get", _pp("progress/"),
+         expect(404, superuser=200, **members(403, manager=200, qa=200, client_viewer=200)), ONLY_SU),
     Case("adjudication-next", "post", lambda c, x, o: "/api/adjudications/next/",
          expect(204, radiologist=200, neuro_subspecialist=200)),
     Case("adjudication-detail", "get", _adj("/api/adjudications/{adjudication}/"),
