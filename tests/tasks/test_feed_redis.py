@@ -4,23 +4,15 @@ Redis channel layer; a socket held on server A receives the events of HTTP actio
 import asyncio
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
-from django.conf import settings
-from django.db import connection
 from knox.models import AuthToken
 
 from tasks.creation import create_tasks
+from tests.servers import asgi_servers
 from tests.tasks.conftest import add_ct_studies
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _redis_unavailable() -> str:
@@ -41,54 +33,6 @@ pytestmark = [
     pytest.mark.skipif(bool(_redis_unavailable()), reason=_redis_unavailable() or "Redis is up"),
     pytest.mark.django_db(transaction=True),  # the servers read what the test committed
 ]
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def _servers(count: int, log_dir: Path):
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="core.settings", DATABASE_URL=_database_url(),
-               REDIS_URL=os.environ["REDIS_URL"], DATA_DIR=str(settings.DATA_DIR), DEBUG="1",
-               ALLOWED_HOSTS="127.0.0.1,localhost")
-    ports, processes = [_free_port() for _ in range(count)], []
-    try:
-        for port in ports:
-            log = open(log_dir / f"uvicorn-{port}.log", "wb")  # noqa: SIM115 - closed with the process
-            processes.append((subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "core.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-                 "--lifespan", "off", "--log-level", "warning"], cwd=ROOT, env=env, stdout=log, stderr=log), log))
-        deadline = time.monotonic() + 60
-        for port, (process, _) in zip(ports, processes, strict=True):
-            while True:
-                assert process.poll() is None, (log_dir / f"uvicorn-{port}.log").read_text()
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"server on {port} did not start"
-                time.sleep(0.2)
-        yield ports
-    finally:
-        for process, log in processes:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            log.close()
 
 
 async def _next_event(ws, name: str, timeout=10.0) -> dict:
@@ -141,7 +85,7 @@ def test_an_action_on_one_server_reaches_a_socket_on_another_through_redis(cast,
             others = await _quiet(other)
         return reads, consensus, others
 
-    with _servers(2, tmp_path) as (a, b):
+    with asgi_servers(2, tmp_path) as (a, b):
         reads, consensus, others = asyncio.run(scenario(a, b))
     assert consensus["data"] == {"task": task.pk, "method": "agreed"} and consensus["project"] == cast.project.pk
     # the second reader's socket carried their own claim and submit, never the first reader's
