@@ -25,11 +25,11 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Sum, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
+from guardian.core import ObjectPermissionChecker
 
 from core.broadcast import broadcast_on_commit
 from core.models import Membership, Project
 from core.roles import READER_ROLE_TIERS, Perm, Tier
-from core.selectors import user_has_perm
 from tasks.models import (
     Batch,
     Consensus,
@@ -97,15 +97,8 @@ def _fold_sqlite(project_id: int) -> None:
                            [project_id, last])
 
 
-def _fold_findings(project_id: int) -> None:
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("DELETE FROM tasks_uncountedconsensus WHERE project_id = %s RETURNING consensus_id",
-                           [project_id])
-            ids = [row[0] for row in cursor.fetchall()]
-    else:
-        ids = list(UncountedConsensus.objects.filter(project_id=project_id).values_list("consensus_id", flat=True))
-        UncountedConsensus.objects.filter(project_id=project_id, consensus_id__in=ids).delete()
+def _count_findings(project_id: int, ids: list[int]) -> None:
+    """Add the finding classes of these (newly uncounted) consensus labels to the project's tally."""
     if not ids:
         return
     counts: Counter = Counter()
@@ -128,13 +121,19 @@ def fold_deltas(project_id: int) -> None:
     """Move the project's pending deltas into its tallies (exact: the move is one transaction)."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            # Two folds of one project would upsert the same tally rows: take turns.
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [FOLD_LOCK, project_id])
-            cursor.execute(_FOLD_TASKS, {"p": project_id})
-            cursor.execute(_FOLD_DAYS, {"p": project_id})
+            # Two folds of one project would upsert the same tally rows: take turns. One round trip;
+            # the consensus ids to count come back from the last statement.
+            # synchronous_commit off is safe here: a fold lost in a crash is lost whole, its deltas intact.
+            cursor.execute(f"SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({FOLD_LOCK}, %(p)s); "
+                           f"{_FOLD_TASKS}; {_FOLD_DAYS}; "
+                           "DELETE FROM tasks_uncountedconsensus WHERE project_id = %(p)s RETURNING consensus_id",
+                           {"p": project_id})
+            _count_findings(project_id, [row[0] for row in cursor.fetchall()])
     else:
         _fold_sqlite(project_id)
-    _fold_findings(project_id)
+        ids = list(UncountedConsensus.objects.filter(project_id=project_id).values_list("consensus_id", flat=True))
+        UncountedConsensus.objects.filter(project_id=project_id, consensus_id__in=ids).delete()
+        _count_findings(project_id, ids)
 
 
 # --- the recount ------------------------------------------------------------------------------
@@ -207,15 +206,16 @@ def _tasks_section(project: Project) -> dict:
         by_modality[row["modality"]][row["state"]] += row["tasks"]
         by_batch[row["batch_key"]][row["state"]] += row["tasks"]
         reads_left += row["reads_left"]
-    batches = {b.pk: b for b in Batch.objects.filter(project=project, pk__in=[k for k in by_batch if k])}
+    batches = {b["pk"]: b for b in Batch.objects.filter(project=project, pk__in=[k for k in by_batch if k])
+               .values("pk", "name", "state")}
     return {
         "total": sum(by_state.values()),
         "done": sum(by_state[s] for s in DONE_STATES),
         "by_state": by_state,
         "by_modality": [{"modality": m, "total": sum(states.values()), "done": sum(states[s] for s in DONE_STATES),
                          "by_state": states} for m, states in sorted(by_modality.items())],
-        "by_batch": [{"batch": key or None, "name": batches[key].name if key in batches else None,
-                      "state": batches[key].state if key in batches else None, "total": sum(states.values()),
+        "by_batch": [{"batch": key or None, "name": batches[key]["name"] if key in batches else None,
+                      "state": batches[key]["state"] if key in batches else None, "total": sum(states.values()),
                       "done": sum(states[s] for s in DONE_STATES), "by_state": states}
                      for key, states in sorted(by_batch.items())],
         "reads_left": reads_left,
@@ -264,8 +264,10 @@ def _eta(reads_left: int, awaiting_adjudication: int, reads_per_day: float, toda
 
 def _gold_scores(project: Project) -> dict[int, tuple[float, int]]:
     """Each reader's rolling gold score over the project's window (one query: tasks.gold's rule)."""
-    ranked = (Read.objects.filter(project=project, is_check=True, task__kind=Task.Kind.GOLD,
-                                  state=ReadState.SUBMITTED, score__isnull=False)
+    # Through the project's few gold tasks (task index), never a walk over all its reads.
+    gold_tasks = Task.objects.filter(project=project, kind=Task.Kind.GOLD).values("pk")
+    ranked = (Read.objects.filter(task_id__in=gold_tasks, is_check=True, state=ReadState.SUBMITTED,
+                                  score__isnull=False)
               .annotate(rank=Window(RowNumber(), partition_by=[F("reader_id")],
                                     order_by=[F("submitted_at").desc(), F("id").desc()]))
               .filter(rank__lte=project.gold_window).values_list("reader_id", "score"))
@@ -320,8 +322,9 @@ def project_progress(project: Project, *, user) -> dict:
     tasks = _tasks_section(project)
     findings = dict(FindingTally.objects.filter(project=project, tasks__gt=0).values_list("finding_class", "tasks"))
     throughput, reads_per_day = _throughput_section(project, today)
-    sees_reads = user.is_superuser or user_has_perm(user, Perm.VIEW_READS, project)
-    named = user.is_superuser or user_has_perm(user, Perm.VIEW_MEMBERS, project)
+    perms = set(ObjectPermissionChecker(user).get_perms(project))
+    sees_reads = user.is_superuser or Perm.VIEW_READS in perms
+    named = user.is_superuser or Perm.VIEW_MEMBERS in perms
     return {
         "project": project.pk,
         "as_of": timezone.now().isoformat(),
