@@ -58,7 +58,7 @@ def throughput_chart(days: list[dict]) -> dict:
     """Bar geometry for the inline SVG: reads per day over the last CHART_DAYS days with activity."""
     days = days[-CHART_DAYS:]
     peak = max((d["reads"] for d in days), default=0) or 1
-    slot = (CHART_WIDTH - 2 * CHART_PAD) / max(len(days), 1)
+    slot = (CHART_WIDTH - 2 * CHART_PAD) / CHART_DAYS  # fixed slots: one day is never a wall of blue
     plot = CHART_HEIGHT - 2 * CHART_PAD
     bars = []
     for i, day in enumerate(days):

@@ -45,7 +45,8 @@ class Browser:
             time.sleep(0.1)
         port = int(port_file.read_text().split()[0])
         pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json() if t["type"] == "page"]
-        self.socket = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
+        self._connection = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
+        self.socket = self._connection.__enter__()
         self.call("Page.enable")
         return self
 

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from django.conf import settings
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +33,9 @@ def _free_port() -> int:
 def asgi_servers(count: int, log_dir: Path):
     """``count`` uvicorn processes of core.asgi:application; yields their ports. With REDIS_URL set
     they share the Redis channel layer; without it each has its own in-memory layer."""
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="core.settings", DATABASE_URL=shared_database_url(),
-               RADQUEUE_DATA_DIR=str(settings.DATA_DIR), DEBUG="1", ALLOWED_HOSTS="127.0.0.1,localhost")
+    # core.settings_test: the same settings the test process uses (its password hasher, too)
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="core.settings_test", DATABASE_URL=shared_database_url(), DEBUG="1",
+               ALLOWED_HOSTS="127.0.0.1,localhost")
     ports, processes = [_free_port() for _ in range(count)], []
     try:
         for port in ports:
