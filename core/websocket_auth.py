@@ -11,6 +11,8 @@ from urllib.parse import parse_qs
 
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
+from channels.security.websocket import OriginValidator
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from rest_framework.exceptions import AuthenticationFailed
 
@@ -56,3 +58,20 @@ class TokenAuthMiddleware:
 def FeedAuthStack(app):  # noqa: N802 (named like channels' AuthMiddlewareStack)
     """Session and user from the cookie first, then a presented token overrides them."""
     return AuthMiddlewareStack(TokenAuthMiddleware(app))
+
+
+class BrowserOriginValidator(OriginValidator):
+    """Refuses sockets opened by pages of other sites (cross-site websocket hijacking of a session).
+
+    Browsers always send ``Origin`` on a websocket, so a foreign one is refused. A client that sends
+    none is not a browser page and carries no ambient credentials (scripts present a token), so it
+    is let through, unlike channels' AllowedHostsOriginValidator.
+    """
+
+    def valid_origin(self, parsed_origin):
+        return parsed_origin is None or self.validate_origin(parsed_origin)
+
+
+def AllowedHostsBrowserOriginValidator(app):  # noqa: N802 (named like channels' validators)
+    hosts = settings.ALLOWED_HOSTS or (["localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else [])
+    return BrowserOriginValidator(app, hosts)

@@ -94,6 +94,20 @@ def test_a_socket_from_a_foreign_origin_is_refused(cast):
     assert async_to_sync(scenario)() is False
 
 
+def test_a_token_client_that_sends_no_origin_is_accepted(cast):
+    token = _token(cast.manager)
+
+    async def scenario():
+        communicator = WebsocketCommunicator(application, f"/ws/projects/{cast.project.pk}/?token={token}")
+        connected, _ = await communicator.connect()
+        greeting = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return connected, greeting
+
+    connected, greeting = async_to_sync(scenario)()
+    assert connected and greeting["event"] == "feed.ready"
+
+
 def test_readers_receive_their_own_queue_events_and_nobody_elses(cast):
     add_ct_studies(cast.project, 1)
     create_tasks(cast.project, by=cast.manager)
