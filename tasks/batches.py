@@ -14,6 +14,7 @@ from core.broadcast import broadcast_on_commit
 from core.errors import Conflict, DomainError
 from tasks.costs import validate_pricing
 from tasks.models import Batch, Task
+from tasks.progress import announce_progress
 from tasks.queue import ROW_LOCK
 from tasks.reports import concordance_report
 from tasks.states import TaskState, check_task_transition
@@ -50,6 +51,7 @@ def _attach(batch: Batch, task_ids: list[int]) -> list[int]:
         raise DomainError("These tasks cannot go in the batch; nothing was changed.", code="invalid_tasks",
                           errors=errors)
     Task.objects.filter(pk__in=task_ids).update(batch=batch, updated_at=timezone.now())
+    announce_progress(batch.project_id, batched=len(task_ids))
     return task_ids
 
 
@@ -105,6 +107,7 @@ def deliver_batch(batch: Batch, *, by) -> Batch:
         check_task_transition(task.state, TaskState.DELIVERED)
     now = timezone.now()
     Task.objects.filter(pk__in=[t.pk for t in tasks]).update(state=TaskState.DELIVERED, updated_at=now)
+    announce_progress(batch.project_id, **{TaskState.CONSENSUS: -len(tasks), TaskState.DELIVERED: len(tasks)})
     batch.state, batch.delivered_at, batch.delivered_by = Batch.State.DELIVERED, now, by
     batch.export_state = Batch.ExportState.BUILDING
     batch.save(update_fields=["state", "delivered_at", "delivered_by", "export_state"])

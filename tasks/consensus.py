@@ -27,6 +27,7 @@ from django.utils import timezone
 from audit.trail import record_event
 from core.broadcast import broadcast_on_commit
 from tasks.models import Adjudication, Consensus, Read, Task
+from tasks.progress import announce_progress
 from tasks.queue import ROW_LOCK
 from tasks.states import ReadState, TaskState, check_task_transition
 from tasks.submission import rle_decode, rle_encode
@@ -213,6 +214,8 @@ def derive_consensus(task: Task, reads: list[Read]) -> list[dict]:
 
 def _set_task_state(task: Task, state: str) -> None:
     check_task_transition(task.state, state)
+    if task.kind == Task.Kind.PRODUCTION:
+        announce_progress(task.project_id, **{task.state: -1, state: 1})
     task.state = state
     task.save(update_fields=["state", "updated_at"])
 

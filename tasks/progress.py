@@ -343,7 +343,7 @@ def announce_progress(project_id: int, **changes: int) -> None:
     """Schedule one ``progress.delta`` per project for when the current transaction commits, with the
     sum of the ``changes`` (e.g. ``queued=-1, in_reading=1``) of every call in that transaction."""
     if not connection.in_atomic_block:
-        broadcast_on_commit(project_id, "progress.delta", {"changes": {k: v for k, v in changes.items() if v}})
+        broadcast_on_commit(project_id, "progress.delta", {"changes": {str(k): v for k, v in changes.items() if v}})
         return
     pending = getattr(connection, "_progress_pending", None)
     # A flush still registered means the same transaction; a rollback drops it with the callbacks.
@@ -357,4 +357,4 @@ def announce_progress(project_id: int, **changes: int) -> None:
         pending["flush"] = flush
         connection._progress_pending = pending
         transaction.on_commit(flush)
-    pending["changes"][project_id].update(changes)
+    pending["changes"][project_id].update({str(k): v for k, v in changes.items()})

@@ -26,6 +26,7 @@ from core.errors import Conflict, DomainError, NotFound
 from core.models import Project, User
 from core.selectors import projects_visible_to
 from tasks.models import QueueSlot, Read, Task
+from tasks.progress import announce_progress
 from tasks.routing import Eligibility, eligibility
 from tasks.states import LIVE_READ_STATES, ReadState, TaskState, check_read_transition, task_state_after_reads
 
@@ -97,6 +98,11 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
                      extra={"task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
         broadcast_to_reader_on_commit(user.pk, read.project_id, "read.claimed", {
             "read": read.pk, "task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
+        if check is None and read.task.kind == Task.Kind.PRODUCTION:
+            first = not read.task.reads_submitted and not Read.objects.filter(
+                task_id=read.task_id, state=ReadState.CLAIMED).exclude(pk=read.pk).exists()
+            announce_progress(read.project_id, reads_claimed=1, **({TaskState.QUEUED: -1, TaskState.IN_READING: 1}
+                                                                  if first else {}))
     return Claim(read=read, task=read.task)
 
 
@@ -302,6 +308,8 @@ def _refresh_task_state(task_id: int) -> Task:
     claimed = Read.objects.filter(task_id=task_id, state=ReadState.CLAIMED).count()
     target = task_state_after_reads(submitted=task.reads_submitted, claimed=claimed, required=task.reads_required)
     if target != task.state:
+        if task.kind == Task.Kind.PRODUCTION:
+            announce_progress(task.project_id, **{task.state: -1, target: 1})
         task.state = target
         task.completed_at = timezone.now() if target == TaskState.READS_COMPLETE else None
         Task.objects.filter(pk=task.pk).update(state=task.state, completed_at=task.completed_at,
@@ -358,6 +366,8 @@ def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> 
         slot.delete()
         Task.objects.filter(pk=read.task_id).update(reads_submitted=F("reads_submitted") + 1)
         task = _refresh_task_state(read.task_id)
+        if task.kind == Task.Kind.PRODUCTION:
+            announce_progress(task.project_id, reads_submitted=1)
         record_event("submit", actor=user, project_id=read.project_id, obj=read, study_uid=task.study.study_uid,
                      protocol_version=task.protocol_version.number,
                      extra={"task": task.pk, "findings": read.findings_count,
@@ -440,6 +450,8 @@ def cancel_task(task_id, *, by: User, project: Project) -> Task:
     now = timezone.now()
     Read.objects.filter(task=task, state=ReadState.CLAIMED).update(state=ReadState.CANCELLED, ended_at=now)
     QueueSlot.objects.filter(task=task).delete()
+    if task.kind == Task.Kind.PRODUCTION:
+        announce_progress(task.project_id, **{task.state: -1, TaskState.CANCELLED: 1})
     task.state = TaskState.CANCELLED
     task.save(update_fields=["state", "updated_at"])
     record_event("cancel", actor=by, project=project, obj=task, study_uid=task.study.study_uid)

@@ -1,13 +1,18 @@
 """Project progress: the trigger-kept tallies equal a recount from the tables after a day of work
 driven through the real services, and clients see aggregates only."""
 
+import asyncio
 from collections import Counter, defaultdict
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.core.management import call_command
+from django.db import transaction
 from django.utils import timezone
 
+from core.broadcast import project_group
 from core.dicom import synthetic
 from core.roles import Tier
 from tasks import batches
@@ -188,3 +193,38 @@ def test_progress_shows_no_other_project_and_no_gold_tasks(cast, api):
     assert body["eta"]["reads_left"] == 4 and body["eta"]["days"] is None  # no throughput yet: no ETA
     foreign = api(cast.manager).get(f"/api/projects/{cast.foreign_project.pk}/progress/")
     assert foreign.status_code == 404
+
+
+async def _drain(layer, channel) -> list[dict]:
+    received = []
+    while True:
+        try:
+            received.append(await asyncio.wait_for(layer.receive(channel), timeout=0.5))
+        except TimeoutError:
+            return received
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_progress_delta_per_transaction_sums_its_changes(cast):
+    add_ct_studies(cast.project, 2)
+    create_tasks(cast.project, by=cast.manager)
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(project_group(cast.project.pk), channel)
+    with transaction.atomic():
+        first = _claim(cast.annotator)
+        second = _claim(cast.second_annotator)
+        submit_read(first.pk, cast.annotator, _laterality("left"))
+        submit_read(second.pk, cast.second_annotator, _laterality("left"))
+    deltas = [m for m in async_to_sync(_drain)(layer, channel) if m["event"] == "progress.delta"]
+    assert len(deltas) == 1
+    assert deltas[0]["project"] == cast.project.pk
+    assert deltas[0]["data"]["changes"] == {"reads_claimed": 2, "reads_submitted": 2, "queued": -1, "consensus": 1}
+
+    with transaction.atomic():  # rolled back: announces nothing
+        _claim(cast.annotator)
+        transaction.set_rollback(True)
+    release = _claim(cast.annotator)
+    release_read(release.pk, cast.annotator)  # two transactions, two deltas
+    deltas = [m["data"]["changes"] for m in async_to_sync(_drain)(layer, channel) if m["event"] == "progress.delta"]
+    assert deltas == [{"reads_claimed": 1, "queued": -1, "in_reading": 1}, {"in_reading": -1, "queued": 1}]
