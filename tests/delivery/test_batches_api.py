@@ -1,5 +1,6 @@
 """Delivery batches over REST: create, add, deliver, reports, costs, downloads; refusals store nothing."""
 
+import asyncio
 import csv
 import hashlib
 import io
@@ -37,6 +38,10 @@ def _deliver(api, cast, batch_id, capture) -> dict:
     return api(cast.manager).get(_url(cast, f"{batch_id}/")).json()
 
 
+async def _receive(layer, channel) -> dict:
+    return await asyncio.wait_for(layer.receive(channel), timeout=5)
+
+
 def _download(client, url) -> bytes:
     response = client.get(url)
     assert response.status_code == 200, response
@@ -71,8 +76,8 @@ def test_delivery_broadcasts_batch_delivered_after_commit(cast, api, rich_tasks,
     with django_capture_on_commit_callbacks(execute=True):
         api(cast.manager).post(_url(cast, f"{batch['id']}/deliver/"))
     events = []
-    for _ in range(2):
-        events.append(async_to_sync(layer.receive)(channel))
+    while not {"batch.delivered", "batch.exports_ready"} <= {e["event"] for e in events}:
+        events.append(async_to_sync(_receive)(layer, channel))  # other events (progress) may come between
     delivered = next(e for e in events if e["event"] == "batch.delivered")
     assert delivered["data"] == {"batch": batch["id"], "tasks": 2}
     assert any(e["event"] == "batch.exports_ready" for e in events)
