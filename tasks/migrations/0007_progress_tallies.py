@@ -82,13 +82,25 @@ CREATE TRIGGER progress_adjudication_resolved AFTER UPDATE OF state ON tasks_adj
 CREATE OR REPLACE FUNCTION progress_consensus_created() RETURNS trigger AS $$
 BEGIN
     INSERT INTO tasks_uncountedconsensus (project_id, consensus_id)
-    SELECT t.project_id, NEW.id FROM tasks_task t WHERE t.id = NEW.task_id AND t.kind = 'production';
+    SELECT t.project_id, NEW.id FROM tasks_task t WHERE t.id = NEW.task_id AND t.kind = 'production'
+    ON CONFLICT (consensus_id) DO NOTHING;  -- a leftover of a truncated table restarting its ids
     RETURN NULL;
 END
 $$ LANGUAGE plpgsql;
 
 CREATE TRIGGER progress_consensus_created AFTER INSERT ON tasks_consensus FOR EACH ROW
     EXECUTE FUNCTION progress_consensus_created();
+
+-- Every fold deletes the deltas it read: vacuum the delta tables after a fixed number of changes
+-- (not a fifth of the table), or each fold steps over the dead index entries of the last million.
+ALTER TABLE tasks_tasktallydelta SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 2000,
+    autovacuum_vacuum_insert_scale_factor = 0.0, autovacuum_vacuum_insert_threshold = 2000,
+    autovacuum_vacuum_cost_delay = 0);
+ALTER TABLE tasks_readdaydelta SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 2000,
+    autovacuum_vacuum_insert_scale_factor = 0.0, autovacuum_vacuum_insert_threshold = 2000,
+    autovacuum_vacuum_cost_delay = 0);
+ALTER TABLE tasks_uncountedconsensus SET (autovacuum_vacuum_scale_factor = 0.0,
+    autovacuum_vacuum_threshold = 2000, autovacuum_vacuum_cost_delay = 0);
 """
 
 POSTGRES_DROP = """
@@ -144,8 +156,8 @@ SQLITE_TRIGGERS = [
     "VALUES (NEW.project_id, date(COALESCE(NEW.resolved_at, 'now')), COALESCE(NEW.adjudicator_tier, NEW.tier), "
     "0, 0, 1, 0); END",
     "CREATE TRIGGER progress_consensus_created AFTER INSERT ON tasks_consensus BEGIN "
-    "INSERT INTO tasks_uncountedconsensus (project_id, consensus_id) SELECT t.project_id, NEW.id FROM tasks_task t "
-    "WHERE t.id = NEW.task_id AND t.kind = 'production'; END",
+    "INSERT OR IGNORE INTO tasks_uncountedconsensus (project_id, consensus_id) SELECT t.project_id, NEW.id "
+    "FROM tasks_task t WHERE t.id = NEW.task_id AND t.kind = 'production'; END",
 ]
 
 SQLITE_DROP = [f"DROP TRIGGER IF EXISTS {name}" for name in (
@@ -155,7 +167,7 @@ SQLITE_DROP = [f"DROP TRIGGER IF EXISTS {name}" for name in (
 
 def create_triggers(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(POSTGRES_TRIGGERS)
+        schema_editor.execute(POSTGRES_TRIGGERS, None)
     elif schema_editor.connection.vendor == "sqlite":
         for statement in SQLITE_TRIGGERS:
             schema_editor.execute(statement)
@@ -186,7 +198,7 @@ def create_triggers(apps, schema_editor):
 
 def drop_triggers(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(POSTGRES_DROP)
+        schema_editor.execute(POSTGRES_DROP, None)
     else:
         for statement in SQLITE_DROP:
             schema_editor.execute(statement)
