@@ -136,6 +136,16 @@ def request_exports(batch: Batch, *, by) -> Batch:
 
 
 @transaction.atomic
+def request_report(batch: Batch, *, by) -> Batch:
+    """Recompute the batch's concordance report in the background job (open batches too: a preview)."""
+    from tasks.jobs import compute_batch_report_job
+
+    record_event("update", actor=by, project_id=batch.project_id, obj=batch, extra={"change": "report_requested"})
+    transaction.on_commit(lambda: compute_batch_report_job.delay(batch.pk))
+    return batch
+
+
+@transaction.atomic
 def store_batch_report(batch_id: int) -> Batch:
     """Compute the batch's concordance report (pseudonymous scorecards) and store it with the batch."""
     batch = Batch.objects.select_for_update(**ROW_LOCK).select_related("project").get(pk=batch_id)

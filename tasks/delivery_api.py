@@ -20,7 +20,6 @@ from core.errors import Conflict, NotFound
 from core.roles import Perm
 from core.selectors import get_project_for
 from tasks import batches, costs, reports
-from tasks.jobs import compute_batch_report_job
 from tasks.models import Batch
 
 CONTENT_TYPES = {"json": "application/json", "manifest": "application/json", "csv": "text/csv",
@@ -171,8 +170,7 @@ class BatchReportView(AuditedViewMixin, APIView):
 
     @extend_schema(request=None, responses={202: OpenApiResponse(description="The report job is queued.")})
     def post(self, request, project_pk, pk):
-        batch = _batch(request, project_pk, pk, Perm.MANAGE)
-        compute_batch_report_job.delay(batch.pk)
+        batch = batches.request_report(_batch(request, project_pk, pk, Perm.MANAGE), by=request.user)
         return Response({"batch": batch.pk, "queued": True}, status=status.HTTP_202_ACCEPTED)
 
 
