@@ -37,7 +37,8 @@ from bench.common import print_result, setup_django, use_bench_database  # noqa:
 
 TABLES = ("tasks_queueslot", "tasks_read", "tasks_consensus", "tasks_adjudication", "tasks_task", "tasks_batch",
           "core_deidrecord", "core_pseudonymmapentry", "core_instance", "core_series", "core_study",
-          "core_ingestbatch")
+          "core_ingestbatch", "tasks_tasktally", "tasks_tasktallydelta", "tasks_readdaytally", "tasks_readdaydelta",
+          "tasks_findingtally", "tasks_uncountedconsensus")  # the progress tallies, where they exist
 
 
 def prepare():
