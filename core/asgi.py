@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django, websockets through channels (routes added per app)."""
+"""ASGI entry point: HTTP through Django, websockets (the live feed) through channels."""
 
 import os
 
@@ -7,6 +7,13 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from core.websocket_auth import AllowedHostsBrowserOriginValidator, FeedAuthStack  # noqa: E402
+from tasks.websocket_urls import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter({
+    "http": django_asgi_app,
+    # Only pages served from ALLOWED_HOSTS may open a socket; token clients without Origin may too.
+    "websocket": AllowedHostsBrowserOriginValidator(FeedAuthStack(URLRouter(websocket_urlpatterns))),
+})

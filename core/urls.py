@@ -48,4 +48,5 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include(api)),
     path("dicomweb/", include("core.dicom.urls")),
+    path("dashboard/", include("tasks.dashboard_urls")),
 ]

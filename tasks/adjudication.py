@@ -13,6 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from audit.trail import record_event
+from core.broadcast import broadcast_on_commit
 from core.errors import Conflict, DomainError, NotFound
 from core.models import Membership, User
 from core.roles import READER_ROLE_TIERS, Perm
@@ -108,6 +109,9 @@ def resolve_adjudication(adjudication_id, user: User, *, resolution: str, ration
         record_event("adjudicate", actor=user, project_id=adjudication.project_id, obj=adjudication,
                      study_uid=task.study.study_uid, protocol_version=task.protocol_version.number,
                      extra={"resolution": resolution, "task": task.pk, "consensus": consensus.pk})
+        broadcast_on_commit(adjudication.project_id, "adjudication.resolved", {
+            "adjudication": adjudication.pk, "task": task.pk, "resolution": resolution})
+        broadcast_on_commit(adjudication.project_id, "task.consensus", {"task": task.pk, "method": consensus.method})
     return adjudication
 
 

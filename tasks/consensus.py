@@ -25,7 +25,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.trail import record_event
+from core.broadcast import broadcast_on_commit
 from tasks.models import Adjudication, Consensus, Read, Task
+from tasks.progress import announce_progress
 from tasks.queue import ROW_LOCK
 from tasks.states import ReadState, TaskState, check_task_transition
 from tasks.submission import rle_decode, rle_encode
@@ -212,6 +214,8 @@ def derive_consensus(task: Task, reads: list[Read]) -> list[dict]:
 
 def _set_task_state(task: Task, state: str) -> None:
     check_task_transition(task.state, state)
+    if task.kind == Task.Kind.PRODUCTION:
+        announce_progress(task.project_id, **{task.state: -1, state: 1})
     task.state = state
     task.save(update_fields=["state", "updated_at"])
 
@@ -227,6 +231,7 @@ def on_reads_complete(task: Task) -> None:
         record_event("consensus", actor=None, project_id=task.project_id, obj=consensus,
                      study_uid=task.study.study_uid, protocol_version=task.protocol_version.number,
                      extra={"task": task.pk, "method": consensus.method})
+        broadcast_on_commit(task.project_id, "task.consensus", {"task": task.pk, "method": consensus.method})
         return
     adjudication = Adjudication.objects.create(
         project_id=task.project_id, task=task, tier=task.adjudication_tier, subspecialty=task.adjudication_subspecialty,
@@ -235,6 +240,8 @@ def on_reads_complete(task: Task) -> None:
     record_event("create", actor=None, project_id=task.project_id, obj=adjudication, study_uid=task.study.study_uid,
                  extra={"task": task.pk, "disagreeing_labels": [k for k, v in agreement["labels"].items()
                                                                 if not v["agree"]]})
+    broadcast_on_commit(task.project_id, "adjudication.opened", {"adjudication": adjudication.pk, "task": task.pk,
+                                                                 "tier": adjudication.tier})
 
 
 @transaction.atomic

@@ -9,6 +9,8 @@ flagged, not queued); and the routing rules (tasks.routing). A task with k reads
 slots carrying the first-read route.
 """
 
+from collections import Counter
+
 from django.db import transaction
 
 from audit.trail import record_event
@@ -17,6 +19,7 @@ from core.errors import DomainError
 from core.models import Project, User
 from core.protocols import mark_protocol_version_used
 from tasks.models import QueueSlot, Task
+from tasks.progress import announce_progress
 from tasks.routing import adjudication_route, facts_of, first_read_route
 from tasks.states import TaskState
 
@@ -74,6 +77,8 @@ def create_tasks(project: Project, *, by: User | None, studies=None, kind: str =
     QueueSlot.objects.bulk_create(slots, batch_size=2000)
     if created:
         mark_protocol_version_used(version)
+        if kind == Task.Kind.PRODUCTION:
+            announce_progress(project.pk, **Counter(t.state for t in created))
         record_event("create", actor=by, project=project, object_type="tasks.task", protocol_version=version.number,
                      extra={"tasks": len(created), "kind": kind,
                             "flagged": sum(1 for t in created if t.state == TaskState.FLAGGED)})

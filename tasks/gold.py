@@ -24,6 +24,7 @@ from django.db.models import Avg
 from django.utils import timezone
 
 from audit.trail import record_event
+from core.broadcast import broadcast_on_commit
 from core.errors import DomainError
 from core.models import Membership, Project, User
 from core.roles import READER_ROLE_TIERS
@@ -125,6 +126,7 @@ def _apply_gold_rule(read: Read, project: Project) -> None:
             Membership.objects.filter(pk=membership.pk).update(is_suspended=True, suspension_reason=reason)
             record_event("suspend", actor=None, project=project, obj=membership,
                          extra={"reader": read.reader.pseudonym, "reason": reason})
+            broadcast_on_commit(project.pk, "reader.suspended", {"reader": read.reader.pseudonym, "reason": reason})
 
 
 def _apply_calibration_rule(read: Read, project: Project) -> None:
@@ -143,4 +145,5 @@ def _apply_calibration_rule(read: Read, project: Project) -> None:
         memberships.update(is_suspended=True, suspension_reason=reason)
         record_event("suspend", actor=None, project=project, object_type="core.user", object_id=read.reader_id,
                      extra={"reader": read.reader.pseudonym, "reason": reason})
+        broadcast_on_commit(project.pk, "reader.suspended", {"reader": read.reader.pseudonym, "reason": reason})
 

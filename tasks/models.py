@@ -18,6 +18,51 @@ class TaskQuerySet(models.QuerySet):
         return self.exclude(state__in=[TaskState.CANCELLED, TaskState.DELIVERED, TaskState.CONSENSUS])
 
 
+class Batch(models.Model):
+    """A delivery batch: consensus tasks grouped to be delivered together with their reports and exports.
+
+    Change it only through tasks.batches (create / add tasks / deliver), which records the audit
+    events and broadcasts ``batch.delivered``.
+    """
+
+    class State(models.TextChoices):
+        OPEN = "open", "Open"
+        DELIVERED = "delivered", "Delivered"
+
+    class ExportState(models.TextChoices):
+        NONE = "none", "Not built"
+        BUILDING = "building", "Building"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="batches")
+    name = models.CharField(max_length=200)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.OPEN)
+    pricing = models.JSONField(default=dict, blank=True,
+                               help_text="Pricing snapshot for the cost report (see tasks.costs).")
+    report = models.JSONField(null=True, blank=True, help_text="Stored concordance report (tasks.reports).")
+    report_computed_at = models.DateTimeField(null=True, blank=True)
+    export_state = models.CharField(max_length=10, choices=ExportState.choices, default=ExportState.NONE)
+    exports = models.JSONField(default=list, blank=True,
+                               help_text="The built export files: format, name, object name, size, SHA-256.")
+    export_error = models.CharField(max_length=500, blank=True)
+    exports_built_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    delivered_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "batches"
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="batch_unique_name_per_project"),
+        ]
+
+    def __str__(self) -> str:
+        return f"batch {self.pk} ({self.state})"
+
+
 class Task(models.Model):
     class Kind(models.TextChoices):
         PRODUCTION = "production", "Production"
@@ -44,6 +89,7 @@ class Task(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.PROTECT, related_name="tasks")
 
     objects = TaskQuerySet.as_manager()
 
@@ -201,3 +247,95 @@ class Consensus(models.Model):
 
     def __str__(self) -> str:
         return f"consensus of task {self.task_id} ({self.method})"
+
+
+# --- progress tallies (tasks.progress) ------------------------------------------------------------
+# Kept by database triggers (migration 0007_progress_tallies), never by Python: every path that
+# changes a task or a read, raw SQL claims included, keeps them exact. Writers only append delta
+# rows (no row is updated, so concurrent claims never wait on each other here); readers fold the
+# deltas into the tallies (tasks.progress.fold_deltas). ``recount_progress`` rebuilds them.
+
+class TaskTally(models.Model):
+    """Production tasks of a project per batch (0: none), modality and state, and their reads left."""
+
+    project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    batch_key = models.BigIntegerField(default=0)
+    modality = models.CharField(max_length=64, blank=True)
+    state = models.CharField(max_length=24)
+    tasks = models.BigIntegerField(default=0)
+    reads_left = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "batch_key", "modality", "state"],
+                                               name="task_tally_key")]
+
+    def __str__(self) -> str:
+        return f"{self.tasks} {self.state} tasks of project {self.project_id}"
+
+
+class TaskTallyDelta(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    batch_key = models.BigIntegerField(default=0)
+    modality = models.CharField(max_length=64, blank=True)
+    state = models.CharField(max_length=24)
+    tasks = models.BigIntegerField(default=0)
+    reads_left = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.tasks:+d} {self.state} tasks of project {self.project_id}"
+
+
+class ReadDayTally(models.Model):
+    """Per project, UTC day and tier: production and check reads submitted, adjudications resolved,
+    and the active seconds of those reads (reader hours)."""
+
+    project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    day = models.DateField()
+    tier = models.PositiveSmallIntegerField(choices=Tier.choices)
+    reads = models.BigIntegerField(default=0)
+    check_reads = models.BigIntegerField(default=0)
+    adjudications = models.BigIntegerField(default=0)
+    active_seconds = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "day", "tier"], name="read_day_tally_key")]
+
+    def __str__(self) -> str:
+        return f"tally of project {self.project_id} on {self.day}, tier {self.tier}"
+
+
+class ReadDayDelta(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    day = models.DateField()
+    tier = models.PositiveSmallIntegerField(choices=Tier.choices)
+    reads = models.BigIntegerField(default=0)
+    check_reads = models.BigIntegerField(default=0)
+    adjudications = models.BigIntegerField(default=0)
+    active_seconds = models.FloatField(default=0.0)
+
+    def __str__(self) -> str:
+        return f"{self.reads:+d} reads of project {self.project_id} on {self.day}"
+
+
+class FindingTally(models.Model):
+    """Production tasks with a consensus per finding class (label); '' counts those with no finding."""
+
+    project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    finding_class = models.CharField(max_length=200, blank=True)
+    tasks = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "finding_class"], name="finding_tally_key")]
+
+    def __str__(self) -> str:
+        return f"{self.tasks} tasks with {self.finding_class or 'no finding'} in project {self.project_id}"
+
+
+class UncountedConsensus(models.Model):
+    """A production consensus whose finding classes are not in FindingTally yet (a trigger adds it)."""
+
+    project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    consensus_id = models.BigIntegerField(unique=True)
+
+    def __str__(self) -> str:
+        return f"consensus {self.consensus_id} not counted yet"

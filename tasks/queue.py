@@ -22,10 +22,12 @@ from django.utils import timezone
 
 from audit.trail import record_event
 from core import rows
+from core.broadcast import broadcast_to_reader_on_commit
 from core.errors import Conflict, DomainError, NotFound
 from core.models import Project, User
 from core.selectors import projects_visible_to
 from tasks.models import QueueSlot, Read, Task
+from tasks.progress import announce_progress
 from tasks.routing import Eligibility, eligibility
 from tasks.states import LIVE_READ_STATES, ReadState, TaskState, check_read_transition, task_state_after_reads
 
@@ -42,6 +44,7 @@ class Claim:
     # The study's series when the task has no single series (PostgreSQL's claim returns them with
     # the read); None: ask the database (task.study.series).
     study_series: list | None = None
+    started: bool = False  # this claim moved the task from queued to in reading
 
 
 def _claimable_projects(user, project_id) -> list[Eligibility]:
@@ -90,7 +93,7 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
             else:
                 claimed = _claim_portable(user, rules, leases, now)
                 if claimed is not None:
-                    claimed = _fetch_claim(claimed[0]), claimed[1]
+                    claimed = _fetch_claim(claimed[0], claimed[2]), claimed[1]
             if claimed is None:
                 return None
             claim, expired_read_id = claimed
@@ -99,15 +102,22 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
             record_event("expire", actor=None, project_id=read.project_id, object_type="tasks.read",
                          object_id=expired_read_id, study_uid=task.study.study_uid,
                          extra={"reclaimed_by_read": read.pk})
+            broadcast_to_reader_on_commit(Read.objects.values_list("reader_id", flat=True).get(pk=expired_read_id),
+                                          read.project_id, "read.expired", {"read": expired_read_id})
         record_event("claim", actor=user, project_id=read.project_id, obj=read, study_uid=task.study.study_uid,
                      protocol_version=task.protocol_version.number,
                      extra={"task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
+        broadcast_to_reader_on_commit(user.pk, read.project_id, "read.claimed", {
+            "read": read.pk, "task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
+        if check is None and task.kind == Task.Kind.PRODUCTION:
+            announce_progress(read.project_id, reads_claimed=1,
+                              **({TaskState.QUEUED: -1, TaskState.IN_READING: 1} if claim.started else {}))
     return claim
 
 
-def _fetch_claim(read_id: int) -> Claim:
+def _fetch_claim(read_id: int, started: bool = False) -> Claim:
     read = Read.objects.select_related("task__study", "task__series", "task__protocol_version").get(pk=read_id)
-    return Claim(read=read, task=read.task)
+    return Claim(read=read, task=read.task, started=started)
 
 
 def _lease_seconds(project_id: int) -> int:
@@ -179,14 +189,14 @@ def _claim_postgresql(user, rules, leases, now) -> tuple[Claim, int | None] | No
         return None
     (read_id, expired_read_id, task_id, project_id, tier, lease_expires_at, study_id, study_uid, series_id,
      series_uid, series_modality, series_mr_sequence, version_id, version_number, version_used_at, study_series,
-     *_counts) = row
+     _leased, started, task_kind) = row
     # Everything the claim's response and audit event need came back with it: no query follows.
     read = rows.loaded(Read, id=read_id, project_id=project_id, task_id=task_id, reader_id=user.pk,
                    state=ReadState.CLAIMED, tier=tier, claimed_at=now, lease_expires_at=lease_expires_at,
                    last_heartbeat_at=None, active_seconds=0.0, submitted_at=None, ended_at=None, draft=None,
                    findings=None, findings_count=0, slices_touched=0, idempotency_key="", is_check=False)
     task = rows.loaded(Task, id=task_id, project_id=project_id, study_id=study_id, series_id=series_id,
-                   protocol_version_id=version_id)
+                   protocol_version_id=version_id, kind=task_kind)
     task.study = rows.loaded(Study, id=study_id, project_id=project_id, study_uid=study_uid)
     task.series = None if series_id is None else rows.loaded(
         Series, id=series_id, study_id=study_id, series_uid=series_uid, modality=series_modality,
@@ -198,7 +208,7 @@ def _claim_postgresql(user, rules, leases, now) -> tuple[Claim, int | None] | No
     if series_id is None:
         series = [rows.loaded(Series, id=pk, study_id=study_id, series_uid=uid, modality=modality, mr_sequence=sequence)
                   for pk, uid, modality, sequence in (study_series or [])]
-    return Claim(read=read, task=task, study_series=series), expired_read_id
+    return Claim(read=read, task=task, study_series=series, started=bool(started)), expired_read_id
 
 
 def claim_statement(reader_id: int, rules, leases, now) -> tuple[str, list]:
@@ -238,7 +248,7 @@ SELECT new_read.id, (SELECT id FROM expired), new_read.task_id, t.project_id, ne
        CASE WHEN t.series_id IS NULL THEN (
            SELECT json_agg(json_build_array(x.id, x.series_uid, x.modality, x.mr_sequence) ORDER BY x.id)
            FROM core_series x WHERE x.study_id = t.study_id) END,
-       (SELECT count(*) FROM leased), (SELECT count(*) FROM started)
+       (SELECT count(*) FROM leased), (SELECT count(*) FROM started), t.kind
 FROM new_read
 JOIN tasks_task t ON t.id = new_read.task_id
 JOIN core_study st ON st.id = t.study_id
@@ -250,7 +260,7 @@ JOIN core_protocolversion pv ON pv.id = t.protocol_version_id"""
     return sql, args
 
 
-def _claim_portable(user, rules, leases, now) -> tuple[int, int | None] | None:
+def _claim_portable(user, rules, leases, now) -> tuple[int, int | None, bool] | None:
     condition = Q()
     for rule in rules:
         condition |= Q(project_id=rule.project_id, tier__in=rule.tiers) & (
@@ -269,8 +279,9 @@ def _claim_portable(user, rules, leases, now) -> tuple[int, int | None] | None:
     read = Read.objects.create(project_id=slot.project_id, task_id=slot.task_id, reader=user, tier=rule.reader_tier,
                                claimed_at=now, lease_expires_at=now + timedelta(seconds=leases[slot.project_id]))
     QueueSlot.objects.filter(pk=slot.pk).update(reader=user, lease_expires_at=read.lease_expires_at, read=read)
-    Task.objects.filter(pk=slot.task_id, state=TaskState.QUEUED).update(state=TaskState.IN_READING, updated_at=now)
-    return read.pk, expired_read_id
+    started = Task.objects.filter(pk=slot.task_id, state=TaskState.QUEUED).update(state=TaskState.IN_READING,
+                                                                                   updated_at=now)
+    return read.pk, expired_read_id, bool(started)
 
 
 # --- operations on a held read -------------------------------------------------------------
@@ -366,6 +377,7 @@ def release_read(read_id, user: User) -> Read:
     slot = _live_slot(read)
     _free_slot(slot, read, ReadState.RELEASED)
     record_event("release", actor=user, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid)
+    broadcast_to_reader_on_commit(user.pk, read.project_id, "read.released", {"read": read.pk, "task": read.task_id})
     return read
 
 
@@ -387,6 +399,8 @@ def _refresh_task_state(task_id: int) -> Task:
     claimed = Read.objects.filter(task_id=task_id, state=ReadState.CLAIMED).count()
     target = task_state_after_reads(submitted=task.reads_submitted, claimed=claimed, required=task.reads_required)
     if target != task.state:
+        if task.kind == Task.Kind.PRODUCTION:
+            announce_progress(task.project_id, **{task.state: -1, target: 1})
         task.state = target
         task.completed_at = timezone.now() if target == TaskState.READS_COMPLETE else None
         Task.objects.filter(pk=task.pk).update(state=task.state, completed_at=task.completed_at,
@@ -432,6 +446,8 @@ def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> 
         read.idempotency_key = idempotency_key[:100]
         read.save(update_fields=["active_seconds", "state", "submitted_at", "ended_at", "findings", "draft",
                                  "findings_count", "slices_touched", "idempotency_key"])
+        broadcast_to_reader_on_commit(user.pk, read.project_id, "read.submitted",
+                                      {"read": read.pk, "task": read.task_id})
         if slot is None:  # a check read: scored against the reference, the task itself unchanged
             from tasks.gold import on_check_submitted
 
@@ -440,6 +456,8 @@ def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> 
                          study_uid=read.task.study.study_uid, extra={"findings": read.findings_count})
             return read, False
         complete = _count_submission(slot, read.task_id, now)
+        if read.task.kind == Task.Kind.PRODUCTION:
+            announce_progress(read.project_id, reads_submitted=1)
         record_event("submit", actor=user, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid,
                      protocol_version=read.task.protocol_version.number,
                      extra={"task": read.task_id, "findings": read.findings_count,
@@ -456,8 +474,8 @@ def _count_submission(slot: QueueSlot, task_id: int, now) -> bool:
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM tasks_queueslot WHERE id = %s", [slot.pk])
         cursor.execute("UPDATE tasks_task SET reads_submitted = reads_submitted + 1 WHERE id = %s "
-                       "RETURNING state, reads_submitted, reads_required", [task_id])
-        state, submitted, required = cursor.fetchone()
+                       "RETURNING state, reads_submitted, reads_required, kind, project_id", [task_id])
+        state, submitted, required, kind, project_id = cursor.fetchone()
         if state not in (TaskState.QUEUED, TaskState.IN_READING):
             return False
         cursor.execute("SELECT count(*) FROM tasks_read WHERE task_id = %s AND state = %s",
@@ -467,6 +485,8 @@ def _count_submission(slot: QueueSlot, task_id: int, now) -> bool:
             return False
         completed_at = now if target == TaskState.READS_COMPLETE else None
         Task.objects.filter(pk=task_id).update(state=target, completed_at=completed_at, updated_at=now)
+    if kind == Task.Kind.PRODUCTION:
+        announce_progress(project_id, **{state: -1, target: 1})
     return target == TaskState.READS_COMPLETE
 
 
@@ -497,6 +517,7 @@ def sweep_expired_leases(now=None) -> int:
             _free_slot(slot, read, ReadState.EXPIRED)
             record_event("expire", actor=None, project_id=read.project_id, obj=read,
                          study_uid=read.task.study.study_uid)
+            broadcast_to_reader_on_commit(read.reader_id, read.project_id, "read.expired", {"read": read.pk})
             swept += 1
     return swept
 
@@ -542,6 +563,8 @@ def cancel_task(task_id, *, by: User, project: Project) -> Task:
     now = timezone.now()
     Read.objects.filter(task=task, state=ReadState.CLAIMED).update(state=ReadState.CANCELLED, ended_at=now)
     QueueSlot.objects.filter(task=task).delete()
+    if task.kind == Task.Kind.PRODUCTION:
+        announce_progress(task.project_id, **{task.state: -1, TaskState.CANCELLED: 1})
     task.state = TaskState.CANCELLED
     task.save(update_fields=["state", "updated_at"])
     record_event("cancel", actor=by, project=project, obj=task, study_uid=task.study.study_uid)

@@ -88,14 +88,18 @@ def _metric_name(kind: str) -> str:
     return {"classification": "kappa", "ordinal": "weighted_kappa", "mask": "dice"}.get(kind, "agreement_rate")
 
 
-def concordance_report(project, *, since=None, until=None, named: bool = True) -> dict:
-    """The report over tasks that reached consensus in [since, until); cached until a new consensus."""
+def concordance_report(project, *, since=None, until=None, named: bool = True, batch=None) -> dict:
+    """The report over tasks that reached consensus in [since, until) (of one delivery batch, if given);
+    cached until a new consensus."""
     consensus = Consensus.objects.filter(task__project=project, task__kind=Task.Kind.PRODUCTION)
+    if batch is not None:
+        consensus = consensus.filter(task__batch=batch)
     if since:
         consensus = consensus.filter(created_at__gte=since)
     if until:
         consensus = consensus.filter(created_at__lt=until)
-    key = f"concordance:{project.pk}:{since}:{until}:{named}:{consensus.aggregate(m=Max('id'))['m']}"
+    key = (f"concordance:{project.pk}:{batch.pk if batch else ''}:{since}:{until}:{named}:"
+           f"{consensus.aggregate(m=Max('id'))['m']}:{consensus.count() if batch else ''}")
     cached = cache.get(key)
     if cached is not None:
         return cached
@@ -137,7 +141,8 @@ def concordance_report(project, *, since=None, until=None, named: bool = True) -
                    "agreement_with_consensus": round(card["agree"] / card["compared"], 4) if card["compared"] else None,
                    "mean_active_minutes": round(card["active_seconds"] / card["reads"] / 60, 2)}
                   for card in sorted(per_reader.values(), key=lambda c: c["name"])]
-    report = {"project": project.pk, "since": str(since) if since else None, "until": str(until) if until else None,
+    report = {"project": project.pk, "batch": batch.pk if batch else None,
+              "since": str(since) if since else None, "until": str(until) if until else None,
               "tasks": rows.count(), "rows": report_rows, "scorecards": scorecards,
               "model_vs_consensus": "not available: no model has scored this project yet"}
     cache.set(key, report, 3600)

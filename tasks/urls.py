@@ -1,6 +1,6 @@
 from django.urls import path
 
-from tasks import api
+from tasks import api, delivery_api, progress_api
 
 read_action = {name: api.ReadViewSet.as_view({"post": name}) for name in ("heartbeat", "release", "submit")}
 
@@ -23,6 +23,21 @@ urlpatterns = [
     path("projects/<int:project_pk>/tasks/<int:pk>/reference/", api.ReferenceView.as_view(), name="task-reference"),
     path("projects/<int:project_pk>/workforce/", api.WorkforceView.as_view(), name="workforce"),
     path("projects/<int:project_pk>/reports/concordance/", api.ConcordanceView.as_view(), name="concordance-report"),
+    path("projects/<int:project_pk>/progress/", progress_api.ProjectProgressView.as_view(), name="project-progress"),
+    path("projects/<int:project_pk>/batches/", delivery_api.BatchListView.as_view(), name="batch-list"),
+    path("projects/<int:project_pk>/batches/<int:pk>/", delivery_api.BatchDetailView.as_view(), name="batch-detail"),
+    path("projects/<int:project_pk>/batches/<int:pk>/tasks/", delivery_api.BatchTasksView.as_view(),
+         name="batch-tasks"),
+    path("projects/<int:project_pk>/batches/<int:pk>/deliver/", delivery_api.BatchDeliverView.as_view(),
+         name="batch-deliver"),
+    path("projects/<int:project_pk>/batches/<int:pk>/report/", delivery_api.BatchReportView.as_view(),
+         name="batch-report"),
+    path("projects/<int:project_pk>/batches/<int:pk>/costs/", delivery_api.BatchCostView.as_view(),
+         name="batch-costs"),
+    path("projects/<int:project_pk>/batches/<int:pk>/exports/", delivery_api.BatchExportsView.as_view(),
+         name="batch-exports"),
+    path("projects/<int:project_pk>/batches/<int:pk>/exports/<str:name>/",
+         delivery_api.BatchExportDownloadView.as_view(), name="batch-export-download"),
     path("adjudications/next/", api.AdjudicationNextView.as_view(), name="adjudication-next"),
     path("adjudications/<int:pk>/", api.AdjudicationViewSet.as_view({"get": "retrieve"}), name="adjudication-detail"),
     path("adjudications/<int:pk>/resolve/", api.AdjudicationViewSet.as_view({"post": "resolve"}),

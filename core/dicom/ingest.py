@@ -22,6 +22,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from audit.trail import record_event
+from core.broadcast import broadcast_on_commit
 from core.dicom import deid
 from core.dicom.crypto import KeyRing, decrypt_bytes, encrypt_bytes
 from core.dicom.models import DeidRecord, IngestBatch, Instance, PseudonymMapEntry, Series, Study
@@ -462,4 +463,8 @@ def _finish(batch: _Batch, report: IngestReport) -> None:
                      outcome="allowed" if report.accepted or report.duplicate else "error",
                      reason="" if report.accepted or report.duplicate else "every file was rejected",
                      extra={"accepted": report.accepted, "duplicate": report.duplicate, "rejected": report.rejected})
+        broadcast_on_commit(batch.project.pk, "ingest.finished", {
+            "batch": batch.record.pk, "studies": len(studies), "accepted": report.accepted,
+            "duplicate": report.duplicate, "rejected": report.rejected,
+            "quarantined": sum(1 for f in report.files if f.quarantined)})
 

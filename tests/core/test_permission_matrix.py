@@ -107,6 +107,7 @@ DICOM_READ = expect(404, superuser=200, manager=200, qa=200, annotator=200)  # t
 # A held read answers only its reader: anybody else, managers included, gets 404.
 OWNER_ONLY = expect(404, annotator=200)
 ONLY_SU = expect(404, superuser=200)
+PROGRESS_VIEW = expect(404, superuser=200, **members(403, manager=200, qa=200, client_viewer=200))
 
 CASES = [
     Case("token-obtain", "post", lambda c, x, o: "/api/auth/token/", expect(400, anonymous=400),
@@ -226,6 +227,25 @@ CASES = [
          expect(404, superuser=200, **members(403, manager=200, qa=200, client_viewer=200)), ONLY_SU),
     Case("concordance-report", "get", _pp("reports/concordance/"),
          expect(404, superuser=200, **members(403, manager=200, qa=200, client_viewer=200)), ONLY_SU),
+    Case("project-progress", "get", _pp("progress/"),
+         expect(404, superuser=200, **members(403, manager=200, qa=200, client_viewer=200)), ONLY_SU),
+    # Delivery batches: managers write; whoever sees progress (QA, the client) reads and downloads.
+    Case("batch-list", "get", _pp("batches/"), PROGRESS_VIEW, ONLY_SU),
+    Case("batch-list", "post", _pp("batches/"), expect(404, superuser=201, **members(403, manager=201)),
+         expect(404, superuser=201), body=lambda c: {"name": "new batch"}),
+    Case("batch-detail", "get", _pp("batches/{batch}/"), PROGRESS_VIEW, ONLY_SU),
+    Case("batch-tasks", "post", _pp("batches/{empty_batch}/tasks/"),  # the task has no consensus: a clear 400
+         expect(404, superuser=400, **members(403, manager=400)), expect(404, superuser=400),
+         body=lambda c: {"tasks": [1]}),
+    Case("batch-deliver", "post", _pp("batches/{empty_batch}/deliver/"),  # empty: a clear 400
+         expect(404, superuser=400, **members(403, manager=400)), expect(404, superuser=400)),
+    Case("batch-report", "get", _pp("batches/{batch}/report/"), PROGRESS_VIEW, ONLY_SU),
+    Case("batch-report", "post", _pp("batches/{batch}/report/"),
+         expect(404, superuser=202, **members(403, manager=202)), expect(404, superuser=202)),
+    Case("batch-costs", "get", _pp("batches/{batch}/costs/"), PROGRESS_VIEW, ONLY_SU),
+    Case("batch-exports", "post", _pp("batches/{batch}/exports/"),
+         expect(404, superuser=202, **members(403, manager=202)), expect(404, superuser=202)),
+    Case("batch-export-download", "get", _pp("batches/{batch}/exports/findings.json/"), PROGRESS_VIEW, ONLY_SU),
     Case("adjudication-next", "post", lambda c, x, o: "/api/adjudications/next/",
          expect(204, radiologist=200, neuro_subspecialist=200)),
     Case("adjudication-detail", "get", _adj("/api/adjudications/{adjudication}/"),
@@ -251,7 +271,23 @@ def ctx(cast):
     e_own = record_event("view", actor=cast.manager, project=cast.project)
     e_foreign = record_event("view", actor=cast.foreign_manager, project=cast.foreign_project)
     return {"m_own": own.pk, "m_foreign": foreign.pk, "e_own": e_own.pk, "e_foreign": e_foreign.pk,
-            "dicom_own": _ingest_one(cast.project, 1), "dicom_foreign": _ingest_one(cast.foreign_project, 2)}
+            "dicom_own": _ingest_one(cast.project, 1) | _delivered_batch(cast.project),
+            "dicom_foreign": _ingest_one(cast.foreign_project, 2) | _delivered_batch(cast.foreign_project)}
+
+
+def _delivered_batch(project) -> dict:
+    """A delivered batch with a stored report and one export file, and an empty open batch."""
+    from core.dicom.storage import get_store
+    from tasks.batches import create_batch, store_batch_report
+    from tasks.models import Batch
+
+    batch = create_batch(project, name="delivered", by=None)
+    store_batch_report(batch.pk)
+    stored = get_store().put_bytes(f"exports/matrix-{batch.pk}/findings.json", b"{}")
+    Batch.objects.filter(pk=batch.pk).update(state=Batch.State.DELIVERED, export_state=Batch.ExportState.READY,
+                                             exports=[{"name": "findings.json", "format": "json", "task": None,
+                                                       "size": 2, "sha256": stored.sha256, "object": stored.name}])
+    return {"batch": batch.pk, "empty_batch": create_batch(project, name="empty", by=None).pk}
 
 
 def _ingest_one(project, seed) -> dict:

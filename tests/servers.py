@@ -1,0 +1,65 @@
+"""Real server processes for the end-to-end tests: uvicorn running core.asgi on loopback ports,
+against the test database (which the test must commit to: transactional tests)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_database_url() -> str:
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def asgi_servers(count: int, log_dir: Path):
+    """``count`` uvicorn processes of core.asgi:application; yields their ports. With REDIS_URL set
+    they share the Redis channel layer; without it each has its own in-memory layer."""
+    # core.settings_test: the same settings the test process uses (its password hasher, too)
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="core.settings_test", DATABASE_URL=shared_database_url(), DEBUG="1",
+               ALLOWED_HOSTS="127.0.0.1,localhost")
+    ports, processes = [_free_port() for _ in range(count)], []
+    try:
+        for port in ports:
+            log = open(log_dir / f"uvicorn-{port}.log", "wb")  # noqa: SIM115 - closed with the process
+            processes.append((subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "core.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+                 "--lifespan", "off", "--log-level", "warning"], cwd=ROOT, env=env, stdout=log, stderr=log), log))
+        deadline = time.monotonic() + 60
+        for port, (process, _) in zip(ports, processes, strict=True):
+            while True:
+                assert process.poll() is None, (log_dir / f"uvicorn-{port}.log").read_text()
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, f"server on {port} did not start"
+                time.sleep(0.2)
+        yield ports
+    finally:
+        for process, log in processes:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()
