@@ -77,6 +77,16 @@ class ClaimSerializer(serializers.Serializer):
     def get_dicomweb(self, claim) -> dict:
         return _dicomweb(self.context["request"], claim.task)
 
+    def to_representation(self, claim):
+        # The model's view of the task only where the project is not blind-to-model and offers
+        # suggestions; otherwise the key is absent (learning.exposure decides).
+        from learning.exposure import model_block_for_reader
+
+        data = super().to_representation(claim)
+        if (block := model_block_for_reader(claim.task)) is not None:
+            data["model"] = block
+        return data
+
 
 class ReadSerializer(serializers.ModelSerializer):
     study_uid = serializers.CharField(source="task.study.study_uid", read_only=True)
@@ -357,8 +367,10 @@ class AdjudicationSerializer(serializers.ModelSerializer):
         return _dicomweb(self.context["request"], adjudication.task)
 
     def get_model_output(self, adjudication) -> dict | None:
-        """The current model's output for the task, once the learning module has scored it."""
-        return None
+        """The current model's output for the task; null when the project is blind-to-model."""
+        from learning.exposure import model_output_for_adjudicator
+
+        return model_output_for_adjudicator(adjudication.task)
 
 
 class ResolveSerializer(serializers.Serializer):
