@@ -201,6 +201,8 @@ SPECTACULAR_SETTINGS = {
         "LabelKindEnum": "core.models.LabelEntry.Kind",
         "OrganizationKindEnum": "core.models.Organization.Kind",
         "PseudonymKindEnum": "core.dicom.models.PseudonymMapEntry.Kind",
+        "LearningJobKindEnum": "learning.models.LearningJob.Kind",
+        "LearningJobStateEnum": "learning.models.LearningJob.State",
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
