@@ -33,8 +33,8 @@ class LearningConfigSerializer(serializers.ModelSerializer):
         read_only_fields = ["updated_at"]
 
     def validate_strategy(self, value):
-        if value not in ("entropy", "margin", "least_confident"):
-            raise serializers.ValidationError("entropy, margin or least_confident.")
+        if value not in ("entropy", "margin", "least_confidence"):
+            raise serializers.ValidationError("entropy, margin or least_confidence.")
         return value
 
     def validate_priority_weights(self, value):

@@ -30,7 +30,7 @@ class MonaiPredictor:
         from learning import ml
 
         model_spec = ml.ModelSpec.from_dict(spec)
-        return model_spec, [ml.preprocess(v.array, v.spacing, model_spec) for v in volumes]
+        return model_spec, np.stack([ml.preprocess(v.array, v.spacing, model_spec) for v in volumes])
 
     def train(self, spec, volumes, labels, *, epochs, seed, progress=None, init_weights=None) -> bytes:
         from learning import ml
@@ -54,7 +54,9 @@ class MonaiPredictor:
     def uncertainty(self, proba, strategy) -> np.ndarray:
         from learning import ml
 
-        return np.asarray(ml.uncertainty(proba, strategy))
+        scores = np.asarray(ml.uncertainty(proba, strategy), dtype=float)
+        # Entropy comes in nats; the priority formula takes 0..1, so divide by its maximum, ln(classes).
+        return scores / np.log(proba.shape[1]) if strategy == "entropy" else scores
 
 
 def get_predictor() -> Predictor:

@@ -27,7 +27,7 @@ class Migration(migrations.Migration):
                 ('retrain_every_hours', models.PositiveIntegerField(default=0, help_text='Scheduled training (0 = off).')),
                 ('label_key', models.CharField(blank=True, help_text='The protocol label the classifier learns (classification, ordinal or presence of any other kind).', max_length=100)),
                 ('model_spec', models.JSONField(blank=True, default=dict, help_text='learning.ml ModelSpec fields.')),
-                ('strategy', models.CharField(default='entropy', help_text='Uncertainty strategy: entropy | margin | least_confident.', max_length=20)),
+                ('strategy', models.CharField(default='entropy', help_text='Uncertainty strategy: entropy | margin | least_confidence.', max_length=20)),
                 ('priority_weights', models.JSONField(blank=True, default=dict, help_text='Overrides of learning.priority.DEFAULT_WEIGHTS.')),
                 ('epochs', models.PositiveSmallIntegerField(default=5)),
                 ('updated_at', models.DateTimeField(auto_now=True)),
