@@ -38,6 +38,9 @@ class LearningJobCommand(BaseCommand):
             job = runs.run_job(job.pk)
         finally:
             runs.report_progress = original
+            job.refresh_from_db()
+            bar.n = round(100 * job.progress)
+            bar.set_postfix_str(job.message[:60])
             bar.close()
         if job.state != LearningJob.State.SUCCEEDED:
             raise CommandError(f"{self.kind} job {job.pk} failed: {job.error}")
