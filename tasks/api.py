@@ -56,6 +56,12 @@ def protocol_schema(version) -> dict:
                                      "entries": version.entries.all()}).data
 
 
+class ModelBlockSerializer(serializers.Serializer):
+    version = serializers.IntegerField(allow_null=True)
+    uncertainty = serializers.FloatField(allow_null=True)
+    suggestions = serializers.ListField(child=serializers.DictField())
+
+
 class ClaimSerializer(serializers.Serializer):
     """What a reader gets: the work, never its kind (gold looks like production), priority or other reads."""
 
@@ -67,6 +73,10 @@ class ClaimSerializer(serializers.Serializer):
     study_uid = serializers.CharField(source="task.study.study_uid")
     series_uid = serializers.SerializerMethodField()
     dicomweb = serializers.SerializerMethodField()
+    # Claims carry no such attribute, so DRF leaves the key out; to_representation adds it.
+    model = ModelBlockSerializer(source="model_block", read_only=True, required=False,
+                                 help_text="The current model's view: only when the project is not "
+                                           "blind-to-model and offers suggestions; otherwise absent.")
 
     def get_protocol_version(self, claim) -> ProtocolSchemaSerializer:
         return protocol_schema(claim.task.protocol_version)
