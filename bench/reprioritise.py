@@ -6,8 +6,8 @@ big UPDATE, measured by the claim rate of concurrent pgbench clients.
 Uses DATABASE_URL (default postgres://postgres@127.0.0.1:5432/radqueue_bench_reprioritise; the name
 must contain "bench"). Seeds 100,000 tasks with k = 2 (--quick: 20,000) the way bench/claims.py does,
 stages one TaskScore per task (a new priority for each, from a fixed random uncertainty), then for each
-mode: pgbench (4 connections) runs tasks.queue's claim statement for a baseline window, then while
-the priorities are applied, then after; the queue is reset between modes.
+mode: pgbench (4 connections) runs tasks.queue's claim statement for a baseline window and on
+until the priorities are applied; the queue is reset between modes.
 
 Modes: ``batched`` = learning.scoring.apply_scores (batches of 5,000 tasks, each its own
 transaction, UPDATE ... FROM (VALUES ...) on slots, tasks and adjudications); ``one_statement`` =
@@ -19,6 +19,7 @@ the same UPDATE for every task at once (the peer the issue measured: -93% claims
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,21 +35,32 @@ from bench.common import print_result, setup_django, use_bench_database  # noqa:
 CLIENTS = 4
 
 
-def pgbench_progress(script: str, first_reader: int, seconds: int, out: dict) -> None:
-    """Runs pgbench with a per-second progress report; fills out["per_second"] with (t, tps)."""
-    body = f"\\set reader {first_reader} + :client_id\n{script}\n"
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", prefix="reprio-") as f:
-        f.write(body)
-        f.flush()
-        started = time.time()
-        proc = subprocess.run(["pgbench", "-n", "-M", "simple", "-c", str(CLIENTS), "-j", "2", "-P", "1",
-                               "-T", str(seconds), "-f", f.name, os.environ["DATABASE_URL"]],
-                              capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-2000:])
-    out["started"] = started
-    out["per_second"] = [(float(t), float(tps)) for t, tps in
-                         re.findall(r"progress: ([\d.]+) s, ([\d.]+) tps", proc.stderr)]
+class Claimers:
+    """pgbench claiming with a per-second progress report, until stopped; ``per_second`` = [(t, tps)]."""
+
+    def __init__(self, script: str, first_reader: int):
+        self.file = tempfile.NamedTemporaryFile("w", suffix=".sql", prefix="reprio-")  # noqa: SIM115
+        self.file.write(f"\\set reader {first_reader} + :client_id\n{script}\n")
+        self.file.flush()
+        self.per_second: list[tuple[float, float]] = []
+        self.started = time.time()
+        self.proc = subprocess.Popen(["pgbench", "-n", "-M", "simple", "-c", str(CLIENTS), "-j", "2", "-P", "1",
+                                      "-T", "3600", "-f", self.file.name, os.environ["DATABASE_URL"]],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.reader = threading.Thread(target=self._read)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            match = re.search(r"progress: ([\d.]+) s, ([\d.]+) tps", line)
+            if match:
+                self.per_second.append((float(match.group(1)), float(match.group(2))))
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait()
+        self.reader.join()
+        self.file.close()
 
 
 def stage(project, tasks: int):
@@ -69,7 +81,7 @@ def stage(project, tasks: int):
     return job
 
 
-def run_mode(mode: str, project, readers, tasks: int, before_s: float, total_s: int) -> dict:
+def run_mode(mode: str, project, readers, tasks: int, before_s: float) -> dict:
     from django.db import connection
 
     from bench.claims import READ_LOCK, claim_statement, reset_queue
@@ -85,9 +97,7 @@ def run_mode(mode: str, project, readers, tasks: int, before_s: float, total_s: 
     job = stage(project, tasks)
     claim = claim_statement(project, readers[0])
     script = f"BEGIN;\nSELECT pg_advisory_xact_lock({READ_LOCK}, :reader);\n{claim};\nCOMMIT;"
-    out: dict = {}
-    thread = threading.Thread(target=pgbench_progress, args=(script, readers[0].pk, total_s, out))
-    thread.start()
+    claimers = Claimers(script, readers[0].pk)
     time.sleep(before_s)
     t0 = time.time()
     if mode == "batched":
@@ -96,11 +106,12 @@ def run_mode(mode: str, project, readers, tasks: int, before_s: float, total_s: 
         scores = list(TaskScore.objects.filter(job=job).order_by("id"))
         scoring._set_priorities([(s.task_id, s.priority_after, None) for s in scores])
     t1 = time.time()
-    thread.join()
-    rel0, rel1 = t0 - out["started"], t1 - out["started"]
-    base = [tps for t, tps in out["per_second"] if t <= rel0 - 0.5]
-    during = [tps for t, tps in out["per_second"] if rel0 + 0.5 < t <= rel1 + 1.0] or \
-        [tps for t, tps in out["per_second"] if t > rel0][:1]
+    time.sleep(1.5)
+    claimers.stop()
+    rel0, rel1 = t0 - claimers.started, t1 - claimers.started
+    base = [tps for t, tps in claimers.per_second if 1.0 < t <= rel0]
+    during = [tps for t, tps in claimers.per_second if rel0 + 1.0 <= t <= rel1 + 0.5] or \
+        [tps for t, tps in claimers.per_second if t > rel0][:1]
     baseline = float(np.mean(base)) if base else float("nan")
     applied = TaskScore.objects.filter(job=job).count()
     print(f"  {mode:13s}: applied {applied} priorities in {t1 - t0:.2f} s; claims/s baseline {baseline:.0f}, "
@@ -123,10 +134,10 @@ def main() -> None:
     project, version, readers, _ = prepare()
     seed(project, version, tasks)
     print(f"seeded {tasks} tasks (k = 2); pgbench {CLIENTS} connections claiming throughout")
-    before_s, total_s = (3, 10) if args.quick else (4, 16)
+    before_s = 4 if args.quick else 6
     result = {"tasks": tasks, "batch_rows": 5000}
     for mode in ("batched", "one_statement"):
-        result[mode] = run_mode(mode, project, readers, tasks, before_s, total_s)
+        result[mode] = run_mode(mode, project, readers, tasks, before_s)
     print_result(result)
 
 
