@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 # A running job writes its heartbeat at least this often (every progress step); one silent for
 # longer was killed (worker lost, OOM, time limit) and the sweep reverts and fails it.
 HEARTBEAT_TIMEOUT = timedelta(minutes=15)
+# A job no worker took in this long (broker lost the message) would block its kind for good.
+QUEUED_TIMEOUT = timedelta(hours=6)
 
 
 def _payload(job: LearningJob) -> dict:
@@ -120,4 +122,9 @@ def sweep_stale_jobs(now=None) -> int:
         fail(job, f"no heartbeat since {job.heartbeat_at.isoformat()}: the worker stopped; "
                   f"{restored} task priorities restored")
         swept += 1
+    for job in LearningJob.objects.filter(state=LearningJob.State.QUEUED, created_at__lt=now - QUEUED_TIMEOUT):
+        if LearningJob.objects.filter(pk=job.pk, state=LearningJob.State.QUEUED).update(
+                state=LearningJob.State.FAILED):
+            fail(job, f"no worker started it within {QUEUED_TIMEOUT}")
+            swept += 1
     return swept

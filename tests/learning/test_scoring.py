@@ -108,3 +108,13 @@ def test_the_django_side_scores_the_queue_without_importing_torch(trained, monke
     assert job.state == "succeeded", job.error
     assert TaskScore.objects.filter(job=job).count() == 3
     assert sys.modules["torch"] is None
+
+
+def test_a_job_no_worker_ever_started_is_failed_and_frees_its_kind(learning_project):
+    job = runs.start_job(learning_project["project"], "score", by=None, enqueue=False)
+    assert runs.sweep_stale_jobs() == 0
+    LearningJob.objects.filter(pk=job.pk).update(created_at=timezone.now() - timedelta(days=1))
+    assert runs.sweep_stale_jobs() == 1
+    job.refresh_from_db()
+    assert job.state == "failed" and "no worker started it" in job.error
+    runs.start_job(learning_project["project"], "score", by=None, enqueue=False)  # no longer blocked
