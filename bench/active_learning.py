@@ -74,6 +74,10 @@ def run_seed(seed: int, args, spec: ModelSpec) -> dict:
                     seed=seed, device=args.device, batch_size=args.batch_size, learning_rate=LEARNING_RATE)
     curves = {}
     for strategy in args.strategies:
+        if strategy in ("margin", "entropy") and spec.num_classes == 2 and "least_confidence" in curves:
+            # With two classes all three measures are monotone in max(p): same ranking, same run.
+            curves[strategy] = curves["least_confidence"]
+            continue
         labelled = list(start)
         weights = initial
         curve = [(len(labelled), evaluate(spec, weights, test_x, test_y, device=args.device)["accuracy"])]
@@ -111,8 +115,8 @@ def main() -> None:
     args.pool, args.test = (120, 120) if args.quick else (400, 300)
     args.seed_size, args.batch = (6, 6) if args.quick else (8, 8)
     args.rounds = 5 if args.quick else 10
-    args.steps0, args.steps, args.batch_size = 40, 20, 8
-    args.passes = 4 if args.quick else 10
+    args.steps0, args.steps, args.batch_size = 30, 10, 16
+    args.passes = 3 if args.quick else 10
     args.strategies = STRATEGIES
     spec = ModelSpec(task="classification", architecture="densenet", spatial_dims=3, grid=(args.grid,) * 3,
                      num_classes=2, modality="CT", window=(100.0, 300.0), dropout=0.2,
