@@ -36,7 +36,7 @@ from learning.ml import ModelSpec, evaluate, mc_dropout, predict_proba, preproce
 STRATEGIES = ("random", "least_confidence", "margin", "entropy", "mc_dropout")
 THRESHOLD_HU = 110.0
 ENHANCEMENT_RANGE = (30.0, 190.0)
-LEARNING_RATE = 3e-3
+LEARNING_RATE = 1e-3
 
 
 def make_studies(n_patients: int, grid: int, rng: np.random.Generator, spec: ModelSpec):
@@ -115,7 +115,7 @@ def main() -> None:
     args.pool, args.test = (120, 120) if args.quick else (400, 300)
     args.seed_size, args.batch = (6, 6) if args.quick else (8, 8)
     args.rounds = 5 if args.quick else 10
-    args.steps0, args.steps, args.batch_size = 30, 10, 16
+    args.steps0, args.steps, args.batch_size = 40, 20, 16
     args.passes = 3 if args.quick else 10
     args.strategies = STRATEGIES
     spec = ModelSpec(task="classification", architecture="densenet", spatial_dims=3, grid=(args.grid,) * 3,
