@@ -127,7 +127,11 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BEAT_SCHEDULE = {
     "sweep-expired-leases": {"task": "tasks.sweep_expired_leases", "schedule": 60.0},
     "purge-expired-tokens": {"task": "core.purge_expired_tokens", "schedule": 3600.0},
+    "learning-sweep-stale-jobs": {"task": "learning.sweep_stale_jobs", "schedule": 300.0},
+    "learning-scheduled-training": {"task": "learning.start_scheduled_training", "schedule": 600.0},
 }
+# The model behind learning's jobs (learning.predictors); tests plug in a numpy stand-in.
+LEARNING_PREDICTOR = env.str("LEARNING_PREDICTOR", default="learning.predictors.MonaiPredictor")
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=6 * 3600)
 
 # --- Auth -----------------------------------------------------------------------------------
@@ -197,6 +201,8 @@ SPECTACULAR_SETTINGS = {
         "LabelKindEnum": "core.models.LabelEntry.Kind",
         "OrganizationKindEnum": "core.models.Organization.Kind",
         "PseudonymKindEnum": "core.dicom.models.PseudonymMapEntry.Kind",
+        "LearningJobKindEnum": "learning.models.LearningJob.Kind",
+        "LearningJobStateEnum": "learning.models.LearningJob.State",
     },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

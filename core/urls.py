@@ -37,6 +37,7 @@ api = [
     path("projects/<int:project_pk>/", include(project_dicom)),
     path("audit/", include("audit.urls")),
     path("", include("tasks.urls")),
+    path("", include("learning.urls")),
     *router.urls,
 ]
 

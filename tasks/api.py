@@ -59,6 +59,12 @@ def protocol_schema(version) -> dict:
                                      "entries": version.entries.all()}).data
 
 
+class ModelBlockSerializer(serializers.Serializer):
+    version = serializers.IntegerField(allow_null=True)
+    uncertainty = serializers.FloatField(allow_null=True)
+    suggestions = serializers.ListField(child=serializers.DictField())
+
+
 class ClaimSerializer(serializers.Serializer):
     """What a reader gets: the work, never its kind (gold looks like production), priority or other reads."""
 
@@ -70,6 +76,10 @@ class ClaimSerializer(serializers.Serializer):
     study_uid = serializers.CharField(source="task.study.study_uid")
     series_uid = serializers.SerializerMethodField()
     dicomweb = serializers.SerializerMethodField()
+    # Claims carry no such attribute, so DRF leaves the key out; to_representation adds it.
+    model = ModelBlockSerializer(source="model_block", read_only=True, required=False,
+                                 help_text="The current model's view: only when the project is not "
+                                           "blind-to-model and offers suggestions; otherwise absent.")
 
     def get_protocol_version(self, claim) -> ProtocolSchemaSerializer:
         return protocol_schema(claim.task.protocol_version)
@@ -79,6 +89,16 @@ class ClaimSerializer(serializers.Serializer):
 
     def get_dicomweb(self, claim) -> dict:
         return _dicomweb(self.context["request"], claim.task, claim.study_series)
+
+    def to_representation(self, claim):
+        # The model's view of the task only where the project is not blind-to-model and offers
+        # suggestions; otherwise the key is absent (learning.exposure decides).
+        from learning.exposure import model_block_for_reader
+
+        data = super().to_representation(claim)
+        if (block := model_block_for_reader(claim.task)) is not None:
+            data["model"] = block
+        return data
 
 
 class ReadSerializer(serializers.ModelSerializer):
@@ -360,8 +380,10 @@ class AdjudicationSerializer(serializers.ModelSerializer):
         return _dicomweb(self.context["request"], adjudication.task)
 
     def get_model_output(self, adjudication) -> dict | None:
-        """The current model's output for the task, once the learning module has scored it."""
-        return None
+        """The current model's output for the task; null when the project is blind-to-model."""
+        from learning.exposure import model_output_for_adjudicator
+
+        return model_output_for_adjudicator(adjudication.task)
 
 
 class ResolveSerializer(serializers.Serializer):

@@ -232,6 +232,7 @@ def on_reads_complete(task: Task) -> None:
                      study_uid=task.study.study_uid, protocol_version=task.protocol_version.number,
                      extra={"task": task.pk, "method": consensus.method})
         broadcast_on_commit(task.project_id, "task.consensus", {"task": task.pk, "method": consensus.method})
+        _consensus_stored(task.project_id)
         return
     adjudication = Adjudication.objects.create(
         project_id=task.project_id, task=task, tier=task.adjudication_tier, subspecialty=task.adjudication_subspecialty,
@@ -252,4 +253,12 @@ def store_consensus_from_adjudication(adjudication: Adjudication, findings: list
     _set_task_state(task, TaskState.CONSENSUS)
     task.completed_at = timezone.now()
     task.save(update_fields=["completed_at"])
+    _consensus_stored(task.project_id)
     return consensus
+
+
+def _consensus_stored(project_id: int) -> None:
+    """Active learning may retrain after N new labels (learning.triggers; the job starts on commit)."""
+    from learning.triggers import on_consensus_stored
+
+    on_consensus_stored(project_id)

@@ -59,6 +59,9 @@ def import_reference(task: Task, findings, *, by: User) -> Consensus:
     Task.objects.filter(pk=task.pk).update(state=TaskState.CONSENSUS, completed_at=timezone.now())
     record_event("create", actor=by, project_id=task.project_id, obj=consensus, study_uid=task.study.study_uid,
                  extra={"task": task.pk, "reference": "imported"})
+    from tasks.consensus import _consensus_stored
+
+    _consensus_stored(task.project_id)
     return consensus
 
 

@@ -1,6 +1,7 @@
 """Concordance reports: per modality x finding class x metric, reader-vs-reader and
 reader-vs-consensus, each with n, the value and a 95% bootstrap interval over tasks; and per-reader
-scorecards. Model-vs-consensus rows appear once the learning module scores tasks.
+scorecards; and model-vs-consensus rows from the current model's stored predictions
+(learning.concordance), kappa over the model's label classes.
 
 Metrics by label kind: classification -> Cohen's kappa; ordinal grade -> quadratic-weighted
 kappa; mask -> mean Dice; boxes, polygons -> share of boxes matched at the protocol's IoU;
@@ -98,8 +99,10 @@ def concordance_report(project, *, since=None, until=None, named: bool = True, b
         consensus = consensus.filter(created_at__gte=since)
     if until:
         consensus = consensus.filter(created_at__lt=until)
+    from learning.concordance import scores_marker
+
     key = (f"concordance:{project.pk}:{batch.pk if batch else ''}:{since}:{until}:{named}:"
-           f"{consensus.aggregate(m=Max('id'))['m']}:{consensus.count() if batch else ''}")
+           f"{consensus.aggregate(m=Max('id'))['m']}:{consensus.count() if batch else ''}:{scores_marker(project)}")
     cached = cache.get(key)
     if cached is not None:
         return cached
@@ -137,6 +140,14 @@ def concordance_report(project, *, since=None, until=None, named: bool = True, b
                        pairs)
             if row is not None:
                 report_rows.append(row)
+    from learning.concordance import model_samples
+
+    version, model = model_samples(project, consensus)
+    for (modality, label), pairs in sorted(model.items()):
+        row = _row(modality, label, kinds.get((modality, label), "classification"), "model_vs_consensus", "kappa",
+                   pairs)
+        if row is not None:
+            report_rows.append({**row, "model_version": version.number})
     scorecards = [{"reader": card["name"], "reads": card["reads"],
                    "agreement_with_consensus": round(card["agree"] / card["compared"], 4) if card["compared"] else None,
                    "mean_active_minutes": round(card["active_seconds"] / card["reads"] / 60, 2)}
@@ -144,7 +155,7 @@ def concordance_report(project, *, since=None, until=None, named: bool = True, b
     report = {"project": project.pk, "batch": batch.pk if batch else None,
               "since": str(since) if since else None, "until": str(until) if until else None,
               "tasks": rows.count(), "rows": report_rows, "scorecards": scorecards,
-              "model_vs_consensus": "not available: no model has scored this project yet"}
+              "model_version": version.number if version else None}
     cache.set(key, report, 3600)
     return report
 

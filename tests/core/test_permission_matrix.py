@@ -258,6 +258,21 @@ CASES = [
          expect(404, radiologist=200), expect(404)),
     Case("project-adjudication-list", "get", _pp("adjudications/"),
          expect(404, superuser=200, **members(403, manager=200, qa=200)), ONLY_SU),
+    # Active learning: progress viewers (managers, QA, clients) see models, settings and jobs;
+    # managers change settings and start jobs.
+    Case("model-version-list", "get", _pp("models/"),
+         expect(404, superuser=200, **members(403, manager=200, qa=200, client_viewer=200)), ONLY_SU),
+    Case("learning-config", "get", _pp("learning/"),
+         expect(404, superuser=200, **members(403, manager=200, qa=200, client_viewer=200)), ONLY_SU),
+    Case("learning-config", "patch", _pp("learning/"),
+         expect(404, superuser=200, **members(403, manager=200)), ONLY_SU, body=lambda c: {"epochs": 3}),
+    Case("learning-job-list", "get", _pp("learning/jobs/"),
+         expect(404, superuser=200, **members(403, manager=200, qa=200, client_viewer=200)), ONLY_SU),
+    Case("learning-job-list", "post", _pp("learning/jobs/"),
+         expect(404, superuser=202, **members(403, manager=202)), expect(404, superuser=202),
+         body=lambda c: {"kind": "score"}),
+    Case("learning-job-detail", "get", _pp("learning/jobs/{learning_job}/"),
+         expect(404, superuser=200, **members(403, manager=200, qa=200, client_viewer=200)), ONLY_SU),
     Case("audit-event-list", "get", lambda c, x, o: "/api/audit/events/", expect(200)),
     Case("audit-event-detail", "get",
          lambda c, x, o: f"/api/audit/events/{x['e_own' if o else 'e_foreign']}/",
@@ -327,7 +342,10 @@ def _ingest_one(project, seed) -> dict:
         Task.objects.filter(pk=task.pk).update(state="awaiting_adjudication")
         Adjudication.objects.create(project=project, task=task, tier=2)
     held = claim_next_adjudication(radiologist.user)
-    return {"study": f.study_uid, "series": f.series_uid, "instance": f.sop_instance_uid,
+    from learning.models import LearningJob
+
+    job = LearningJob.objects.create(project=project, kind="train", state="succeeded")
+    return {"learning_job": job.pk, "study": f.study_uid, "series": f.series_uid, "instance": f.sop_instance_uid,
             "instance_pk": quarantined.pk, "study_pk": instance.series.study_id, "orig_study": ds.StudyInstanceUID,
             "task": tasks[0].pk, "read": read.pk, "adjudication": held.pk, "gold_task": gold.pk}
 

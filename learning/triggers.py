@@ -1,0 +1,50 @@
+"""When training starts by itself: after N new consensus labels, or on the project's schedule."""
+
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from core.errors import Conflict
+from core.models import Project
+from learning.models import LearningConfig, LearningJob
+
+
+def on_consensus_stored(project_id: int) -> LearningJob | None:
+    """Called where a consensus is stored: queue a training once N labels came in since the last one."""
+    from learning.runs import start_job
+    from learning.training import consensus_since_last_training
+
+    config = LearningConfig.objects.filter(project_id=project_id, retrain_after_consensus__gt=0).first()
+    if config is None:
+        return None
+    if consensus_since_last_training(project_id) < config.retrain_after_consensus:
+        return None
+    if LearningJob.objects.filter(project_id=project_id, kind=LearningJob.Kind.TRAIN,
+                                  state__in=["queued", "running", "applying"]).exists():
+        return None
+    try:
+        with transaction.atomic():
+            return start_job(Project.objects.get(pk=project_id), LearningJob.Kind.TRAIN, by=None, trigger="consensus")
+    except Conflict:
+        return None
+
+
+def start_scheduled_training(now=None) -> int:
+    """Queue a training for every project whose ``retrain_every_hours`` has passed since the last one."""
+    from learning.runs import start_job
+
+    now = now or timezone.now()
+    started = 0
+    for config in LearningConfig.objects.filter(retrain_every_hours__gt=0).select_related("project"):
+        last = LearningJob.objects.filter(project_id=config.project_id, kind=LearningJob.Kind.TRAIN).order_by(
+            "-created_at").first()
+        if last is not None and (last.is_live or last.created_at > now - timedelta(hours=config.retrain_every_hours)):
+            continue
+        try:
+            with transaction.atomic():
+                start_job(config.project, LearningJob.Kind.TRAIN, by=None, trigger="schedule")
+            started += 1
+        except Conflict:
+            continue
+    return started
