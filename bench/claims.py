@@ -660,7 +660,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="20,000 tasks, under a minute.")
     parser.add_argument("--audit-overhead", action="store_true", help="Claims/s with the audit trail on vs off.")
     parser.add_argument("--server", choices=["asgi", "wsgi"], default="wsgi",
-                        help="core.wsgi through uvicorn's WSGI adapter (default: deploy/ serves the API so) or core.asgi.")
+                        help="core.wsgi through uvicorn's WSGI adapter (default, as deploy/ serves the API) "
+                             "or core.asgi.")
     parser.add_argument("--profile", type=int, metavar="N", default=0,
                         help="Also profile N claim requests in this process (DRF test client) at the end.")
     args = parser.parse_args()

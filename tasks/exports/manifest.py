@@ -8,8 +8,6 @@ delivery: software version, project de-identification options, and the SHA-256 o
 
 from importlib import metadata
 
-from django.apps import apps
-
 from core.dicom.models import DeidRecord
 from core.roles import Tier
 from tasks.models import Read
@@ -26,18 +24,17 @@ def software_version() -> str:
         return "radqueue (unpackaged)"
 
 
-def _model_versions(task_ids: list[int]) -> dict[int, str]:
-    """The prioritisation model version per task, where a learning app records one (``learning.TaskScore``)."""
-    if not apps.is_installed("learning"):
-        return {}
-    try:
-        score_model = apps.get_model("learning", "TaskScore")
-    except LookupError:
-        return {}
-    fields = {f.name for f in score_model._meta.get_fields()}
-    if not {"task", "model_version"} <= fields:
-        return {}
-    return dict(score_model.objects.filter(task_id__in=task_ids).values_list("task_id", "model_version"))
+def _model_versions(task_ids: list[int]) -> dict[int, int]:
+    """The model version (number) whose scoring run last set each task's priority: the newest
+    ``learning.TaskScore`` of a scoring job that succeeded. Absent: the task was never scored."""
+    from learning.models import LearningJob, TaskScore
+
+    latest: dict[int, int] = {}
+    scores = (TaskScore.objects.filter(task_id__in=task_ids, job__state=LearningJob.State.SUCCEEDED)
+              .order_by("task_id", "created_at", "id").values_list("task_id", "model_version__number"))
+    for task_id, number in scores:
+        latest[task_id] = number
+    return latest
 
 
 def _deid(tasks: list) -> tuple[dict, list[dict]]:

@@ -150,3 +150,25 @@ def test_nifti_mask_has_the_ras_affine_of_the_dicom_geometry(delivered, rich_tas
     spacing = ingested[ordered[0].sop_instance_uid].pixel_spacing  # (row, column) spacing
     assert np.allclose(np.linalg.norm(image.affine[:3, 0]), spacing[1])
     assert image.header.get_sform(coded=True)[1] == 1
+
+
+def test_manifest_names_the_model_version_whose_scores_ordered_each_task(cast, rich_tasks,
+                                                                        django_capture_on_commit_callbacks):
+    from learning.models import LearningJob, ModelVersion, TaskScore
+
+    scored, unscored = rich_tasks[0], rich_tasks[1]
+    for number, state in ((1, LearningJob.State.SUCCEEDED), (2, LearningJob.State.SUCCEEDED),
+                          (3, LearningJob.State.FAILED)):
+        job = LearningJob.objects.create(project=cast.project, kind=LearningJob.Kind.SCORE, state=state)
+        version = ModelVersion.objects.create(project=cast.project, number=number, architecture="densenet",
+                                              label_key="finding", weights_object=f"w{number}", weights_sha256="0",
+                                              decision_reason="test")
+        TaskScore.objects.create(task=scored, model_version=version, job=job, uncertainty=0.5, strategy="entropy",
+                                 probabilities=[0.5, 0.5], priority_before=0, priority_after=1)
+    batch = create_batch(cast.project, name="scored", by=cast.manager, task_ids=[t.pk for t in rich_tasks])
+    with django_capture_on_commit_callbacks(execute=True):
+        deliver_batch(batch, by=cast.manager)
+    manifest = json.loads(_file(Batch.objects.get(pk=batch.pk), "manifest.json"))
+    by_task = {t["task"]: t["model_version"] for t in manifest["tasks"]}
+    # v3's scoring job failed, so its scores never set a priority: v2 is the last that did.
+    assert by_task[scored.pk] == 2 and by_task[unscored.pk] is None
