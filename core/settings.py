@@ -124,6 +124,9 @@ else:
     CELERY_BROKER_URL = "memory://"
     CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True
+# Model jobs (training, scoring, pre-annotation) go to their own queue, which GPU workers consume
+# (deploy/: `celery -A core worker -Q learning`); everything else to the default queue.
+CELERY_TASK_ROUTES = {"learning.run_job": {"queue": "learning"}}
 CELERY_BEAT_SCHEDULE = {
     "sweep-expired-leases": {"task": "tasks.sweep_expired_leases", "schedule": 60.0},
     "purge-expired-tokens": {"task": "core.purge_expired_tokens", "schedule": 3600.0},
