@@ -96,7 +96,7 @@ class ClaimSerializer(serializers.Serializer):
         from learning.exposure import model_block_for_reader
 
         data = super().to_representation(claim)
-        if (block := model_block_for_reader(claim.task)) is not None:
+        if claim.readers_see_model and (block := model_block_for_reader(claim.task)) is not None:
             data["model"] = block
         return data
 

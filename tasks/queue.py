@@ -45,6 +45,7 @@ class Claim:
     # the read); None: ask the database (task.study.series).
     study_series: list | None = None
     started: bool = False  # this claim moved the task from queued to in reading
+    readers_see_model: bool = False  # the project shows readers the model's output (routing.Eligibility)
 
 
 def _claimable_projects(user, project_id) -> list[Eligibility]:
@@ -64,6 +65,7 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
     rules = _claimable_projects(user, project_id)
     if not rules:
         return None
+    shows_model = {r.project_id for r in rules if r.readers_see_model}
     now = timezone.now()
     postgresql = connection.vendor == "postgresql"
     with transaction.atomic():
@@ -98,6 +100,7 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
                 return None
             claim, expired_read_id = claimed
         read, task = claim.read, claim.task
+        claim.readers_see_model = read.project_id in shows_model
         if expired_read_id:
             record_event("expire", actor=None, project_id=read.project_id, object_type="tasks.read",
                          object_id=expired_read_id, study_uid=task.study.study_uid,

@@ -110,6 +110,7 @@ class Eligibility:
     lease_seconds: int
     needs_calibration: bool = False  # only calibration checks until the reader passes
     gold_rate: float = 0.0
+    readers_see_model: bool = False  # not blind-to-model and suggestions on (learning.LearningConfig)
 
 
 def eligibility(user, projects=None) -> list[Eligibility]:
@@ -119,8 +120,11 @@ def eligibility(user, projects=None) -> list[Eligibility]:
         projects = list(projects.values_list("pk", flat=True))
     if projects is not None and not projects:
         return []
+    from learning.models import LearningConfig
+
     memberships = Membership._meta.db_table
     project_table = Membership._meta.get_field("project").related_model._meta.db_table
+    learning_table = LearningConfig._meta.db_table
     roles = list(READER_ROLE_TIERS)
     params = [user.pk, *roles]
     where = ""
@@ -130,8 +134,10 @@ def eligibility(user, projects=None) -> list[Eligibility]:
     # Plain SQL: on the claim path the ORM's query building costs more than the query.
     sql = f"""SELECT m.project_id, m.role, m.subspecialties, m.is_suspended, m.calibrated_at IS NOT NULL,
                      p.is_active, p.requires_calibration, p.higher_tiers_take_lower_work, p.max_open_reads,
-                     p.lease_seconds, p.gold_rate
+                     p.lease_seconds, p.gold_rate,
+                     COALESCE(lc.suggestions_enabled AND NOT lc.is_blind_to_model, false)
               FROM {memberships} m JOIN {project_table} p ON p.id = m.project_id
+                   LEFT JOIN {learning_table} lc ON lc.project_id = m.project_id
               WHERE m.user_id = %s AND m.is_active AND m.role IN ({', '.join(['%s'] * len(roles))}){where}
               ORDER BY m.id"""
     by_project: dict[int, list[tuple]] = {}
@@ -142,7 +148,7 @@ def eligibility(user, projects=None) -> list[Eligibility]:
     result = []
     for project_id, rows in by_project.items():
         (_, _, _, _, _, active, requires_calibration, higher_take_lower, max_open_reads, lease_seconds,
-         gold_rate) = rows[0]
+         gold_rate, readers_see_model) = rows[0]
         if not active or any(row[3] for row in rows):
             continue
         needs_calibration = bool(requires_calibration) and not any(row[4] for row in rows)
@@ -150,7 +156,7 @@ def eligibility(user, projects=None) -> list[Eligibility]:
         tiers = tuple(t for t in Tier.values if t == top or (higher_take_lower and t < top))
         subs = tuple(sorted({s for row in rows for s in _json(row[2])}))
         result.append(Eligibility(project_id, tiers, subs, max_open_reads, int(top), lease_seconds,
-                                  needs_calibration, gold_rate))
+                                  needs_calibration, gold_rate, bool(readers_see_model)))
     return result
 
 
