@@ -16,7 +16,8 @@ Labels to target: the target is fixed before the run as 0.97 x the accuracy rand
 with every label of the last round, averaged over seeds (printed); a strategy's labels to target is the
 first labelled-set size at which its seed-averaged accuracy reaches the target (null if never).
 ``label_ratio_best_vs_random`` = best uncertainty strategy's labels / random's labels.
-``volumes_per_s`` = scoring throughput (preprocessed volumes through predict_proba) on the device used.
+``volumes_per_s`` = scoring throughput (preprocessed volumes through predict_proba) on the device used;
+``volumes_per_s_densenet121_64`` the same for MONAI's DenseNet121 on a 64^3 grid (production size).
 
     .venv/bin/python bench/active_learning.py [--quick] [--seeds 3] [--device cuda]
 """
@@ -144,10 +145,23 @@ def main() -> None:
     tick = time.perf_counter()
     predict_proba(spec, weights, pool_x, device=args.device, batch_size=64)
     volumes_per_s = len(pool_x) / (time.perf_counter() - tick)
-    print(f"scoring throughput: {volumes_per_s:.0f} volumes/s ({args.grid}^3, small DenseNet); "
+    print(f"scoring throughput: {volumes_per_s:.0f} volumes/s ({args.grid}^3, small DenseNet)")
+    # What a production scoring run costs: MONAI's full DenseNet121 on a 64^3 grid (random weights:
+    # throughput does not depend on them).
+    real = ModelSpec(task="classification", architecture="densenet121", spatial_dims=3, grid=(64, 64, 64),
+                     num_classes=2, modality="CT")
+    real_weights = train(real, np.zeros((2, 1, 64, 64, 64), np.float32), np.array([0, 1]), epochs=1, seed=0,
+                         device=args.device)
+    batch = np.random.default_rng(0).normal(size=(16 if args.quick else 64, 1, 64, 64, 64)).astype(np.float32)
+    predict_proba(real, real_weights, batch[:4], device=args.device, batch_size=8)  # warm-up
+    tick = time.perf_counter()
+    predict_proba(real, real_weights, batch, device=args.device, batch_size=8)
+    densenet121_per_s = len(batch) / (time.perf_counter() - tick)
+    print(f"scoring throughput: {densenet121_per_s:.1f} volumes/s (64^3, DenseNet121); "
           f"total {time.perf_counter() - started:.1f} s")
     print_result({"labels_to_target": labels_to_target, "label_ratio_best_vs_random": ratio,
                   "target_accuracy": round(float(target), 4), "volumes_per_s": round(volumes_per_s, 1),
+                  "volumes_per_s_densenet121_64": round(densenet121_per_s, 2),
                   "seeds": args.seeds, "quick": args.quick,
                   "final_accuracy": {s: round(float(c[-1]), 4) for s, c in mean_curves.items()}})
 
