@@ -25,7 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import setup_django, use_bench_database  # noqa: E402
+from bench.common import bench_organizations, reset_audit_trail, setup_django, use_bench_database  # noqa: E402
 
 QUEUE_ROWS = 64
 STUDY_UID = "1.2.826.0.1.3680043.8.498.{}"
@@ -36,25 +36,17 @@ def prepare(name: str):
     from django.core.management import call_command
     from django.db import connection, transaction
 
-    from audit.models import AuditAnchor, AuditChainHead
-    from audit.trail import GENESIS, SHARD_COUNT
-    from core.models import Membership, Organization, Project, User
+    from core.models import Membership, Project, User
 
     call_command("migrate", verbosity=0)
     with transaction.atomic(), connection.cursor() as cursor:
-        # The bench's own database: open the truncate door for this transaction only.
-        cursor.execute("SET LOCAL radqueue.audit_allow_truncate = 'on'")
-        cursor.execute("TRUNCATE audit_auditevent RESTART IDENTITY")
-        AuditAnchor.objects.all().delete()
-        AuditChainHead.objects.all().delete()
-        AuditChainHead.objects.bulk_create([AuditChainHead(shard=s, seq=0, hash=GENESIS) for s in range(SHARD_COUNT)])
+        reset_audit_trail(cursor)
         cursor.execute("DROP TABLE IF EXISTS bench_queue, bench_claim_log")
         cursor.execute("CREATE TABLE bench_queue (id bigint PRIMARY KEY, claimed_by int, claimed_at timestamptz)")
         cursor.execute("CREATE TABLE bench_claim_log (id bigserial PRIMARY KEY, queue_id bigint NOT NULL, "
                        "worker int NOT NULL, at timestamptz NOT NULL DEFAULT now())")
         cursor.execute("INSERT INTO bench_queue (id) SELECT generate_series(1, %s)", [QUEUE_ROWS])
-    vendor, _ = Organization.objects.get_or_create(name="Bench vendor", defaults={"kind": "vendor"})
-    client, _ = Organization.objects.get_or_create(name="Bench client", defaults={"kind": "client"})
+    vendor, client = bench_organizations()
     project, _ = Project.objects.get_or_create(name="Bench project", client=client,
                                                defaults={"vendor": vendor, "modalities": ["CT"]})
     reader, _ = User.objects.get_or_create(username="bench-reader", defaults={"organization": vendor})

@@ -64,7 +64,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, print_result, setup_django, use_bench_database  # noqa: E402
+from bench.common import (  # noqa: E402
+    ROOT,
+    bench_organizations,
+    print_machine,
+    print_result,
+    reset_audit_trail,
+    setup_django,
+    use_bench_database,
+)
 
 READERS = 32
 READ_LOCK = 7301  # tasks.queue's advisory lock class for one reader's claims
@@ -79,23 +87,15 @@ def prepare() -> tuple:
     from django.db import connection, transaction
     from knox.models import AuthToken
 
-    from audit.models import AuditAnchor, AuditChainHead
-    from audit.trail import GENESIS, SHARD_COUNT
     from core.memberships import grant_membership
-    from core.models import Organization, Project, User
+    from core.models import Project, User
     from core.protocols import create_protocol_version
 
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("TRUNCATE tasks_queueslot, tasks_read, tasks_task, core_instance, core_series, core_study "
                        "RESTART IDENTITY CASCADE")
-        # The bench's own database: open the audit trail's truncate door for this transaction only.
-        cursor.execute("SET LOCAL radqueue.audit_allow_truncate = 'on'")
-        cursor.execute("TRUNCATE audit_auditevent RESTART IDENTITY")
-        AuditAnchor.objects.all().delete()
-        AuditChainHead.objects.all().delete()
-        AuditChainHead.objects.bulk_create([AuditChainHead(shard=s, seq=0, hash=GENESIS) for s in range(SHARD_COUNT)])
-    vendor, _ = Organization.objects.get_or_create(name="Bench vendor", defaults={"kind": "vendor"})
-    client, _ = Organization.objects.get_or_create(name="Bench client", defaults={"kind": "client"})
+        reset_audit_trail(cursor)
+    vendor, client = bench_organizations()
     project, _ = Project.objects.get_or_create(name="Claims bench", client=client,
                                                defaults={"vendor": vendor, "modalities": ["CT"]})
     Project.objects.filter(pk=project.pk).update(reads_per_task=2, max_open_reads=1000, lease_seconds=1800,
@@ -672,11 +672,8 @@ def main() -> None:
 
     name = use_bench_database("radqueue_bench_claims")
     setup_django()
-    from django.db import connection
 
-    load = os.getloadavg()
-    print(f"database {name} on PostgreSQL {connection.pg_version}, {os.cpu_count()} CPUs, "
-          f"load average before the run {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print_machine(name)
     started = time.perf_counter()
     project, version, readers, tokens = prepare()
     seed(project, version, tasks)

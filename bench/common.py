@@ -49,3 +49,36 @@ def setup_django(migrate: bool = True) -> None:
 def print_result(result: dict) -> None:
     """The figures as one JSON line, last."""
     print(json.dumps(result, sort_keys=True))
+
+
+def reset_audit_trail(cursor) -> None:
+    """Empty the audit trail and re-seed its chain heads, inside the caller's transaction.
+
+    Only on a benchmark's own database: the trail's truncate door opens for this transaction only.
+    """
+    from audit.models import AuditAnchor, AuditChainHead
+    from audit.trail import GENESIS, SHARD_COUNT
+
+    cursor.execute("SET LOCAL radqueue.audit_allow_truncate = 'on'")
+    cursor.execute("TRUNCATE audit_auditevent RESTART IDENTITY")
+    AuditAnchor.objects.all().delete()
+    AuditChainHead.objects.all().delete()
+    AuditChainHead.objects.bulk_create([AuditChainHead(shard=s, seq=0, hash=GENESIS) for s in range(SHARD_COUNT)])
+
+
+def bench_organizations():
+    """The vendor and client organisations every benchmark's project belongs to: (vendor, client)."""
+    from core.models import Organization
+
+    vendor, _ = Organization.objects.get_or_create(name="Bench vendor", defaults={"kind": "vendor"})
+    client, _ = Organization.objects.get_or_create(name="Bench client", defaults={"kind": "client"})
+    return vendor, client
+
+
+def print_machine(database: str) -> None:
+    """One line naming the database, the CPUs and the load before the run (runs compare only at like load)."""
+    from django.db import connection
+
+    load = os.getloadavg()
+    print(f"database {database} on PostgreSQL {connection.pg_version}, {os.cpu_count()} CPUs, "
+          f"load average before the run {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import print_result, setup_django, use_bench_database  # noqa: E402
+from bench.common import bench_organizations, print_result, reset_audit_trail, setup_django, use_bench_database  # noqa: E402
 
 TABLES = ("tasks_queueslot", "tasks_read", "tasks_consensus", "tasks_adjudication", "tasks_task", "tasks_batch",
           "core_deidrecord", "core_pseudonymmapentry", "core_instance", "core_series", "core_study",
@@ -44,22 +44,15 @@ TABLES = ("tasks_queueslot", "tasks_read", "tasks_consensus", "tasks_adjudicatio
 def prepare():
     from django.db import connection, transaction
 
-    from audit.models import AuditAnchor, AuditChainHead
-    from audit.trail import GENESIS, SHARD_COUNT
     from core.memberships import grant_membership
-    from core.models import Organization, Project, User
+    from core.models import Project, User
     from core.protocols import create_protocol_version
 
     with transaction.atomic(), connection.cursor() as cursor:
         existing = set(connection.introspection.table_names(cursor))
         cursor.execute(f"TRUNCATE {', '.join(t for t in TABLES if t in existing)} RESTART IDENTITY CASCADE")
-        cursor.execute("SET LOCAL radqueue.audit_allow_truncate = 'on'")  # the bench's own database
-        cursor.execute("TRUNCATE audit_auditevent RESTART IDENTITY")
-        AuditAnchor.objects.all().delete()
-        AuditChainHead.objects.all().delete()
-        AuditChainHead.objects.bulk_create([AuditChainHead(shard=s, seq=0, hash=GENESIS) for s in range(SHARD_COUNT)])
-    vendor, _ = Organization.objects.get_or_create(name="Bench vendor", defaults={"kind": "vendor"})
-    client, _ = Organization.objects.get_or_create(name="Bench client", defaults={"kind": "client"})
+        reset_audit_trail(cursor)
+    vendor, client = bench_organizations()
     project, _ = Project.objects.get_or_create(name="Exports bench", client=client,
                                                defaults={"vendor": vendor, "modalities": ["CT"]})
     if project.current_protocol_version() is None:

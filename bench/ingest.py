@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import print_result, setup_django, use_bench_database  # noqa: E402
+from bench.common import bench_organizations, print_result, setup_django, use_bench_database  # noqa: E402
 
 
 def make_series(folder: Path, slices: int) -> list[Path]:
@@ -44,10 +44,9 @@ def time_pydicom(paths: list[Path]) -> float:
 def time_radqueue(paths: list[Path]) -> tuple[float, float]:
     from core.dicom.ingest import IngestItem, ingest_files
     from core.dicom.models import Instance
-    from core.models import Organization, Project
+    from core.models import Project
 
-    vendor, _ = Organization.objects.get_or_create(name="Bench vendor", defaults={"kind": "vendor"})
-    client, _ = Organization.objects.get_or_create(name="Bench client", defaults={"kind": "client"})
+    vendor, client = bench_organizations()
     project = Project.objects.create(name=f"ingest bench {time.time_ns()}", client=client, vendor=vendor,
                                      modalities=["CT"])
     total_bytes = sum(p.stat().st_size for p in paths)

@@ -28,14 +28,20 @@ p99_ms, ...). Exit status 1 when the figures are not exact.
 
 import argparse
 import math
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import print_result, setup_django, use_bench_database  # noqa: E402
+from bench.common import (  # noqa: E402
+    bench_organizations,
+    print_machine,
+    print_result,
+    reset_audit_trail,
+    setup_django,
+    use_bench_database,
+)
 
 LIMIT_MS = 100.0
 READERS = 12
@@ -51,21 +57,14 @@ def prepare():
     from django.db import connection, transaction
     from knox.models import AuthToken
 
-    from audit.models import AuditAnchor, AuditChainHead
-    from audit.trail import GENESIS, SHARD_COUNT
     from core.memberships import grant_membership
-    from core.models import Organization, Project, User
+    from core.models import Project, User
     from core.protocols import create_protocol_version
 
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
-        cursor.execute("SET LOCAL radqueue.audit_allow_truncate = 'on'")  # the bench's own database
-        cursor.execute("TRUNCATE audit_auditevent RESTART IDENTITY")
-        AuditAnchor.objects.all().delete()
-        AuditChainHead.objects.all().delete()
-        AuditChainHead.objects.bulk_create([AuditChainHead(shard=s, seq=0, hash=GENESIS) for s in range(SHARD_COUNT)])
-    vendor, _ = Organization.objects.get_or_create(name="Bench vendor", defaults={"kind": "vendor"})
-    client, _ = Organization.objects.get_or_create(name="Bench client", defaults={"kind": "client"})
+        reset_audit_trail(cursor)
+    vendor, client = bench_organizations()
     project, _ = Project.objects.get_or_create(name="Progress bench", client=client,
                                                defaults={"vendor": vendor, "modalities": ["CT", "MR", "MG"]})
     version = project.current_protocol_version() or create_protocol_version(
@@ -200,9 +199,7 @@ def main() -> None:
     from tasks.models import Task
     from tasks.progress import fold_deltas
 
-    load = os.getloadavg()
-    print(f"database {name} on PostgreSQL {connection.pg_version}, {os.cpu_count()} CPUs, "
-          f"load average before the run {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print_machine(name)
     started = time.perf_counter()
     project, version, users, tokens = prepare()
     seed(project, version, users, tasks)
