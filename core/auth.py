@@ -60,20 +60,32 @@ def _too_many() -> TooManyAttempts:
     )
 
 
-class ThrottledAdminAuthenticationForm(AdminAuthenticationForm):
-    """The admin login form, refusing further attempts once a username or address is throttled."""
+class ThrottledLoginFormMixin:
+    """A Django login form that refuses further attempts once a username or address is throttled
+    (recorded as a denied login on ``login_channel``) and counts each failed attempt."""
+
+    login_channel = ""
+
+    def throttled_message(self) -> str:
+        return str(_too_many().detail)
 
     def clean(self):
         username = self.cleaned_data.get("username") or ""
         ip = client_ip_of(self.request.META) if self.request else None
         if login_blocked(username, ip):
-            record_event("login_failed", outcome="denied", reason="throttled", extra={"channel": "admin"})
-            raise ValidationError(str(_too_many().detail), code="throttled")
+            record_event("login_failed", outcome="denied", reason="throttled", extra={"channel": self.login_channel})
+            raise ValidationError(self.throttled_message(), code="throttled")
         try:
             return super().clean()
         except ValidationError:
             note_login_failure(username, ip)
             raise
+
+
+class ThrottledAdminAuthenticationForm(ThrottledLoginFormMixin, AdminAuthenticationForm):
+    """The admin login form, throttled like the token endpoint."""
+
+    login_channel = "admin"
 
 
 # --- token endpoints ------------------------------------------------------------------------

@@ -10,14 +10,13 @@ the caller's role) and tasks.reports.concordance_report (pseudonymous: only its 
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import render
 from django.utils.dateparse import parse_date
 
-from audit.context import client_ip_of
 from audit.trail import record_event
-from core.auth import login_blocked, note_login_failure
+from core.auth import ThrottledLoginFormMixin
 from core.errors import Forbidden, NotFound
 from core.roles import Perm
 from core.selectors import get_project_for, projects_visible_to
@@ -29,20 +28,13 @@ CHART_DAYS = 14
 CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 560, 160, 24
 
 
-class DashboardLoginForm(AuthenticationForm):
-    """The login form, refusing further attempts once a username or address is throttled."""
+class DashboardLoginForm(ThrottledLoginFormMixin, AuthenticationForm):
+    """The dashboard's login form, throttled like the token endpoint and the admin."""
 
-    def clean(self):
-        username = self.cleaned_data.get("username") or ""
-        ip = client_ip_of(self.request.META) if self.request else None
-        if login_blocked(username, ip):
-            record_event("login_failed", outcome="denied", reason="throttled", extra={"channel": "dashboard"})
-            raise ValidationError("Too many failed logins; try again later.", code="throttled")
-        try:
-            return super().clean()
-        except ValidationError:
-            note_login_failure(username, ip)
-            raise
+    login_channel = "dashboard"
+
+    def throttled_message(self) -> str:
+        return "Too many failed logins; try again later."
 
 
 class DashboardLoginView(LoginView):
