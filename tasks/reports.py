@@ -99,7 +99,7 @@ def concordance_report(project, *, since=None, until=None, named: bool = True, b
         consensus = consensus.filter(created_at__gte=since)
     if until:
         consensus = consensus.filter(created_at__lt=until)
-    from learning.concordance import scores_marker
+    from learning.concordance import model_samples, scores_marker
 
     key = (f"concordance:{project.pk}:{batch.pk if batch else ''}:{since}:{until}:{named}:"
            f"{consensus.aggregate(m=Max('id'))['m']}:{consensus.count() if batch else ''}:{scores_marker(project)}")
@@ -140,8 +140,6 @@ def concordance_report(project, *, since=None, until=None, named: bool = True, b
                        pairs)
             if row is not None:
                 report_rows.append(row)
-    from learning.concordance import model_samples
-
     version, model = model_samples(project, consensus)
     for (modality, label), pairs in sorted(model.items()):
         row = _row(modality, label, kinds.get((modality, label), "classification"), "model_vs_consensus", "kappa",
