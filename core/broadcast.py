@@ -87,7 +87,10 @@ def _send(group: str, message: dict) -> None:
         return
     try:
         if isinstance(layer, InMemoryChannelLayer):
-            async_to_sync(layer.group_send)(group, message)
+            # It delivers only within this process: a group nobody here joined (every group, in
+            # a WSGI worker) gets nothing, so skip the event loop async_to_sync would start.
+            if layer.groups.get(group):
+                async_to_sync(layer.group_send)(group, message)
         else:
             _sender.submit(layer, group, message)
     except Exception:  # the feed is best effort; the write it reports has committed
