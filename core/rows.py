@@ -7,7 +7,11 @@ PostgreSQL: its driver returns the Python types the fields hold (timezone-aware 
 SQLite the ORM's converters are needed, so callers keep the ORM there.
 """
 
+import re
+
 from django.db import connection
+
+_PLACEHOLDER = re.compile(r"%s")
 
 
 def columns(model, alias: str) -> list[str]:
@@ -37,3 +41,22 @@ def loaded(model, **values):
     names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
     assert len(names) == len(values), set(values) - set(names)
     return model.from_db(connection.alias, names, [values[n] for n in names])
+
+
+def execute_prepared(cursor, name: str, sql: str, args: list) -> None:
+    """Run ``sql`` (``%s`` placeholders, each cast to its type in the text) as the server-side
+    prepared statement ``name``, preparing it on first use in this database session.
+
+    A hot statement with many joins or CTEs costs PostgreSQL more to plan than to run (the claim:
+    0.6 ms of planning for 0.7 ms of execution); prepared, it is planned once per session (custom
+    plans for its first five runs, then the generic plan if that is no worse). psycopg2 has no
+    prepared statements of its own. The same ``name`` must always carry the same ``sql``. The
+    statements outlive rollbacks; behind a pooler in transaction mode, use session pooling.
+    """
+    db = cursor.db
+    prepared = db.__dict__.setdefault("_rows_prepared", {})
+    if prepared.get(name) is not db.connection:
+        numbered = iter(range(1, sql.count("%s") + 1))
+        cursor.execute(f"PREPARE {name} AS {_PLACEHOLDER.sub(lambda _: f'${next(numbered)}', sql)}")
+        prepared[name] = db.connection
+    cursor.execute(f"EXECUTE {name} ({', '.join(['%s'] * len(args))})" if args else f"EXECUTE {name}", args)

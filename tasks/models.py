@@ -122,8 +122,10 @@ class Read(models.Model):
     """One reader's independent work on a task."""
 
     project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="+")
-    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="reads")
-    reader = models.ForeignKey(User, on_delete=models.PROTECT, related_name="reads")
+    # No single-column indexes on task and reader: the composite indexes below lead with each, and
+    # every claim inserts a read, so each spare index is write work on the hottest path.
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="reads", db_index=False)
+    reader = models.ForeignKey(User, on_delete=models.PROTECT, related_name="reads", db_index=False)
     state = models.CharField(max_length=12, choices=ReadState.choices, default=ReadState.CLAIMED)
     tier = models.PositiveSmallIntegerField(choices=Tier.choices, help_text="The reader's tier when claiming.")
     claimed_at = models.DateTimeField()
@@ -170,13 +172,17 @@ class QueueSlot(models.Model):
     so claims never scan the task table.
     """
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="slots")
+    # Every claim updates an indexed column of its slot (no HOT update), so each index is written
+    # on every claim: project and task are covered by slot_claim_order and slot_task, and nothing
+    # looks slots up by reader (users are deactivated, never deleted: reads PROTECT them).
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+", db_index=False)
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="slots", db_index=False)
     priority = models.FloatField(default=0.0)
     tier = models.PositiveSmallIntegerField(choices=Tier.choices)
     subspecialty = models.CharField(max_length=20, blank=True)
     read = models.OneToOneField(Read, null=True, blank=True, on_delete=models.SET_NULL, related_name="slot")
-    reader = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    reader = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                               db_index=False)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

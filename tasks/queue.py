@@ -149,21 +149,25 @@ def _candidates_sql(rules: list[Eligibility], reader_id: int, now, params: list)
     """One ordered, locked LIMIT 1 scan per project (each walks the project's claim-order index from
     the head and stops at the first eligible, unlocked slot), then the best of them.
 
-    The reader's own live tasks are excluded with NOT IN (a hashed subplan the index scan filters
-    through) rather than NOT EXISTS, which the planner turns into an anti-join over the whole queue.
-    A project where the reader already holds the most open reads it allows yields nothing (the
-    count is a one-time subplan, evaluated under the reader's advisory lock).
+    A task the reader already holds or read is skipped by a scalar subquery probing the live-read
+    unique index (task, reader) for each slot that passes the cheaper filters: one index probe per
+    slot looked at, whatever the reader's history. NOT EXISTS is pulled up into an anti-join over
+    the whole queue; NOT IN hashes all of the reader's reads on every claim (thousands, for a
+    reader months in). A project where the reader already holds the most open reads it allows
+    yields nothing (the count is a one-time subplan, evaluated under the reader's advisory lock).
+    Every placeholder carries its type: the statement is prepared (core.rows.execute_prepared).
     """
     scans = []
     for rule in rules:
         scans.append("""(SELECT s.id, s.task_id, s.project_id, s.read_id AS old_read_id, s.priority
         FROM tasks_queueslot s
-        WHERE s.project_id = %s AND s.tier = ANY(%s) AND (s.subspecialty = '' OR s.subspecialty = ANY(%s))
-          AND (SELECT count(*) FROM tasks_read o WHERE o.reader_id = %s AND o.project_id = %s
-               AND o.state = 'claimed') < %s
-          AND (s.reader_id IS NULL OR s.lease_expires_at < %s)
-          AND s.task_id NOT IN (SELECT r.task_id FROM tasks_read r WHERE r.reader_id = %s
-                                AND r.state IN ('claimed', 'submitted'))
+        WHERE s.project_id = %s::bigint AND s.tier = ANY(%s::smallint[])
+          AND (s.subspecialty = '' OR s.subspecialty = ANY(%s::varchar[]))
+          AND (SELECT count(*) FROM tasks_read o WHERE o.reader_id = %s::bigint AND o.project_id = %s::bigint
+               AND o.state = 'claimed') < %s::bigint
+          AND (s.reader_id IS NULL OR s.lease_expires_at < %s::timestamptz)
+          AND (SELECT r.id FROM tasks_read r WHERE r.task_id = s.task_id AND r.reader_id = %s::bigint
+               AND r.state IN ('claimed', 'submitted')) IS NULL
         ORDER BY s.priority DESC, s.id
         LIMIT 1
         FOR UPDATE OF s SKIP LOCKED)""")
@@ -175,7 +179,7 @@ def _candidates_sql(rules: list[Eligibility], reader_id: int, now, params: list)
 def _case(rules: list[Eligibility], values: dict[int, object], params: list, cast: str) -> str:
     whens = []
     for rule in rules:
-        whens.append("WHEN %s THEN %s")
+        whens.append(f"WHEN %s::bigint THEN %s::{cast}")
         params += [rule.project_id, values[rule.project_id]]
     return f"(CASE c.project_id {' '.join(whens)} END)::{cast}"
 
@@ -186,7 +190,8 @@ def _claim_postgresql(user, rules, leases, now) -> tuple[Claim, int | None] | No
 
     sql, args = claim_statement(user.pk, rules, leases, now)
     with connection.cursor() as cursor:
-        cursor.execute(sql, args)
+        # The text depends only on how many projects are eligible; everything else is an argument.
+        rows.execute_prepared(cursor, f"radqueue_claim_{len(rules)}", sql, args)
         row = cursor.fetchone()
     if row is None:
         return None
@@ -228,20 +233,21 @@ WITH c AS (
 ), new_read AS (
     INSERT INTO tasks_read (project_id, task_id, reader_id, state, tier, claimed_at, lease_expires_at,
                             active_seconds, findings_count, slices_touched, idempotency_key, is_check)
-    SELECT c.project_id, c.task_id, %s, 'claimed', {tier_case}, %s, %s + make_interval(secs => {lease_case}),
+    SELECT c.project_id, c.task_id, %s::bigint, 'claimed', {tier_case}, %s::timestamptz,
+           %s::timestamptz + make_interval(secs => {lease_case}),
            0, 0, 0, '', false
     FROM c
     RETURNING id, task_id, tier, lease_expires_at
 ), leased AS (
-    UPDATE tasks_queueslot s SET reader_id = %s, lease_expires_at = new_read.lease_expires_at, read_id = new_read.id
+    UPDATE tasks_queueslot s SET reader_id = %s::bigint, lease_expires_at = new_read.lease_expires_at, read_id = new_read.id
     FROM new_read, c WHERE s.id = c.id
     RETURNING s.id
 ), expired AS (
-    UPDATE tasks_read r SET state = 'expired', ended_at = %s
+    UPDATE tasks_read r SET state = 'expired', ended_at = %s::timestamptz
     FROM c WHERE r.id = c.old_read_id AND r.state = 'claimed'
     RETURNING r.id
 ), started AS (
-    UPDATE tasks_task t SET state = 'in_reading', updated_at = %s
+    UPDATE tasks_task t SET state = 'in_reading', updated_at = %s::timestamptz
     FROM c WHERE t.id = c.task_id AND t.state = 'queued'
     RETURNING t.id
 )
@@ -323,10 +329,10 @@ def _locked_read_postgresql(read_id, user: User) -> Read | None:
     selected = [*rows.columns(Read, "r"), *rows.columns(Task, "t"), *rows.columns(Study, "st"),
                 *rows.columns(ProtocolVersion, "pv")]
     with connection.cursor() as cursor:
-        cursor.execute(f"""SELECT {", ".join(selected)}
+        rows.execute_prepared(cursor, "radqueue_locked_read", f"""SELECT {", ".join(selected)}
             FROM tasks_read r JOIN tasks_task t ON t.id = r.task_id JOIN core_study st ON st.id = t.study_id
             JOIN core_protocolversion pv ON pv.id = t.protocol_version_id
-            WHERE r.id = %s AND r.reader_id = %s FOR NO KEY UPDATE OF r""", [read_id, user.pk])
+            WHERE r.id = %s::bigint AND r.reader_id = %s::bigint FOR NO KEY UPDATE OF r""", [read_id, user.pk])
         row = cursor.fetchone()
     if row is None:
         return None
