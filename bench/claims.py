@@ -617,13 +617,13 @@ def profile_claims(token: str, count: int) -> None:
 
 
 def audit_overhead(server: Server, tokens, readers, project, interface: str, warmup_s: float, seconds: float,
-                   rounds: int) -> tuple[dict, list[Phase], dict[str, int]]:
+                   rounds: int, workers: int) -> tuple[dict, list[Phase], dict[str, int]]:
     """Claims/s at 8 readers with the audit trail off (a second server) and on (``server``),
     alternating ``rounds`` times; (figures, phases, the off server's errors)."""
     print("audit trail off vs on, 8 readers, alternating (a second server with AUDIT_ENABLED=0):")
     rates: dict[bool, list[float]] = {False: [], True: []}
     phases = []
-    with running_server(audit=False, interface=interface) as off_server:
+    with running_server(audit=False, interface=interface, workers=workers) as off_server:
         for _ in range(rounds):
             for audit in (False, True):
                 phase = run_phase(server if audit else off_server, tokens, readers, 8, warmup_s, seconds, project,
@@ -662,6 +662,7 @@ def main() -> None:
     parser.add_argument("--server", choices=["asgi", "wsgi"], default="wsgi",
                         help="core.wsgi through uvicorn's WSGI adapter (default, as deploy/ serves the API) "
                              "or core.asgi.")
+    parser.add_argument("--workers", type=int, default=2, help="Server worker processes (default 2, one per core).")
     parser.add_argument("--profile", type=int, metavar="N", default=0,
                         help="Also profile N claim requests in this process (DRF test client) at the end.")
     args = parser.parse_args()
@@ -688,10 +689,10 @@ def main() -> None:
 
     print("raw SQL (pgbench, 8 connections):")
     raw, bare = raw_sql_rates(project, readers, 8, raw_s)
-    result = {"tasks": tasks, "server": args.server}
+    result = {"tasks": tasks, "server": args.server, "workers": args.workers}
     phases = []
-    print(f"HTTP (uvicorn core.{args.server}, 2 workers; audit on):")
-    with running_server(audit=True, interface=args.server) as server:
+    print(f"HTTP (uvicorn core.{args.server}, {args.workers} workers; audit on):")
+    with running_server(audit=True, interface=args.server, workers=args.workers) as server:
         eight = run_phase(server, tokens, readers, 8, warmup_s, phase_s, project, "8 readers")
         many = run_phase(server, tokens, readers, 32, warmup_s, phase32_s, project, "32 readers")
         phases += [eight, many]
@@ -707,7 +708,7 @@ def main() -> None:
         server_errors: dict[str, int] = {}
         if args.audit_overhead:
             overhead, audit_phases, server_errors = audit_overhead(server, tokens, readers, project, args.server,
-                                                                   warmup_s / 2, audit_s, audit_rounds)
+                                                                   warmup_s / 2, audit_s, audit_rounds, args.workers)
             result.update(overhead)
             phases += audit_phases
         for line, count in server.errors().items():

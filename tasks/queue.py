@@ -453,8 +453,7 @@ def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> 
         read.findings, read.draft = normalised, None
         read.findings_count, read.slices_touched = summary["findings"], summary["slices_touched"]
         read.idempotency_key = idempotency_key[:100]
-        read.save(update_fields=["active_seconds", "state", "submitted_at", "ended_at", "findings", "draft",
-                                 "findings_count", "slices_touched", "idempotency_key"])
+        _store_submission(read)
         broadcast_to_reader_on_commit(user.pk, read.project_id, "read.submitted",
                                       {"read": read.pk, "task": read.task_id})
         if slot is None:  # a check read: scored against the reference, the task itself unchanged
@@ -464,7 +463,7 @@ def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> 
             record_event("submit", actor=user, project_id=read.project_id, obj=read,
                          study_uid=read.task.study.study_uid, extra={"findings": read.findings_count})
             return read, False
-        complete = _count_submission(slot, read.task_id, now)
+        complete = _count_submission(slot, read.task, now)
         if read.task.kind == Task.Kind.PRODUCTION:
             announce_progress(read.project_id, reads_submitted=1)
         record_event("submit", actor=user, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid,
@@ -472,28 +471,49 @@ def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> 
                      extra={"task": read.task_id, "findings": read.findings_count,
                             "active_seconds": round(read.active_seconds)})
         if complete:
-            _on_reads_complete(Task.objects.select_related("study", "protocol_version").get(pk=read.task_id))
+            _on_reads_complete(read.task)
     return read, False
 
 
-def _count_submission(slot: QueueSlot, task_id: int, now) -> bool:
+_SUBMITTED_FIELDS = ("active_seconds", "state", "submitted_at", "ended_at", "findings", "draft", "findings_count",
+                     "slices_touched", "idempotency_key")
+
+
+def _store_submission(read: Read) -> None:
+    """``read.save(update_fields=_SUBMITTED_FIELDS)``, without the ORM's building of the UPDATE
+    (it cost more than the statement) where the plain SQL is safe: PostgreSQL."""
+    if connection.vendor != "postgresql":
+        read.save(update_fields=list(_SUBMITTED_FIELDS))
+        return
+    fields = [Read._meta.get_field(name) for name in _SUBMITTED_FIELDS]
+    assignments = ", ".join(f'"{f.column}" = %s' for f in fields)
+    values = [f.get_db_prep_save(getattr(read, f.attname), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE tasks_read SET {assignments} WHERE id = %s", [*values, read.pk])
+
+
+def _count_submission(slot: QueueSlot, task: Task, now) -> bool:
     """Delete the submitted read's slot, count the read on its task and set the task's state from
     its reads (as _refresh_task_state does; the UPDATE locks the task's row). True when that made
-    the task's reads complete. Plain SQL: the submit path's hottest statements."""
+    the task's reads complete; ``task`` then holds the new state and counts. Plain SQL: the submit
+    path's hottest statements."""
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM tasks_queueslot WHERE id = %s", [slot.pk])
         cursor.execute("UPDATE tasks_task SET reads_submitted = reads_submitted + 1 WHERE id = %s "
-                       "RETURNING state, reads_submitted, reads_required, kind, project_id", [task_id])
+                       "RETURNING state, reads_submitted, reads_required, kind, project_id", [task.pk])
         state, submitted, required, kind, project_id = cursor.fetchone()
+        task.state, task.reads_submitted, task.reads_required = state, submitted, required
         if state not in (TaskState.QUEUED, TaskState.IN_READING):
             return False
         cursor.execute("SELECT count(*) FROM tasks_read WHERE task_id = %s AND state = %s",
-                       [task_id, ReadState.CLAIMED])
+                       [task.pk, ReadState.CLAIMED])
         target = task_state_after_reads(submitted=submitted, claimed=cursor.fetchone()[0], required=required)
         if target == state:
             return False
         completed_at = now if target == TaskState.READS_COMPLETE else None
-        Task.objects.filter(pk=task_id).update(state=target, completed_at=completed_at, updated_at=now)
+        cursor.execute("UPDATE tasks_task SET state = %s, completed_at = %s, updated_at = %s WHERE id = %s",
+                       [target, completed_at, now, task.pk])
+        task.state, task.completed_at, task.updated_at = target, completed_at, now
     if kind == Task.Kind.PRODUCTION:
         announce_progress(project_id, **{state: -1, target: 1})
     return target == TaskState.READS_COMPLETE
