@@ -16,12 +16,18 @@ queue, study and audit tables. One run, one database, in this order:
    claim; COMMIT. Simple query protocol, as psycopg2 sends it; client n is reader n. For context
    also the bare UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1), one per
    transaction. The queue is reset to fresh after each (freed slots, no reads, tasks queued).
-3. HTTP: `uvicorn core.wsgi:application --interface wsgi --workers 2` (DEBUG=0,
-   DB_CONN_MAX_AGE=600: how deploy/ serves the API), 8 and then 32 closed-loop virtual readers (--quick:
-   shorter phases), one keep-alive HTTP/1.1 connection each, each its own user: POST
-   /api/queue/next/, then POST /api/reads/{id}/submit/ with {"findings": []}; again. Warm-up
-   excluded; a reader told to stop finishes its submit. --server asgi serves core.asgi instead
-   (DB_CONN_MAX_AGE=0, as Django requires under ASGI: see running_server; about twice the CPU).
+   Where the server runs with autovacuum off (as here), the tables claims write are vacuumed and
+   analysed before every HTTP phase instead (stand_in_for_autovacuum), and the run says so.
+3. HTTP: `gunicorn core.wsgi:application --worker-class sync --workers 4` (DEBUG=0,
+   DB_CONN_MAX_AGE=600: how deploy/ serves the API, behind nginx), 8 and then 32 closed-loop
+   virtual readers (--quick: shorter phases), each its own user: POST /api/queue/next/, then POST
+   /api/reads/{id}/submit/ with {"findings": []}; again. Sync workers close the connection after
+   each response, so each request opens one (its connect is inside the measured latency). Warm-up
+   excluded; a reader told to stop finishes its submit. --server wsgi serves the same app through
+   uvicorn's WSGI adapter instead (keep-alive connections stay on the worker that accepted them,
+   so one worker can queue requests behind its GIL while the other idles: p99 swings from run to
+   run), --server asgi serves core.asgi (DB_CONN_MAX_AGE=0, as Django requires under ASGI: see
+   running_server; about twice the CPU).
    The load generator is a minimal asyncio HTTP/1.1 client on uvloop in this process: about
    0.07 ms of CPU per request, where httpx.AsyncClient takes 1.2 ms (measured here), CPU the
    server's two cores would lose; its share is printed. Latency is per claim request, on the
@@ -364,9 +370,10 @@ def warm_up(port: int, connections: int = 16) -> None:
 
 
 @contextmanager
-def running_server(audit: bool, interface: str = "asgi", workers: int = 2):
-    """uvicorn with ``workers`` processes on a free port serving core.asgi (or core.wsgi through
-    uvicorn's WSGI adapter); yields a Server whose log collects the workers' output."""
+def running_server(audit: bool, interface: str = "gunicorn", workers: int = 4):
+    """gunicorn (sync workers, core.wsgi) or uvicorn (core.asgi, or core.wsgi through its WSGI
+    adapter) with ``workers`` processes on a free port; yields a Server whose log collects the
+    workers' output."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DJANGO_SETTINGS_MODULE")}
     # Under ASGI every request runs in a fresh thread context and so opens its own connection;
@@ -379,9 +386,16 @@ def running_server(audit: bool, interface: str = "asgi", workers: int = 2):
         RADQUEUE_STORAGE_KEY="k1:" + base64.b64encode(os.urandom(32)).decode(), SECURE_SSL_REDIRECT="0",
         DB_CONN_MAX_AGE=max_age, AUDIT_ENABLED="1" if audit else "0", LOG_LEVEL="WARNING",
     )
-    command = [sys.executable, "-m", "uvicorn", f"core.{interface}:application",
-               "--interface", "asgi3" if interface == "asgi" else "wsgi", "--workers", str(workers),
-               "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    if interface == "gunicorn":
+        # Sync workers: one request at a time each, the connection closed after it, so the kernel
+        # hands every new connection to an idle worker (no worker queues requests behind its GIL
+        # while another idles, as keep-alive connections pinned to uvicorn's workers do).
+        command = [sys.executable, "-m", "gunicorn", "core.wsgi:application", "--worker-class", "sync",
+                   "--workers", str(workers), "--bind", f"127.0.0.1:{port}", "--log-level", "warning"]
+    else:
+        command = [sys.executable, "-m", "uvicorn", f"core.{interface}:application",
+                   "--interface", "asgi3" if interface == "asgi" else "wsgi", "--workers", str(workers),
+                   "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
     with tempfile.NamedTemporaryFile("w+", prefix="claims-server-", suffix=".log") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
@@ -396,7 +410,7 @@ def running_server(audit: bool, interface: str = "asgi", workers: int = 2):
                     pass
                 if process.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)
-                    raise RuntimeError(f"uvicorn did not come up (exit code {process.poll()}):\n{log.read()[-3000:]}")
+                    raise RuntimeError(f"{command[2]} did not come up (exit code {process.poll()}):\n{log.read()[-3000:]}")
                 time.sleep(0.2)
             warm_up(port)
             yield Server(port, Path(log.name), process.pid)
@@ -446,23 +460,35 @@ class Phase:
 
 
 class HttpConnection:
-    """One keep-alive HTTP/1.1 connection: just enough protocol for POSTing JSON to uvicorn."""
+    """One HTTP/1.1 connection, kept alive while the server allows (a new one after a
+    ``Connection: close``, inside the timed request): just enough protocol for POSTing JSON."""
 
     def __init__(self, port: int, token: str) -> None:
         self.port, self.token = port, token
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self._closing = False
 
     async def open(self) -> None:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         self.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:  # the server closed the last one (gunicorn's sync workers do)
+            await self.open()
+        status, answer = await self._exchange(path, body)
+        if self._closing:
+            self.close()
+            self.writer = None
+        return status, answer
+
+    async def _exchange(self, path: str, body: bytes) -> tuple[int, bytes]:
         head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nAuthorization: Token {self.token}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
         self.writer.write(head + body)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
+        self._closing = re.search(rb"(?i)\r\nconnection: *close", head) is not None
         length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
         if length is not None:
             return status, await self.reader.readexactly(int(length.group(1)))
@@ -539,11 +565,32 @@ async def drive(server: Server, tokens: list[str], reader_ids: list[int], client
     return phase
 
 
+HOT_TABLES = ("tasks_queueslot", "tasks_read", "tasks_task", "audit_auditevent", "audit_auditchainhead",
+              "tasks_tasktallydelta", "tasks_readdaydelta")
+
+
+def stand_in_for_autovacuum() -> None:
+    """Where the server runs with autovacuum off (these machines' PostgreSQL does), VACUUM ANALYZE
+    the tables claims and submits write before each phase, as autovacuum would between them with
+    the queue's table settings (tasks/migrations/0002): otherwise each phase inherits the previous
+    phases' dead rows and the statistics of an empty read table, and measures the drift, not the
+    code. With autovacuum on, nothing."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW autovacuum")
+        if cursor.fetchone()[0] == "on":
+            return
+        for table in HOT_TABLES:
+            cursor.execute(f"VACUUM ANALYZE {table}")
+
+
 def run_phase(server: Server, tokens, readers, clients: int, warmup_s: float, seconds: float, project,
               label: str) -> Phase:
     """``clients`` virtual readers for ``warmup_s`` + ``seconds``; exactness checked afterwards."""
     import uvloop
 
+    stand_in_for_autovacuum()
     gc.collect()
     gc.freeze()  # Django's objects stay out of the load generator's collections
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -659,10 +706,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20,000 tasks, under a minute.")
     parser.add_argument("--audit-overhead", action="store_true", help="Claims/s with the audit trail on vs off.")
-    parser.add_argument("--server", choices=["asgi", "wsgi"], default="wsgi",
-                        help="core.wsgi through uvicorn's WSGI adapter (default, as deploy/ serves the API) "
-                             "or core.asgi.")
-    parser.add_argument("--workers", type=int, default=2, help="Server worker processes (default 2, one per core).")
+    parser.add_argument("--server", choices=["gunicorn", "asgi", "wsgi"], default="gunicorn",
+                        help="core.wsgi on gunicorn's sync workers (default, as deploy/ serves the API), "
+                             "core.wsgi through uvicorn's WSGI adapter, or core.asgi on uvicorn.")
+    parser.add_argument("--workers", type=int, default=4,
+                        help="Server worker processes (default 4: gunicorn's sync workers serve one request "
+                             "each, so two per core keep both cores busy while others wait on PostgreSQL).")
     parser.add_argument("--profile", type=int, metavar="N", default=0,
                         help="Also profile N claim requests in this process (DRF test client) at the end.")
     args = parser.parse_args()
@@ -675,6 +724,13 @@ def main() -> None:
     setup_django()
 
     print_machine(name)
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW autovacuum")
+        if cursor.fetchone()[0] != "on":
+            print("autovacuum is off on this server: the bench runs VACUUM ANALYZE on the tables claims write "
+                  "before each HTTP phase in its place")
     started = time.perf_counter()
     project, version, readers, tokens = prepare()
     seed(project, version, tasks)
@@ -691,7 +747,8 @@ def main() -> None:
     raw, bare = raw_sql_rates(project, readers, 8, raw_s)
     result = {"tasks": tasks, "server": args.server, "workers": args.workers}
     phases = []
-    print(f"HTTP (uvicorn core.{args.server}, {args.workers} workers; audit on):")
+    served = "gunicorn core.wsgi, sync" if args.server == "gunicorn" else f"uvicorn core.{args.server},"
+    print(f"HTTP ({served} {args.workers} workers; audit on):")
     with running_server(audit=True, interface=args.server, workers=args.workers) as server:
         eight = run_phase(server, tokens, readers, 8, warmup_s, phase_s, project, "8 readers")
         many = run_phase(server, tokens, readers, 32, warmup_s, phase32_s, project, "32 readers")

@@ -152,7 +152,12 @@ class Read(models.Model):
             models.UniqueConstraint(fields=["task", "reader"], condition=Q(state__in=LIVE_READ_STATES),
                                     name="read_one_live_per_reader_per_task"),
         ]
-        indexes = [models.Index(fields=["reader", "state", "project"]), models.Index(fields=["task", "state"])]
+        indexes = [
+            models.Index(fields=["reader", "state", "project"]), models.Index(fields=["task", "state"]),
+            # The claim's open-read limit counts these under the reader's lock: a tiny index that
+            # matches the count exactly, so no planner (stale statistics included) walks all live reads.
+            models.Index(fields=["reader", "project"], condition=Q(state="claimed"), name="read_open_per_reader"),
+        ]
 
     def __str__(self) -> str:
         return f"read {self.pk} of task {self.task_id} ({self.state})"
