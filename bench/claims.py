@@ -410,7 +410,8 @@ def running_server(audit: bool, interface: str = "gunicorn", workers: int = 4):
                     pass
                 if process.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)
-                    raise RuntimeError(f"{command[2]} did not come up (exit code {process.poll()}):\n{log.read()[-3000:]}")
+                    raise RuntimeError(f"{command[2]} did not come up (exit code {process.poll()}):\n"
+                                       f"{log.read()[-3000:]}")
                 time.sleep(0.2)
             warm_up(port)
             yield Server(port, Path(log.name), process.pid)

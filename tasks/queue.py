@@ -239,7 +239,8 @@ WITH c AS (
     FROM c
     RETURNING id, task_id, tier, lease_expires_at
 ), leased AS (
-    UPDATE tasks_queueslot s SET reader_id = %s::bigint, lease_expires_at = new_read.lease_expires_at, read_id = new_read.id
+    UPDATE tasks_queueslot s
+    SET reader_id = %s::bigint, lease_expires_at = new_read.lease_expires_at, read_id = new_read.id
     FROM new_read, c WHERE s.id = c.id
     RETURNING s.id
 ), expired AS (
