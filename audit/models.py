@@ -77,6 +77,10 @@ class AuditChainHead(models.Model):
     shard = models.PositiveSmallIntegerField(primary_key=True)
     seq = models.BigIntegerField(default=0)
     hash = models.CharField(max_length=64)
+    # The hash before the head's last move: PostgreSQL's one-statement append moves the head with
+    # a single UPDATE and reads the event's predecessor back from its RETURNING (no locking read
+    # first). Informational otherwise; verification never reads it.
+    prev_hash = models.CharField(max_length=64, blank=True, default="")
 
     def __str__(self) -> str:
         return f"shard {self.shard} head at seq {self.seq}"

@@ -176,15 +176,16 @@ def _append(shard: int, values: dict) -> AuditEvent:
     values.update(shard=shard, seq=head.seq + 1, prev_hash=head.hash)
     values["hash"] = event_hash(values)
     event = AuditEvent.objects.create(**values)
-    AuditChainHead.objects.filter(shard=shard).update(seq=values["seq"], hash=values["hash"])
+    AuditChainHead.objects.filter(shard=shard).update(seq=values["seq"], hash=values["hash"],
+                                                      prev_hash=values["prev_hash"])
     return event
 
 
 # --- the one-statement append on PostgreSQL ---------------------------------------------------
 #
-# One round trip per event: look up the actor's roles (unless known), lock the shard's head (FOR
-# UPDATE waits for the shard's previous writer and returns the head it committed), compute the
-# event's hash in SQL, move the head and insert the event. Python builds the canonical text with
+# One round trip per event: look up the actor's roles (unless known), move the shard's head with
+# one UPDATE (its row lock waits for the shard's previous writer; the event's hash is computed in
+# SQL from the head that writer committed) and insert the event. Python builds the canonical text with
 # stand-ins for the values only the database knows at that moment (prev_hash and seq, and the
 # roles when looked up); SQL splices in their JSON encodings (to_json escapes exactly as
 # json.dumps(ensure_ascii=False) does) and hashes the same bytes event_hash would, so
@@ -233,15 +234,17 @@ def _pg_statement(lookup_roles: bool) -> tuple[str, str, tuple[str, ...], tuple[
         selected[columns.index("actor_roles")], selected[columns.index("actor_tier")] = "head.names", "head.tier"
     name = "radqueue_audit_append_roles" if lookup_roles else "radqueue_audit_append"
     head_table = AuditChainHead._meta.db_table
+    # One UPDATE moves the head: it locks the shard's latest row version (waiting for the shard's
+    # previous writer to commit, then re-reading its row), and every expression in SET sees that
+    # version's values: the old seq and hash go into the new hash, the old hash into prev_hash,
+    # which RETURNING hands back. No locking SELECT first (one row lock and WAL record fewer).
     prepare = f"""PREPARE {name} ({", ".join(kind for _, kind in args)}) AS
-WITH {roles_cte}prev AS (
-    SELECT seq, hash FROM {head_table} WHERE shard = {a["shard"]} FOR UPDATE
-), head AS (
-    UPDATE {head_table} AS h
-    SET seq = prev.seq + 1, hash = encode(sha256(convert_to({text}, 'UTF8')), 'hex')
-    FROM {"prev, roles" if lookup_roles else "prev"}
-    WHERE h.shard = {a["shard"]}
-    RETURNING h.seq, h.hash, prev.hash AS prev_hash{", roles.names, roles.tier" if lookup_roles else ""}
+WITH {roles_cte}head AS (
+    UPDATE {head_table} AS prev
+    SET seq = prev.seq + 1, prev_hash = prev.hash, hash = encode(sha256(convert_to({text}, 'UTF8')), 'hex')
+    {"FROM roles" if lookup_roles else ""}
+    WHERE prev.shard = {a["shard"]}
+    RETURNING prev.seq, prev.hash, prev.prev_hash{", roles.names, roles.tier" if lookup_roles else ""}
 )
 INSERT INTO {AuditEvent._meta.db_table} (shard, seq, prev_hash, hash, {", ".join(columns)})
 SELECT {a["shard"]}, head.seq, head.prev_hash, head.hash, {", ".join(selected)}
