@@ -50,7 +50,7 @@ def time_radqueue(paths: list[Path]) -> tuple[float, float]:
     project = Project.objects.create(name=f"ingest bench {time.time_ns()}", client=client, vendor=vendor,
                                      modalities=["CT"])
     total_bytes = sum(p.stat().st_size for p in paths)
-    items = (IngestItem(p.name, reader=p.open("rb"), size=p.stat().st_size) for p in paths)
+    items = (IngestItem(p.name, path=str(p), size=p.stat().st_size) for p in paths)
     start = time.perf_counter()
     # As `manage.py ingest` runs it: parsing and de-identification in one process per core.
     report = ingest_files(project, items, by=None, source="folder", workers=os.cpu_count() or 1)

@@ -39,12 +39,14 @@ WINDOW_PER_WORKER = 16
 
 @dataclass
 class IngestItem:
-    """One file to ingest: a name for the report and a seekable binary reader (or why it was refused)."""
+    """One file to ingest: a name for the report and a seekable binary reader, or the path of a
+    local file (bulk ingest: a worker process reads it), or why it was refused."""
 
     name: str
     reader: object | None = None
     size: int | None = None
     reason: str = ""
+    path: str | None = None
 
 
 @dataclass
@@ -189,11 +191,8 @@ class _GroupCommit:
         self.bytes = 0
 
     def add(self, report: FileReport, prep: Prepared) -> None:
-        uids = prep.uids
-        name = f"p{self.batch.project.pk}/{uids['StudyInstanceUID']}/{uids['SeriesInstanceUID']}/" \
-               f"{uids['SOPInstanceUID']}.dcm"
-        self.pending.append(_Pending(report, prep, name))
-        self.bytes += len(prep.data)
+        self.pending.append(_Pending(report, prep, prep.sealed.obj.name))
+        self.bytes += len(prep.sealed.blob)
         if len(self.pending) >= self.GROUP_FILES or self.bytes >= self.GROUP_BYTES:
             self.flush()
 
@@ -215,7 +214,7 @@ class _GroupCommit:
                         p.report.status = "duplicate"
                         continue
                     seen.add(sop)
-                    fresh.append((p, store.put_bytes(p.name, p.prep.data, durable=False)))
+                    fresh.append((p, store.put_sealed(p.prep.sealed, durable=False)))
                     written.append(p.name)
                 indexed = self._index(fresh)
                 records = [DeidRecord(instance=instance, profile_version=p.prep.profile_version,
@@ -286,12 +285,15 @@ def ingest_files(project: Project, items: Iterable[IngestItem], *, by: User | No
     return report
 
 
-def _read(batch: _Batch, item: IngestItem) -> bytes | Rejection:
-    """The item's bytes, or why it cannot be taken (refused upstream, oversize, empty)."""
+def _read(batch: _Batch, item: IngestItem) -> bytes | str | Rejection:
+    """The item's bytes (its path, for a local file: the worker reads it), or why it cannot be
+    taken (refused upstream, oversize, unreadable)."""
     if item.reason:
         return Rejection(item.reason)
     if item.size is not None and item.size > batch.max_bytes:
         return Rejection(f"file of {item.size} bytes exceeds the {batch.max_bytes} byte limit")
+    if item.path is not None:
+        return item.path
     try:
         item.reader.seek(0)
         data = item.reader.read(batch.max_bytes + 1)
@@ -302,16 +304,49 @@ def _read(batch: _Batch, item: IngestItem) -> bytes | Rejection:
     return data
 
 
+def _read_path(path: str, max_bytes: int) -> bytes | Rejection:
+    try:
+        with open(path, "rb") as file:
+            data = file.read(max_bytes + 1)
+    except OSError as exc:
+        return Rejection(f"could not read the file ({type(exc).__name__}: {exc})")
+    if len(data) > max_bytes:
+        return Rejection(f"file exceeds the {max_bytes} byte limit")
+    return data
+
+
+def object_name(project_id: int, uids: dict) -> str:
+    """Where an instance's encrypted object lives: named by its de-identified UIDs."""
+    return f"p{project_id}/{uids['StudyInstanceUID']}/{uids['SeriesInstanceUID']}/{uids['SOPInstanceUID']}.dcm"
+
+
+def prepare_and_seal(source: bytes | str, *, secret: bytes, options: "deid.DeidOptions", max_bytes: int,
+                     project_id: int) -> Prepared | Rejection:
+    """The CPU-bound half of ingest, in a worker process with workers: read (a path), parse,
+    de-identify, serialise (core.dicom.prepare), then encrypt for the object's name. Only
+    ciphertext leaves the function (``sealed``); the de-identified plaintext is dropped."""
+    data = _read_path(source, max_bytes) if isinstance(source, str) else source
+    if isinstance(data, Rejection):
+        return data
+    prep = prepare(data, secret=secret, options=options, max_bytes=max_bytes)
+    if isinstance(prep, Rejection):
+        return prep
+    prep.sealed, prep.data = get_store().seal(object_name(project_id, prep.uids), prep.data), b""
+    return prep
+
+
 def _prepared(batch: _Batch, items: Iterable[IngestItem], workers: int) -> Iterator[tuple[IngestItem, object]]:
     """Each item with its Prepared or Rejection, in order; with workers, prepared in parallel processes."""
-    prepare_one = partial(prepare, secret=batch.secret, options=batch.options, max_bytes=batch.max_bytes)
+    prepare_one = partial(prepare_and_seal, secret=batch.secret, options=batch.options, max_bytes=batch.max_bytes,
+                          project_id=batch.project.pk)
     if workers <= 1:
         for item in items:
             data = _read(batch, item)
             _close(item)
             yield item, (data if isinstance(data, Rejection) else prepare_one(data))
         return
-    # A bounded window of files in flight keeps memory flat on folders of any size.
+    # A bounded window of files in flight keeps memory flat on folders of any size. Workers read
+    # local files themselves and send back ciphertext: this process only stores and indexes.
     window: deque = deque()
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
         for item in items:

@@ -36,6 +36,7 @@ class Prepared:
     actions: dict
     profile_version: str
     original: dict
+    sealed: object = None  # core.dicom.storage.Sealed: the data encrypted for its object, once sealed
 
 
 class _Refused(Exception):

@@ -61,6 +61,14 @@ class StoredObject:
     key_id: str
 
 
+@dataclass
+class Sealed:
+    """An object encrypted in memory (EncryptedStore.seal), not yet stored."""
+
+    blob: bytes
+    obj: StoredObject
+
+
 def _check_name(name: str) -> str:
     # Dot-prefixed names are reserved for the temporary files of atomic writes.
     parts = name.split("/") if isinstance(name, str) else [""]
@@ -90,6 +98,21 @@ class EncryptedStore:
 
     def put_bytes(self, name: str, data: bytes, *, durable: bool = True) -> StoredObject:
         return self.put_stream(name, io.BytesIO(data), durable=durable)
+
+    def seal(self, name: str, data: bytes) -> "Sealed":
+        """Encrypt ``data`` for the object ``name`` in memory, to store later with put_sealed:
+        ingest's worker processes seal, so only ciphertext comes back to the storing process."""
+        _check_name(name)
+        out = io.BytesIO()
+        size, sha256 = encrypt_stream(io.BytesIO(data), out, self.ring, context=name.encode(),
+                                      chunk_size=self.chunk_size)
+        return Sealed(blob=out.getvalue(), obj=StoredObject(name=name, size=size, sha256=sha256,
+                                                             key_id=self.ring.current_id))
+
+    def put_sealed(self, sealed: "Sealed", *, durable: bool = True) -> StoredObject:
+        """Store what seal() encrypted (bound to its name, so it decrypts only there)."""
+        self._write(_check_name(sealed.obj.name), lambda dst: dst.write(sealed.blob), durable=durable)
+        return sealed.obj
 
     def sync(self, names: Iterable[str]) -> None:
         """Make objects written with ``durable=False`` (and their directory entries) durable."""

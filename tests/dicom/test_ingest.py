@@ -282,3 +282,38 @@ def test_rotation_reencrypts_objects_and_database_secrets_so_the_old_key_can_go(
     again = ingest_files(cast.project, [IngestItem("a", reader=io.BytesIO(synthetic.to_bytes(ct_series[0])))],
                          by=None, source="folder")
     assert again.duplicate == 1  # same project secret: the same UIDs
+
+
+def test_bulk_ingest_workers_read_paths_and_send_back_only_ciphertext(cast, tmp_path, settings):
+    from core.dicom.ingest import prepare_and_seal, project_deid_options
+
+    marked = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    marked.PatientName, marked.PatientID = "ZZPHIMARKER^Alice", "ZZID-998877"
+    good = tmp_path / "good.dcm"
+    marked.save_as(good)
+    prep = prepare_and_seal(str(good), secret=project_secret(cast.project),
+                            options=project_deid_options(cast.project), max_bytes=10**8, project_id=cast.project.pk)
+    # What a worker process returns holds no plaintext: no de-identified bytes, a sealed blob
+    # that shows neither the original identifiers nor the DICOM preamble.
+    assert prep.data == b""
+    assert b"ZZPHIMARKER" not in prep.sealed.blob and b"DICM" not in prep.sealed.blob
+    assert not get_store().exists(prep.sealed.obj.name)  # sealing alone stores nothing
+
+    too_big = tmp_path / "big.dcm"
+    too_big.write_bytes(good.read_bytes())
+    settings.RADQUEUE_MAX_FILE_BYTES = good.stat().st_size - 1
+    items = [IngestItem("gone.dcm", path=str(tmp_path / "gone.dcm")),
+             IngestItem("big.dcm", path=str(too_big))]
+    report = ingest_files(cast.project, iter(items), by=cast.manager, source="folder", workers=2)
+    reasons = {f.name: (f.status, f.reason) for f in report.files}
+    assert reasons["gone.dcm"][0] == "rejected" and "could not read the file" in reasons["gone.dcm"][1]
+    assert reasons["big.dcm"][0] == "rejected" and "exceeds" in reasons["big.dcm"][1]
+
+    settings.RADQUEUE_MAX_FILE_BYTES = 10**8
+    report = ingest_files(cast.project, iter([IngestItem("good.dcm", path=str(good))]), by=cast.manager,
+                          source="folder", workers=2)
+    assert report.accepted == 1
+    instance = Instance.objects.get(project=cast.project)
+    stored = pydicom.dcmread(get_store().open(instance.storage_name))
+    assert stored.PatientID != "ZZID-998877" and "ZZPHIMARKER" not in str(stored.PatientName)
+    assert stored.SOPInstanceUID == instance.sop_instance_uid

@@ -31,7 +31,7 @@ def folder_items(root: Path):
             except (zipfile.BadZipFile, OSError) as exc:
                 yield IngestItem(name, reason=f"corrupt or refused zip archive: {exc}")
             continue
-        yield IngestItem(name, reader=path.open("rb"), size=path.stat().st_size)
+        yield IngestItem(name, path=str(path), size=path.stat().st_size)
 
 
 class Command(BaseCommand):
