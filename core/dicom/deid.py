@@ -798,6 +798,12 @@ def _dummy(vr: str):
     return b"\0\0"  # OB, OW, OD, OF, OL, OV, UN: two zero bytes keep the even length (PS3.5 7.1.1)
 
 
+def warm(options: DeidOptions = DeidOptions()) -> None:
+    """Load the profile table and resolve its actions for these options now (both are cached per
+    process): a parent calls it before forking ingest workers, which then start warm."""
+    _resolved_actions(_options_key(options))
+
+
 def deidentify_dataset(ds: Dataset, *, secret: bytes, options: DeidOptions = DeidOptions()) -> DeidResult:
     """De-identify ds in place by Table E.1-1 and options; equal (ds, secret) give equal UIDs and pseudonyms."""
     if not secret:

@@ -348,6 +348,7 @@ def _prepared(batch: _Batch, items: Iterable[IngestItem], workers: int) -> Itera
     # A bounded window of files in flight keeps memory flat on folders of any size. Workers read
     # local files themselves and send back ciphertext: this process only stores and indexes.
     window: deque = deque()
+    deid.warm(batch.options)  # forked workers inherit the loaded profile table
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
         for item in items:
             data = _read(batch, item)
