@@ -390,7 +390,7 @@ def running_server(audit: bool, interface: str = "gunicorn", workers: int = 4):
         # Sync workers: one request at a time each, the connection closed after it, so the kernel
         # hands every new connection to an idle worker (no worker queues requests behind its GIL
         # while another idles, as keep-alive connections pinned to uvicorn's workers do).
-        command = [sys.executable, "-m", "gunicorn", "core.wsgi:application", "--worker-class", "sync",
+        command = [sys.executable, "-m", "gunicorn", "core.wsgi:application", "--preload", "--worker-class", "sync",
                    "--workers", str(workers), "--bind", f"127.0.0.1:{port}", "--log-level", "warning"]
     else:
         command = [sys.executable, "-m", "uvicorn", f"core.{interface}:application",
