@@ -1,7 +1,9 @@
-"""Real server processes for the end-to-end tests: uvicorn running core.asgi on loopback ports,
-against the test database (which the test must commit to: transactional tests)."""
+"""Real server processes for the end-to-end tests: uvicorn running core.asgi, or gunicorn running
+core.wsgi as deploy/ does, on loopback ports, against the test database (which the test must
+commit to: transactional tests)."""
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from django.conf import settings
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,3 +66,37 @@ def asgi_servers(count: int, log_dir: Path):
             except subprocess.TimeoutExpired:
                 process.kill()
             log.close()
+
+
+@contextmanager
+def gunicorn_api_server(log_dir: Path, workers: int = 2):
+    """The API as deploy/systemd/radqueue-api.service serves it (core.wsgi, --preload, sync
+    workers, persistent database connections); yields its port."""
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="core.settings_test", DATABASE_URL=shared_database_url(),
+               DEBUG="0", SECRET_KEY=secrets.token_urlsafe(64), ALLOWED_HOSTS="127.0.0.1", DB_CONN_MAX_AGE="600",
+               SECURE_SSL_REDIRECT="0", RADQUEUE_STORAGE_KEY=settings.RADQUEUE_STORAGE_KEYS)
+    port = _free_port()
+    log_path = log_dir / f"gunicorn-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "core.wsgi:application", "--preload", "--worker-class", "sync",
+             "--workers", str(workers), "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.poll() is None, log_path.read_text()
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, f"gunicorn on {port} did not start:\n{log_path.read_text()}"
+                time.sleep(0.2)
+            yield port
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
