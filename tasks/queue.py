@@ -85,7 +85,7 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
             check = _claim_check(user, rules)
         rules = [r for r in rules if not r.needs_calibration]
         if check is not None:
-            claim, expired_read_id = _fetch_claim(check.pk), None
+            claim, expired = _fetch_claim(check.pk), None
         elif not rules:
             return None
         else:
@@ -98,15 +98,15 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
                     claimed = _fetch_claim(claimed[0], claimed[2]), claimed[1]
             if claimed is None:
                 return None
-            claim, expired_read_id = claimed
+            claim, expired = claimed
         read, task = claim.read, claim.task
         claim.readers_see_model = read.project_id in shows_model
-        if expired_read_id:
+        if expired is not None:  # this claim took over a slot whose lease had passed
+            expired_read_id, expired_reader_id = expired
             record_event("expire", actor=None, project_id=read.project_id, object_type="tasks.read",
                          object_id=expired_read_id, study_uid=task.study.study_uid,
                          extra={"reclaimed_by_read": read.pk})
-            broadcast_to_reader_on_commit(Read.objects.values_list("reader_id", flat=True).get(pk=expired_read_id),
-                                          read.project_id, "read.expired", {"read": expired_read_id})
+            broadcast_to_reader_on_commit(expired_reader_id, read.project_id, "read.expired", {"read": expired_read_id})
         record_event("claim", actor=user, project_id=read.project_id, obj=read, study_uid=task.study.study_uid,
                      protocol_version=task.protocol_version.number,
                      extra={"task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
@@ -184,7 +184,8 @@ def _case(rules: list[Eligibility], values: dict[int, object], params: list, cas
     return f"(CASE c.project_id {' '.join(whens)} END)::{cast}"
 
 
-def _claim_postgresql(user, rules, leases, now) -> tuple[Claim, int | None] | None:
+def _claim_postgresql(user, rules, leases, now) -> tuple[Claim, tuple[int, int] | None] | None:
+    """The claim and, when it took over a slot whose lease had passed, (that read, its reader)."""
     from core.dicom.models import Series, Study
     from core.models import ProtocolVersion
 
@@ -195,9 +196,9 @@ def _claim_postgresql(user, rules, leases, now) -> tuple[Claim, int | None] | No
         row = cursor.fetchone()
     if row is None:
         return None
-    (read_id, expired_read_id, task_id, project_id, tier, lease_expires_at, study_id, study_uid, series_id,
-     series_uid, series_modality, series_mr_sequence, version_id, version_number, version_used_at, study_series,
-     _leased, started, task_kind) = row
+    (read_id, expired_read_id, expired_reader_id, task_id, project_id, tier, lease_expires_at, study_id, study_uid,
+     series_id, series_uid, series_modality, series_mr_sequence, version_id, version_number, version_used_at,
+     study_series, _leased, started, task_kind) = row
     # Everything the claim's response and audit event need came back with it: no query follows.
     read = rows.loaded(Read, id=read_id, project_id=project_id, task_id=task_id, reader_id=user.pk,
                    state=ReadState.CLAIMED, tier=tier, claimed_at=now, lease_expires_at=lease_expires_at,
@@ -216,7 +217,8 @@ def _claim_postgresql(user, rules, leases, now) -> tuple[Claim, int | None] | No
     if series_id is None:
         series = [rows.loaded(Series, id=pk, study_id=study_id, series_uid=uid, modality=modality, mr_sequence=sequence)
                   for pk, uid, modality, sequence in (study_series or [])]
-    return Claim(read=read, task=task, study_series=series, started=bool(started)), expired_read_id
+    expired = None if expired_read_id is None else (expired_read_id, expired_reader_id)
+    return Claim(read=read, task=task, study_series=series, started=bool(started)), expired
 
 
 def claim_statement(reader_id: int, rules, leases, now) -> tuple[str, list]:
@@ -246,15 +248,15 @@ WITH c AS (
 ), expired AS (
     UPDATE tasks_read r SET state = 'expired', ended_at = %s::timestamptz
     FROM c WHERE r.id = c.old_read_id AND r.state = 'claimed'
-    RETURNING r.id
+    RETURNING r.id, r.reader_id
 ), started AS (
     UPDATE tasks_task t SET state = 'in_reading', updated_at = %s::timestamptz
     FROM c WHERE t.id = c.task_id AND t.state = 'queued'
     RETURNING t.id
 )
-SELECT new_read.id, (SELECT id FROM expired), new_read.task_id, t.project_id, new_read.tier,
-       new_read.lease_expires_at, t.study_id, st.study_uid, t.series_id, se.series_uid, se.modality, se.mr_sequence,
-       t.protocol_version_id, pv.number, pv.used_at,
+SELECT new_read.id, (SELECT id FROM expired), (SELECT reader_id FROM expired), new_read.task_id, t.project_id,
+       new_read.tier, new_read.lease_expires_at, t.study_id, st.study_uid, t.series_id, se.series_uid, se.modality,
+       se.mr_sequence, t.protocol_version_id, pv.number, pv.used_at,
        CASE WHEN t.series_id IS NULL THEN (
            SELECT json_agg(json_build_array(x.id, x.series_uid, x.modality, x.mr_sequence) ORDER BY x.id)
            FROM core_series x WHERE x.study_id = t.study_id) END,
@@ -270,7 +272,7 @@ JOIN core_protocolversion pv ON pv.id = t.protocol_version_id"""
     return sql, args
 
 
-def _claim_portable(user, rules, leases, now) -> tuple[int, int | None, bool] | None:
+def _claim_portable(user, rules, leases, now) -> tuple[int, tuple[int, int] | None, bool] | None:
     condition = Q()
     for rule in rules:
         condition |= Q(project_id=rule.project_id, tier__in=rule.tiers) & (
@@ -282,16 +284,16 @@ def _claim_portable(user, rules, leases, now) -> tuple[int, int | None, bool] | 
     if slot is None:
         return None
     rule = next(r for r in rules if r.project_id == slot.project_id)
-    expired_read_id = None
-    if slot.read_id is not None:
-        expired_read_id = slot.read_id if Read.objects.filter(pk=slot.read_id, state=ReadState.CLAIMED).update(
-            state=ReadState.EXPIRED, ended_at=now) else None
+    expired = None
+    if slot.read_id is not None and Read.objects.filter(pk=slot.read_id, state=ReadState.CLAIMED).update(
+            state=ReadState.EXPIRED, ended_at=now):
+        expired = slot.read_id, slot.reader_id
     read = Read.objects.create(project_id=slot.project_id, task_id=slot.task_id, reader=user, tier=rule.reader_tier,
                                claimed_at=now, lease_expires_at=now + timedelta(seconds=leases[slot.project_id]))
     QueueSlot.objects.filter(pk=slot.pk).update(reader=user, lease_expires_at=read.lease_expires_at, read=read)
     started = Task.objects.filter(pk=slot.task_id, state=TaskState.QUEUED).update(state=TaskState.IN_READING,
                                                                                    updated_at=now)
-    return read.pk, expired_read_id, bool(started)
+    return read.pk, expired, bool(started)
 
 
 # --- operations on a held read -------------------------------------------------------------

@@ -57,3 +57,24 @@ def test_a_submit_is_auth_lock_checks_store_count_and_audit(cast, api, queued):
     assert Read.objects.get(pk=second).state == ReadState.SUBMITTED
     task = Task.objects.get(pk=queued[1].pk)
     assert task.reads_submitted == 1 and task.state == TaskState.IN_READING
+
+
+def test_taking_over_a_lapsed_lease_costs_no_extra_statement(cast, api, queued):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tasks.models import QueueSlot
+
+    lapsed = api(cast.annotator).post(NEXT, {}, format="json").json()["read"]
+    past = timezone.now() - timedelta(minutes=1)
+    QueueSlot.objects.filter(read_id=lapsed).update(lease_expires_at=past)
+    Read.objects.filter(pk=lapsed).update(lease_expires_at=past)
+    client = api(cast.second_annotator)  # the first claim above warmed the process's caches
+    response, sql = statements(lambda: client.post(NEXT, {}, format="json"))
+    assert response.status_code == 200, response.content
+    # The expired read's holder comes back with the claim itself: the same 7 statements, and the
+    # expiry's audit event is the claim's second append (8 in all).
+    assert Read.objects.get(pk=lapsed).state == ReadState.EXPIRED
+    assert len(sql) == 8, sql
+    assert AuditEvent.objects.filter(action="expire", object_id=str(lapsed)).count() == 1

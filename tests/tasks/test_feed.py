@@ -131,6 +131,41 @@ def test_readers_receive_their_own_queue_events_and_nobody_elses(cast):
     assert not [e for e in managers if e["event"].startswith("read.")]  # queue events are the reader's own
 
 
+def test_a_reader_whose_lapsed_slot_another_reader_takes_is_told_read_expired(cast):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from audit.models import AuditEvent
+    from tasks.models import QueueSlot, Read
+
+    add_ct_studies(cast.project, 1)
+    create_tasks(cast.project, by=cast.manager)
+
+    async def scenario():
+        first = await _open(cast.project.pk, cast.annotator)
+        second = await _open(cast.project.pk, cast.second_annotator)
+        lapsed = await sync_to_async(claim_next_read)(cast.annotator)
+        past = timezone.now() - timedelta(minutes=1)
+        await sync_to_async(lambda: (QueueSlot.objects.filter(read=lapsed.read).update(lease_expires_at=past),
+                                     Read.objects.filter(pk=lapsed.read.pk).update(lease_expires_at=past)))()
+        # The lapsed slot is the head of the queue: the next claim takes it over in the claim itself.
+        taken = await sync_to_async(claim_next_read)(cast.second_annotator)
+        mine, theirs = await _events(first), await _events(second)
+        for communicator in (first, second):
+            await communicator.disconnect()
+        return lapsed, taken, mine, theirs
+
+    lapsed, taken, mine, theirs = async_to_sync(scenario)()
+    assert QueueSlot.objects.get(read=taken.read).pk is not None
+    assert Read.objects.get(pk=lapsed.read.pk).state == "expired"
+    assert [(e["event"], e["data"]["read"]) for e in mine] == [("read.claimed", lapsed.read.pk),
+                                                               ("read.expired", lapsed.read.pk)]
+    assert [e["event"] for e in theirs] == ["read.claimed"]  # the new holder hears only of its own claim
+    assert AuditEvent.objects.filter(action="expire", object_id=str(lapsed.read.pk),
+                                     extra__reclaimed_by_read=taken.read.pk).count() == 1
+
+
 def test_a_reader_socket_on_another_project_does_not_carry_this_projects_queue_events(cast):
     from core.memberships import grant_membership
     from core.roles import Role
