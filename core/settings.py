@@ -135,6 +135,10 @@ CELERY_BEAT_SCHEDULE = {
 }
 # The model behind learning's jobs (learning.predictors); tests plug in a numpy stand-in.
 LEARNING_PREDICTOR = env.str("LEARNING_PREDICTOR", default="learning.predictors.MonaiPredictor")
+# Seconds: a running learning job silent this long is swept (reverted, failed); a queued one no
+# worker took this long is failed (learning.runs).
+LEARNING_JOB_HEARTBEAT_TIMEOUT = env.int("LEARNING_JOB_HEARTBEAT_TIMEOUT", default=15 * 60)
+LEARNING_JOB_QUEUED_TIMEOUT = env.int("LEARNING_JOB_QUEUED_TIMEOUT", default=6 * 3600)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=6 * 3600)
 
 # --- Auth -----------------------------------------------------------------------------------

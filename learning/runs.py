@@ -4,6 +4,7 @@ worker died. Job state is visible through REST and the live feed (``job.progress
 import logging
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -15,11 +16,18 @@ from learning.models import LearningJob
 
 log = logging.getLogger(__name__)
 
-# A running job writes its heartbeat at least this often (every progress step); one silent for
-# longer was killed (worker lost, OOM, time limit) and the sweep reverts and fails it.
-HEARTBEAT_TIMEOUT = timedelta(minutes=15)
-# A job no worker took in this long (broker lost the message) would block its kind for good.
-QUEUED_TIMEOUT = timedelta(hours=6)
+
+def heartbeat_timeout() -> timedelta:
+    """A running job writes its heartbeat at every progress step; one silent for longer than this
+    (setting LEARNING_JOB_HEARTBEAT_TIMEOUT, seconds) was killed (worker lost, OOM, time limit)
+    and the sweep reverts and fails it. Set it above the longest step a GPU worker takes."""
+    return timedelta(seconds=settings.LEARNING_JOB_HEARTBEAT_TIMEOUT)
+
+
+def queued_timeout() -> timedelta:
+    """A job no worker took in this long (setting LEARNING_JOB_QUEUED_TIMEOUT, seconds: the broker
+    lost the message) would block its kind for good; the sweep fails it."""
+    return timedelta(seconds=settings.LEARNING_JOB_QUEUED_TIMEOUT)
 
 
 def _payload(job: LearningJob) -> dict:
@@ -115,16 +123,16 @@ def sweep_stale_jobs(now=None) -> int:
 
     now = now or timezone.now()
     stale = LearningJob.objects.filter(state__in=[LearningJob.State.RUNNING, LearningJob.State.APPLYING],
-                                       heartbeat_at__lt=now - HEARTBEAT_TIMEOUT)
+                                       heartbeat_at__lt=now - heartbeat_timeout())
     swept = 0
     for job in stale:
         restored = scoring.revert_job(job)
         fail(job, f"no heartbeat since {job.heartbeat_at.isoformat()}: the worker stopped; "
                   f"{restored} task priorities restored")
         swept += 1
-    for job in LearningJob.objects.filter(state=LearningJob.State.QUEUED, created_at__lt=now - QUEUED_TIMEOUT):
+    for job in LearningJob.objects.filter(state=LearningJob.State.QUEUED, created_at__lt=now - queued_timeout()):
         if LearningJob.objects.filter(pk=job.pk, state=LearningJob.State.QUEUED).update(
                 state=LearningJob.State.FAILED):
-            fail(job, f"no worker started it within {QUEUED_TIMEOUT}")
+            fail(job, f"no worker started it within {queued_timeout()}")
             swept += 1
     return swept

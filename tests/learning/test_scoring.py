@@ -118,3 +118,15 @@ def test_a_job_no_worker_ever_started_is_failed_and_frees_its_kind(learning_proj
     job.refresh_from_db()
     assert job.state == "failed" and "no worker started it" in job.error
     runs.start_job(learning_project["project"], "score", by=None, enqueue=False)  # no longer blocked
+
+
+def test_the_heartbeat_timeout_is_a_setting_the_sweep_honours(trained, predictor, settings):
+    job = _score(trained["project"], predictor, [LOW, HIGH, MID])
+    LearningJob.objects.filter(pk=job.pk).update(state="applying",
+                                                 heartbeat_at=timezone.now() - timedelta(minutes=20))
+    settings.LEARNING_JOB_HEARTBEAT_TIMEOUT = 3600  # a slow GPU step: 20 minutes of silence is fine
+    assert runs.sweep_stale_jobs() == 0
+    settings.LEARNING_JOB_HEARTBEAT_TIMEOUT = 600
+    assert runs.sweep_stale_jobs() == 1
+    job.refresh_from_db()
+    assert job.state == "failed" and "no heartbeat" in job.error
