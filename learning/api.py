@@ -10,7 +10,7 @@ from core.api.pagination import paginated_response
 from core.errors import NotFound
 from core.roles import Perm
 from core.selectors import get_project_for
-from learning import labels, priority, registry, runs
+from learning import labels, priority, registry, runs, scoring, training
 from learning.models import LearningConfig, LearningJob, ModelVersion
 from tasks.models import Task
 
@@ -33,9 +33,18 @@ class LearningConfigSerializer(serializers.ModelSerializer):
         read_only_fields = ["updated_at"]
 
     def validate_strategy(self, value):
-        if value not in ("entropy", "margin", "least_confidence"):
-            raise serializers.ValidationError("entropy, margin or least_confidence.")
+        if value not in scoring.STRATEGIES:
+            raise serializers.ValidationError(f"One of: {', '.join(scoring.STRATEGIES)}.")
         return value
+
+    def validate(self, attrs):
+        strategy = attrs.get("strategy", self.instance.strategy if self.instance else "entropy")
+        spec = {**training.DEFAULT_SPEC, **(attrs.get("model_spec", self.instance.model_spec if self.instance
+                                                      else None) or {})}
+        if strategy == scoring.MC_DROPOUT and not float(spec.get("dropout") or 0) > 0:
+            raise serializers.ValidationError(
+                {"strategy": ["mc_dropout samples the model's dropout: model_spec.dropout must be above 0."]})
+        return attrs
 
     def validate_priority_weights(self, value):
         try:

@@ -29,7 +29,7 @@ class LearningConfig(models.Model):
                                            "or presence of any other kind).")
     model_spec = models.JSONField(default=dict, blank=True, help_text="learning.ml ModelSpec fields.")
     strategy = models.CharField(max_length=20, default="entropy",
-                                help_text="Uncertainty strategy: entropy | margin | least_confidence.")
+                                help_text="Uncertainty strategy: entropy | margin | least_confidence | mc_dropout.")
     priority_weights = models.JSONField(default=dict, blank=True,
                                         help_text="Overrides of learning.priority.DEFAULT_WEIGHTS.")
     epochs = models.PositiveSmallIntegerField(default=5)

@@ -22,6 +22,8 @@ class Predictor(Protocol):
 
     def uncertainty(self, proba: np.ndarray, strategy: str) -> np.ndarray: ...
 
+    def epistemic(self, spec: dict, weights: bytes, volumes: list, *, passes: int) -> np.ndarray: ...
+
 
 class MonaiPredictor:
     """learning.ml behind the seam. ``volumes`` are core.dicom.volume.Volume objects."""
@@ -57,6 +59,14 @@ class MonaiPredictor:
         scores = np.asarray(ml.uncertainty(proba, strategy), dtype=float)
         # Entropy comes in nats; the priority formula takes 0..1, so divide by its maximum, ln(classes).
         return scores / np.log(proba.shape[1]) if strategy == "entropy" else scores
+
+    def epistemic(self, spec, weights, volumes, *, passes) -> np.ndarray:
+        """MC dropout: the entropy of the mean of ``passes`` dropout-sampled predictions, in 0..1."""
+        from learning import ml
+
+        model_spec, arrays = self._prepared(spec, volumes)
+        scores = np.asarray(ml.mc_dropout(model_spec, weights, arrays, passes=passes), dtype=float)
+        return scores / np.log(model_spec.num_classes)
 
 
 def get_predictor() -> Predictor:

@@ -1,7 +1,8 @@
 """A numpy stand-in for learning.ml behind the Predictor seam: no torch, fully scripted.
 
 ``probabilities``: rows handed out in the order the volumes arrive (scoring walks tasks by id);
-``accuracies``: the gold accuracy each successive ``train`` call's weights will evaluate to.
+``accuracies``: the gold accuracy each successive ``train`` call's weights will evaluate to;
+``epistemics``: MC-dropout scores handed out like ``probabilities`` (``passes`` is recorded).
 """
 
 import json
@@ -12,6 +13,8 @@ import numpy as np
 class StandInPredictor:
     probabilities: list[list[float]] = []
     accuracies: list[float] = []
+    epistemics: list[float] = []
+    passes_asked: list[int] = []
 
     def train(self, spec, volumes, labels, *, epochs, seed, progress=None, init_weights=None) -> bytes:
         assert len(volumes) == len(labels) and all(v.array.ndim == 3 for v in volumes)
@@ -35,3 +38,7 @@ class StandInPredictor:
     def uncertainty(self, proba, strategy) -> np.ndarray:
         p = np.clip(np.asarray(proba, dtype=float), 1e-12, 1)
         return -(p * np.log(p)).sum(axis=1) / np.log(p.shape[1])
+
+    def epistemic(self, spec, weights, volumes, *, passes) -> np.ndarray:
+        StandInPredictor.passes_asked.append(passes)
+        return np.asarray([StandInPredictor.epistemics.pop(0) for _ in volumes], dtype=float)

@@ -69,6 +69,20 @@ def test_managers_change_settings_and_bad_values_are_refused_whole(learning_proj
     assert LearningConfig.objects.get(project=learning_project["project"]).suggestions_enabled is False
 
 
+def test_mc_dropout_is_a_strategy_only_for_a_model_with_dropout(learning_project, api, cast):
+    url = f"/api/projects/{learning_project['project'].pk}/learning/"
+    no_dropout = api(cast.manager).patch(url, {"strategy": "mc_dropout", "model_spec": {"dropout": 0.0}},
+                                         format="json")
+    assert no_dropout.status_code == 400 and "dropout" in str(no_dropout.json()["errors"]["strategy"])
+    unknown = api(cast.manager).patch(url, {"strategy": "vibes"}, format="json")
+    assert unknown.status_code == 400 and "mc_dropout" in str(unknown.json()["errors"]["strategy"])
+    ok = api(cast.manager).patch(url, {"strategy": "mc_dropout"}, format="json")  # the default spec: dropout 0.2
+    assert ok.status_code == 200 and ok.json()["strategy"] == "mc_dropout"
+    # With mc_dropout in force, a spec without dropout is refused too.
+    assert api(cast.manager).patch(url, {"model_spec": {"dropout": 0}}, format="json").status_code == 400
+    assert LearningConfig.objects.get(project=learning_project["project"]).strategy == "mc_dropout"
+
+
 def test_a_manager_starts_a_job_and_follows_its_state(learning_project, api, cast, django_capture_on_commit_callbacks):
     base = f"/api/projects/{learning_project['project'].pk}/learning/jobs/"
     StandInPredictor.accuracies = [0.75]

@@ -130,3 +130,21 @@ def test_the_heartbeat_timeout_is_a_setting_the_sweep_honours(trained, predictor
     assert runs.sweep_stale_jobs() == 1
     job.refresh_from_db()
     assert job.state == "failed" and "no heartbeat" in job.error
+
+
+def test_mc_dropout_scoring_orders_the_queue_by_epistemic_uncertainty(trained, predictor, cast):
+    from learning.models import LearningConfig
+
+    queued = trained["queued"]
+    LearningConfig.objects.filter(project=trained["project"]).update(strategy="mc_dropout")
+    # The deterministic probabilities say task 0 is the least sure; dropout sampling says task 2 is.
+    StandInPredictor.epistemics, StandInPredictor.passes_asked = [0.1, 0.4, 0.9], []
+    job = _score(trained["project"], predictor, [HIGH, MID, LOW])
+    assert job.state == "succeeded", job.error
+    assert StandInPredictor.passes_asked == [scoring.MC_DROPOUT_PASSES]
+    scores = {s.task_id: s for s in TaskScore.objects.filter(job=job)}
+    assert [scores[t.pk].uncertainty for t in queued] == [0.1, 0.4, 0.9]
+    assert {s.strategy for s in scores.values()} == {"mc_dropout"}
+    assert scores[queued[0].pk].probabilities == HIGH  # the stored probabilities are the plain pass's
+    claimed = [claim_next_read(cast.annotator).task.pk for _ in range(3)]
+    assert claimed == [queued[2].pk, queued[1].pk, queued[0].pk]

@@ -27,3 +27,17 @@ def test_a_real_model_trains_on_consensus_and_reorders_the_queue(learning_projec
     assert scores.count() == 3 and all(0.0 <= s.uncertainty <= 1.0 for s in scores)
     for s in scores:
         assert Task.objects.get(pk=s.task_id).priority == s.priority_after
+
+
+def test_a_real_model_scores_the_queue_by_mc_dropout(learning_project):
+    project = learning_project["project"]
+    LearningConfig.objects.filter(project=project).update(model_spec={**TINY, "dropout": 0.3}, epochs=1,
+                                                          strategy="mc_dropout")
+    train = runs.run_job(runs.start_job(project, "train", by=None, enqueue=False).pk, MonaiPredictor())
+    assert train.state == "succeeded", train.error
+    score = runs.run_job(runs.start_job(project, "score", by=None, enqueue=False).pk, MonaiPredictor())
+    assert score.state == "succeeded", score.error
+    scores = list(TaskScore.objects.filter(job=score))
+    assert len(scores) == 3 and {s.strategy for s in scores} == {"mc_dropout"}
+    assert all(0.0 <= s.uncertainty <= 1.0 for s in scores)
+    assert all(abs(sum(s.probabilities) - 1.0) < 1e-3 for s in scores)
