@@ -5,10 +5,12 @@ Every error body is ``{"code": "...", "detail": "...", "errors": {field: [messag
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DatabaseError
 from django.http import Http404
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
 
 class DomainError(Exception):
@@ -62,7 +64,18 @@ def error_body(code: str, detail: str, errors: dict | None = None) -> dict:
     return {"code": code, "detail": detail, "errors": errors or {}}
 
 
+# PostgreSQL aborted the transaction because it met another one head-on (a deadlock, which it
+# detects and breaks, or a serialization failure): nothing of it was stored, and a retry works.
+# Rare on the queue: a claim taking over a lapsed read at the moment its old holder submits it.
+RETRYABLE_PGCODES = {"40P01": "deadlock_detected", "40001": "serialization_failure"}
+
+
 def exception_handler(exc, context):
+    if isinstance(exc, DatabaseError) and getattr(exc.__cause__, "pgcode", None) in RETRYABLE_PGCODES:
+        set_rollback()
+        return Response(error_body("concurrent_change", "Another request changed the same records at the same "
+                                   "moment; nothing of this request was stored. Retry it."),
+                        status=409, headers={"Retry-After": "1"})
     if isinstance(exc, DomainError):
         return Response(error_body(exc.code, exc.detail, exc.errors), status=exc.status_code)
     if isinstance(exc, DjangoValidationError):

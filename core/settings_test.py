@@ -1,5 +1,6 @@
 """Test settings: the same settings, with fast password hashing and an isolated data folder."""
 
+import os
 import tempfile
 
 from core.settings import *  # noqa: F403
@@ -9,7 +10,9 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DATA_DIR = Path(tempfile.mkdtemp(prefix="radqueue-test-"))  # noqa: F405
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
-DATABASES["default"]["CONN_MAX_AGE"] = 0
+# Tests close connections after each request; a server a test starts as deploy/ runs it (tests/
+# servers.py) keeps them, with RADQUEUE_TEST_SERVER_CONN_MAX_AGE set.
+DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("RADQUEUE_TEST_SERVER_CONN_MAX_AGE", "0"))
 STATIC_ROOT = DATA_DIR / "static"
 STATIC_ROOT.mkdir()
 CELERY_TASK_ALWAYS_EAGER = True

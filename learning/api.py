@@ -41,7 +41,11 @@ class LearningConfigSerializer(serializers.ModelSerializer):
         strategy = attrs.get("strategy", self.instance.strategy if self.instance else "entropy")
         spec = {**training.DEFAULT_SPEC, **(attrs.get("model_spec", self.instance.model_spec if self.instance
                                                       else None) or {})}
-        if strategy == scoring.MC_DROPOUT and not float(spec.get("dropout") or 0) > 0:
+        try:
+            dropout = float(spec.get("dropout") or 0)
+        except (TypeError, ValueError):
+            raise serializers.ValidationError({"model_spec": ["dropout must be a number."]}) from None
+        if strategy == scoring.MC_DROPOUT and not dropout > 0:
             raise serializers.ValidationError(
                 {"strategy": ["mc_dropout samples the model's dropout: model_spec.dropout must be above 0."]})
         return attrs

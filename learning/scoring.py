@@ -51,6 +51,10 @@ def compute_scores(job: LearningJob, predictor) -> tuple[list[TaskScore], list[s
     if version is None:
         raise DomainError("This project has no current model: train one first.", code="no_model")
     weights_blob = registry.load_weights(version)
+    if config.strategy == MC_DROPOUT and not float(version.input_spec.get("dropout") or 0) > 0:
+        raise DomainError(f"The current model (version {version.number}) was trained without dropout, so "
+                          "mc_dropout would sample nothing: retrain with model_spec.dropout above 0 or choose "
+                          "another strategy.", code="no_dropout")
     w = priority.weights(config.priority_weights)
     tasks = list(queue_tasks(job.project_id))
     outstanding = dict(QueueSlot.objects.filter(task__in=[t.pk for t in tasks]).values("task_id")

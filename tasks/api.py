@@ -152,8 +152,10 @@ class QueueNextView(AuditedViewMixin, APIView):
     def audit_target(self):
         return self.request.data.get("project") if isinstance(self.request.data, dict) else None, "", ""
 
-    @extend_schema(request=ClaimRequestSerializer, responses={200: ClaimSerializer,
-                                                               204: OpenApiResponse(description="Nothing to claim.")})
+    @extend_schema(request=ClaimRequestSerializer, responses={
+        200: ClaimSerializer, 204: OpenApiResponse(description="Nothing to claim."),
+        409: OpenApiResponse(description="code concurrent_change: met another transaction head-on (rare); "
+                                         "nothing was claimed, retry after Retry-After seconds")})
     def post(self, request):
         data = ClaimRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)

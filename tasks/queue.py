@@ -502,9 +502,13 @@ def _count_submission(slot: QueueSlot, task: Task, now) -> bool:
     path's hottest statements."""
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM tasks_queueslot WHERE id = %s", [slot.pk])
+        # The row as this UPDATE locked it: what consensus or a new adjudication copies (priority,
+        # the adjudication's tier) may have changed since the read was loaded (scoring, a manager).
         cursor.execute("UPDATE tasks_task SET reads_submitted = reads_submitted + 1 WHERE id = %s "
-                       "RETURNING state, reads_submitted, reads_required, kind, project_id", [task.pk])
-        state, submitted, required, kind, project_id = cursor.fetchone()
+                       "RETURNING state, reads_submitted, reads_required, kind, project_id, priority, "
+                       "adjudication_tier, adjudication_subspecialty", [task.pk])
+        (state, submitted, required, kind, project_id, task.priority, task.adjudication_tier,
+         task.adjudication_subspecialty) = cursor.fetchone()
         task.state, task.reads_submitted, task.reads_required = state, submitted, required
         if state not in (TaskState.QUEUED, TaskState.IN_READING):
             return False

@@ -73,7 +73,8 @@ def gunicorn_api_server(log_dir: Path, workers: int = 2):
     """The API as deploy/systemd/radqueue-api.service serves it (core.wsgi, --preload, sync
     workers, persistent database connections); yields its port."""
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="core.settings_test", DATABASE_URL=shared_database_url(),
-               DEBUG="0", SECRET_KEY=secrets.token_urlsafe(64), ALLOWED_HOSTS="127.0.0.1", DB_CONN_MAX_AGE="600",
+               DEBUG="0", SECRET_KEY=secrets.token_urlsafe(64), ALLOWED_HOSTS="127.0.0.1",
+               RADQUEUE_TEST_SERVER_CONN_MAX_AGE="600",
                SECURE_SSL_REDIRECT="0", RADQUEUE_STORAGE_KEY=settings.RADQUEUE_STORAGE_KEYS)
     port = _free_port()
     log_path = log_dir / f"gunicorn-{port}.log"

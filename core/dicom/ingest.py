@@ -321,10 +321,12 @@ def object_name(project_id: int, uids: dict) -> str:
 
 
 def prepare_and_seal(source: bytes | str, *, secret: bytes, options: "deid.DeidOptions", max_bytes: int,
-                     project_id: int) -> Prepared | Rejection:
+                     project_id: int, keep_originals: bool = False) -> Prepared | Rejection:
     """The CPU-bound half of ingest, in a worker process with workers: read (a path), parse,
-    de-identify, serialise (core.dicom.prepare), then encrypt for the object's name. Only
-    ciphertext leaves the function (``sealed``); the de-identified plaintext is dropped."""
+    de-identify, serialise (core.dicom.prepare), then encrypt for the object's name. What leaves
+    the function is the object as ciphertext (``sealed``) and de-identified index metadata; the
+    de-identified plaintext is dropped, and the original identifiers too unless the project keeps
+    its (encrypted) pseudonym map."""
     data = _read_path(source, max_bytes) if isinstance(source, str) else source
     if isinstance(data, Rejection):
         return data
@@ -332,13 +334,15 @@ def prepare_and_seal(source: bytes | str, *, secret: bytes, options: "deid.DeidO
     if isinstance(prep, Rejection):
         return prep
     prep.sealed, prep.data = get_store().seal(object_name(project_id, prep.uids), prep.data), b""
+    if not keep_originals:
+        prep.original = {}
     return prep
 
 
 def _prepared(batch: _Batch, items: Iterable[IngestItem], workers: int) -> Iterator[tuple[IngestItem, object]]:
     """Each item with its Prepared or Rejection, in order; with workers, prepared in parallel processes."""
     prepare_one = partial(prepare_and_seal, secret=batch.secret, options=batch.options, max_bytes=batch.max_bytes,
-                          project_id=batch.project.pk)
+                          project_id=batch.project.pk, keep_originals=batch.project.keep_pseudonym_map)
     if workers <= 1:
         for item in items:
             data = _read(batch, item)
@@ -346,7 +350,8 @@ def _prepared(batch: _Batch, items: Iterable[IngestItem], workers: int) -> Itera
             yield item, (data if isinstance(data, Rejection) else prepare_one(data))
         return
     # A bounded window of files in flight keeps memory flat on folders of any size. Workers read
-    # local files themselves and send back ciphertext: this process only stores and indexes.
+    # local files themselves and send back ciphertext and de-identified metadata: this process
+    # only stores and indexes.
     window: deque = deque()
     deid.warm(batch.options)  # forked workers inherit the loaded profile table
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:

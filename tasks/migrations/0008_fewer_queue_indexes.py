@@ -28,6 +28,8 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # Reversed, the AlterFields below rebuild tasks_read again: restore the triggers after them.
+        migrations.RunPython(migrations.RunPython.noop, restore_sqlite_triggers),
         migrations.AlterField(
             model_name='queueslot',
             name='project',
@@ -53,5 +55,5 @@ class Migration(migrations.Migration):
             name='task',
             field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.PROTECT, related_name='reads', to='tasks.task'),
         ),
-        migrations.RunPython(restore_sqlite_triggers, restore_sqlite_triggers),
+        migrations.RunPython(restore_sqlite_triggers, migrations.RunPython.noop),
 ]

@@ -293,10 +293,13 @@ def test_bulk_ingest_workers_read_paths_and_send_back_only_ciphertext(cast, tmp_
     marked.save_as(good)
     prep = prepare_and_seal(str(good), secret=project_secret(cast.project),
                             options=project_deid_options(cast.project), max_bytes=10**8, project_id=cast.project.pk)
-    # What a worker process returns holds no plaintext: no de-identified bytes, a sealed blob
-    # that shows neither the original identifiers nor the DICOM preamble.
-    assert prep.data == b""
-    assert b"ZZPHIMARKER" not in prep.sealed.blob and b"DICM" not in prep.sealed.blob
+    # What a worker process returns: no de-identified bytes, the object as ciphertext (no DICOM
+    # preamble in it), and no original identifiers: this project keeps no pseudonym map.
+    assert prep.data == b"" and b"DICM" not in prep.sealed.blob
+    assert prep.original == {} and "ZZPHIMARKER" not in repr(prep)
+    kept = prepare_and_seal(str(good), secret=project_secret(cast.project), options=project_deid_options(cast.project),
+                            max_bytes=10**8, project_id=cast.project.pk, keep_originals=True)
+    assert kept.original["PatientID"] == "ZZID-998877"  # only for a project that keeps the (encrypted) map
     assert not get_store().exists(prep.sealed.obj.name)  # sealing alone stores nothing
 
     too_big = tmp_path / "big.dcm"

@@ -1,0 +1,87 @@
+"""core.rows.execute_prepared (server-side prepared statements for the hot path, on PostgreSQL),
+and the answer a transaction PostgreSQL aborted against another one gets."""
+
+import pytest
+from django.db import DatabaseError, connection, transaction
+
+from core import rows
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def kept_connection():
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: prepared statements are PostgreSQL sessions' own")
+    before = connection.settings_dict["CONN_MAX_AGE"]
+    connection.settings_dict["CONN_MAX_AGE"] = 600  # as the deployed API keeps its connections
+    connection.__dict__.pop("_rows_prepared", None)
+    yield connection
+    connection.settings_dict["CONN_MAX_AGE"] = before
+    connection.close_at = None
+
+
+def _prepared_names() -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name FROM pg_prepared_statements")
+        return {name for (name,) in cursor.fetchall()}
+
+
+SQL = "SELECT %s::bigint + %s::bigint, %s::text"
+
+
+def test_a_statement_is_prepared_once_per_session_and_runs_with_its_arguments(kept_connection):
+    with connection.cursor() as cursor:
+        rows.execute_prepared(cursor, "rq_test_sum", SQL, [2, 3, "x"])
+        assert cursor.fetchone() == (5, "x")
+        names = {n for n in _prepared_names() if n.startswith("rq_test_sum_")}
+        assert len(names) == 1
+        rows.execute_prepared(cursor, "rq_test_sum", SQL, [40, 2, "it's"])  # quoting is the driver's
+        assert cursor.fetchone() == (42, "it's")
+    assert {n for n in _prepared_names() if n.startswith("rq_test_sum_")} == names  # not prepared again
+
+
+def test_text_a_plain_substitution_would_get_wrong_is_refused(kept_connection):
+    with connection.cursor() as cursor, pytest.raises(ValueError, match="cast"):
+        rows.execute_prepared(cursor, "rq_test_uncast", "SELECT %s + 1", [1])
+
+
+def test_a_session_whose_statements_vanished_fails_once_and_is_closed_after_the_request(kept_connection):
+    with connection.cursor() as cursor:
+        rows.execute_prepared(cursor, "rq_test_sum", SQL, [1, 1, "a"])
+        cursor.execute("DEALLOCATE ALL")  # what a pooler's DISCARD ALL does behind the process's back
+        with pytest.raises(DatabaseError), transaction.atomic():
+            rows.execute_prepared(cursor, "rq_test_sum", SQL, [1, 1, "a"])
+    assert connection.close_at == 0 and "_rows_prepared" not in connection.__dict__
+    with connection.cursor() as cursor:  # forgotten: the next call prepares again and works
+        rows.execute_prepared(cursor, "rq_test_sum", SQL, [1, 2, "b"])
+        assert cursor.fetchone() == (3, "b")
+
+
+def test_without_kept_connections_the_statement_runs_unprepared(kept_connection):
+    connection.settings_dict["CONN_MAX_AGE"] = 0
+    with connection.cursor() as cursor:
+        rows.execute_prepared(cursor, "rq_test_plain", SQL, [1, 2, "c"])
+        assert cursor.fetchone() == (3, "c")
+    assert not {n for n in _prepared_names() if n.startswith("rq_test_plain_")}
+
+
+def test_a_deadlock_postgresql_broke_answers_409_retry_and_stores_nothing(cast, api, monkeypatch):
+    """A claim that met another transaction head-on (PostgreSQL aborts one of two that wait on
+    each other) tells the client to retry instead of answering 500."""
+    from django.db import OperationalError
+
+    from tasks import queue
+    from tasks.models import Read
+
+    class DriverDeadlock(Exception):  # what psycopg2 raises, with its SQLSTATE
+        pgcode = "40P01"
+
+    def deadlocked(*args, **kwargs):
+        raise OperationalError("deadlock detected") from DriverDeadlock()
+
+    monkeypatch.setattr(queue, "claim_next_read", deadlocked)
+    response = api(cast.annotator).post("/api/queue/next/", {}, format="json")
+    assert response.status_code == 409 and response["Retry-After"] == "1"
+    assert response.json()["code"] == "concurrent_change" and "Retry" in response.json()["detail"]
+    assert not Read.objects.exists()
