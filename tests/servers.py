@@ -32,6 +32,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_until_serving(port: int, process: subprocess.Popen, log_path: Path, deadline: float) -> None:
+    while True:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"server on {port} did not start:\n{log_path.read_text()}"
+        time.sleep(0.2)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 @contextmanager
 def asgi_servers(count: int, log_dir: Path):
     """``count`` uvicorn processes of core.asgi:application; yields their ports. With REDIS_URL set
@@ -48,23 +68,11 @@ def asgi_servers(count: int, log_dir: Path):
                  "--lifespan", "off", "--log-level", "warning"], cwd=ROOT, env=env, stdout=log, stderr=log), log))
         deadline = time.monotonic() + 60
         for port, (process, _) in zip(ports, processes, strict=True):
-            while True:
-                assert process.poll() is None, (log_dir / f"uvicorn-{port}.log").read_text()
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"server on {port} did not start"
-                time.sleep(0.2)
+            _wait_until_serving(port, process, log_dir / f"uvicorn-{port}.log", deadline)
         yield ports
     finally:
         for process, log in processes:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            _stop(process)
             log.close()
 
 
@@ -84,20 +92,7 @@ def gunicorn_api_server(log_dir: Path, workers: int = 2):
              "--workers", str(workers), "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
             cwd=ROOT, env=env, stdout=log, stderr=log)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"gunicorn on {port} did not start:\n{log_path.read_text()}"
-                time.sleep(0.2)
+            _wait_until_serving(port, process, log_path, time.monotonic() + 60)
             yield port
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            _stop(process)
