@@ -266,8 +266,8 @@ class Consensus(models.Model):
 # rows (no row is updated, so concurrent claims never wait on each other here); readers fold the
 # deltas into the tallies (tasks.progress.fold_deltas). ``recount_progress`` rebuilds them.
 
-class TaskTally(models.Model):
-    """Production tasks of a project per batch (0: none), modality and state, and their reads left."""
+class _TaskCounts(models.Model):
+    """The key and counts a task tally row and its delta rows share."""
 
     project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
     batch_key = models.BigIntegerField(default=0)
@@ -275,6 +275,13 @@ class TaskTally(models.Model):
     state = models.CharField(max_length=24)
     tasks = models.BigIntegerField(default=0)
     reads_left = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class TaskTally(_TaskCounts):
+    """Production tasks of a project per batch (0: none), modality and state, and their reads left."""
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "batch_key", "modality", "state"],
@@ -284,21 +291,13 @@ class TaskTally(models.Model):
         return f"{self.tasks} {self.state} tasks of project {self.project_id}"
 
 
-class TaskTallyDelta(models.Model):
-    project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
-    batch_key = models.BigIntegerField(default=0)
-    modality = models.CharField(max_length=64, blank=True)
-    state = models.CharField(max_length=24)
-    tasks = models.BigIntegerField(default=0)
-    reads_left = models.BigIntegerField(default=0)
-
+class TaskTallyDelta(_TaskCounts):
     def __str__(self) -> str:
         return f"{self.tasks:+d} {self.state} tasks of project {self.project_id}"
 
 
-class ReadDayTally(models.Model):
-    """Per project, UTC day and tier: production and check reads submitted, adjudications resolved,
-    and the active seconds of those reads (reader hours)."""
+class _ReadDayCounts(models.Model):
+    """The key and counts a read-day tally row and its delta rows share."""
 
     project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
     day = models.DateField()
@@ -309,21 +308,21 @@ class ReadDayTally(models.Model):
     active_seconds = models.FloatField(default=0.0)
 
     class Meta:
+        abstract = True
+
+
+class ReadDayTally(_ReadDayCounts):
+    """Per project, UTC day and tier: production and check reads submitted, adjudications resolved,
+    and the active seconds of those reads (reader hours)."""
+
+    class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "day", "tier"], name="read_day_tally_key")]
 
     def __str__(self) -> str:
         return f"tally of project {self.project_id} on {self.day}, tier {self.tier}"
 
 
-class ReadDayDelta(models.Model):
-    project = models.ForeignKey(Project, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
-    day = models.DateField()
-    tier = models.PositiveSmallIntegerField(choices=Tier.choices)
-    reads = models.BigIntegerField(default=0)
-    check_reads = models.BigIntegerField(default=0)
-    adjudications = models.BigIntegerField(default=0)
-    active_seconds = models.FloatField(default=0.0)
-
+class ReadDayDelta(_ReadDayCounts):
     def __str__(self) -> str:
         return f"{self.reads:+d} reads of project {self.project_id} on {self.day}"
 
