@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
 from audit import context
@@ -279,17 +279,8 @@ def _append_postgresql(db, shard: int, values: dict, lookup: tuple | None) -> Au
                 **{f"piece{i}": piece for i, piece in enumerate(pieces)})
     if lookup is not None:
         args["superuser_fallback"] = "superuser" if lookup[0].is_superuser else ""
-    prepared = db.__dict__.setdefault("_audit_prepared", {})
     with db.cursor() as cursor:
-        try:
-            if prepared.get(name) is not db.connection:
-                cursor.execute(prepare)
-                prepared[name] = db.connection
-            cursor.execute(f"EXECUTE {name} ({', '.join(['%s'] * len(arg_names))})", [args[n] for n in arg_names])
-        except DatabaseError as exc:
-            if getattr(exc.__cause__, "pgcode", None) in rows.STALE_PREPARED:
-                rows.forget_prepared(db)  # this request fails; the next one prepares on a new session
-            raise
+        rows.run_prepared(cursor, name, prepare, [args[n] for n in arg_names])
         row = cursor.fetchone()
     if row is None:
         return None

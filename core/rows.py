@@ -64,29 +64,29 @@ def execute_prepared(cursor, name: str, sql: str, args: list) -> None:
     closed at the end of the request, so the next one prepares afresh. The statements outlive
     rollbacks; behind a pooler in transaction mode, use session pooling.
     """
-    db = cursor.db
-    if not db.settings_dict.get("CONN_MAX_AGE"):
+    if not cursor.db.settings_dict.get("CONN_MAX_AGE"):
         cursor.execute(sql, args)
         return
     name = f"{name}_{zlib.crc32(sql.encode()):08x}"
+    run_prepared(cursor, name, f"PREPARE {name} AS {_numbered(sql)}", args)
+
+
+def run_prepared(cursor, name: str, prepare: str, args: list) -> None:
+    """EXECUTE the statement ``name`` with ``args``, first running ``prepare`` (its PREPARE) if this
+    database session has not; a stale statement (see execute_prepared) makes the connection close
+    at the end of the request and the error propagate."""
+    db = cursor.db
     prepared = db.__dict__.setdefault("_rows_prepared", {})
     try:
         if prepared.get(name) is not db.connection:
-            cursor.execute(f"PREPARE {name} AS {_numbered(sql)}")
+            cursor.execute(prepare)
             prepared[name] = db.connection
         cursor.execute(f"EXECUTE {name} ({', '.join(['%s'] * len(args))})" if args else f"EXECUTE {name}", args)
     except DatabaseError as exc:
         if getattr(exc.__cause__, "pgcode", None) in STALE_PREPARED:
-            forget_prepared(db)
+            db.__dict__.pop("_rows_prepared", None)  # the next request prepares on a new session
+            db.close_at = 0
         raise
-
-
-def forget_prepared(db) -> None:
-    """This session's prepared statements are not what this process thinks: forget them and have
-    Django close the connection when the request ends (the next request opens a new session)."""
-    db.__dict__.pop("_rows_prepared", None)
-    db.__dict__.pop("_audit_prepared", None)
-    db.close_at = 0
 
 
 def _numbered(sql: str) -> str:
