@@ -13,6 +13,7 @@ first served. Elsewhere (SQLite, whose IMMEDIATE transactions serialise writers)
 run through the ORM.
 """
 
+import functools
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -320,28 +321,35 @@ def get_read_for_update(read_id, user: User) -> Read:
 def _locked_read_postgresql(read_id, user: User) -> Read | None:
     """get_read_for_update's query in plain SQL (the ORM's building of it cost more than running
     it): the read, locked FOR NO KEY UPDATE, with its task, study and protocol version."""
-    from core.dicom.models import Study
-    from core.models import ProtocolVersion
-
     try:
         read_id = int(read_id)
     except (ValueError, TypeError):
         return None
     if not -(2 ** 63) <= read_id < 2 ** 63:
         return None
-    selected = [*rows.columns(Read, "r"), *rows.columns(Task, "t"), *rows.columns(Study, "st"),
-                *rows.columns(ProtocolVersion, "pv")]
+    models, sql = _locked_read_statement()
     with connection.cursor() as cursor:
-        rows.execute_prepared(cursor, "radqueue_locked_read", f"""SELECT {", ".join(selected)}
-            FROM tasks_read r JOIN tasks_task t ON t.id = r.task_id JOIN core_study st ON st.id = t.study_id
-            JOIN core_protocolversion pv ON pv.id = t.protocol_version_id
-            WHERE r.id = %s::bigint AND r.reader_id = %s::bigint FOR NO KEY UPDATE OF r""", [read_id, user.pk])
+        rows.execute_prepared(cursor, "radqueue_locked_read", sql, [read_id, user.pk])
         row = cursor.fetchone()
     if row is None:
         return None
-    read, task, study, version = rows.instances((Read, Task, Study, ProtocolVersion), row)
+    read, task, study, version = rows.instances(models, row)
     task.study, task.protocol_version, read.task = study, version, task
     return read
+
+
+@functools.cache
+def _locked_read_statement() -> tuple[tuple, str]:
+    from core.dicom.models import Study
+    from core.models import ProtocolVersion
+
+    models = (Read, Task, Study, ProtocolVersion)
+    selected = [column for model, alias in zip(models, ("r", "t", "st", "pv"), strict=True)
+                for column in rows.columns(model, alias)]
+    return models, f"""SELECT {", ".join(selected)}
+        FROM tasks_read r JOIN tasks_task t ON t.id = r.task_id JOIN core_study st ON st.id = t.study_id
+        JOIN core_protocolversion pv ON pv.id = t.protocol_version_id
+        WHERE r.id = %s::bigint AND r.reader_id = %s::bigint FOR NO KEY UPDATE OF r"""
 
 
 def _live_slot(read: Read) -> QueueSlot | None:
@@ -488,11 +496,17 @@ def _store_submission(read: Read) -> None:
     if connection.vendor != "postgresql":
         read.save(update_fields=list(_SUBMITTED_FIELDS))
         return
-    fields = [Read._meta.get_field(name) for name in _SUBMITTED_FIELDS]
-    assignments = ", ".join(f'"{f.column}" = %s' for f in fields)
+    fields, sql = _submission_update()
     values = [f.get_db_prep_save(getattr(read, f.attname), connection) for f in fields]
     with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE tasks_read SET {assignments} WHERE id = %s", [*values, read.pk])
+        cursor.execute(sql, [*values, read.pk])
+
+
+@functools.cache
+def _submission_update() -> tuple[list, str]:
+    fields = [Read._meta.get_field(name) for name in _SUBMITTED_FIELDS]
+    assignments = ", ".join(f'"{f.column}" = %s' for f in fields)
+    return fields, f"UPDATE {Read._meta.db_table} SET {assignments} WHERE id = %s"
 
 
 def _count_submission(slot: QueueSlot, task: Task, now) -> bool:
