@@ -570,6 +570,14 @@ HOT_TABLES = ("tasks_queueslot", "tasks_read", "tasks_task", "audit_auditevent",
               "tasks_tasktallydelta", "tasks_readdaydelta")
 
 
+def autovacuum_is_on() -> bool:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW autovacuum")
+        return cursor.fetchone()[0] == "on"
+
+
 def stand_in_for_autovacuum() -> None:
     """Where the server runs with autovacuum off (these machines' PostgreSQL does), VACUUM ANALYZE
     the tables claims and submits write before each phase, as autovacuum would between them with
@@ -578,10 +586,9 @@ def stand_in_for_autovacuum() -> None:
     code. With autovacuum on, nothing."""
     from django.db import connection
 
+    if autovacuum_is_on():
+        return
     with connection.cursor() as cursor:
-        cursor.execute("SHOW autovacuum")
-        if cursor.fetchone()[0] == "on":
-            return
         for table in HOT_TABLES:
             cursor.execute(f"VACUUM ANALYZE {table}")
 
@@ -733,13 +740,9 @@ def main() -> None:
     setup_django()
 
     print_machine(name)
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW autovacuum")
-        if cursor.fetchone()[0] != "on":
-            print("autovacuum is off on this server: the bench runs VACUUM ANALYZE on the tables claims write "
-                  "before each HTTP phase in its place")
+    if not autovacuum_is_on():
+        print("autovacuum is off on this server: the bench runs VACUUM ANALYZE on the tables claims write "
+              "before each HTTP phase in its place")
     started = time.perf_counter()
     project, version, readers, tokens = prepare()
     seed(project, version, tasks)

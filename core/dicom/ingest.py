@@ -294,21 +294,19 @@ def _read(batch: _Batch, item: IngestItem) -> bytes | str | Rejection:
         return Rejection(f"file of {item.size} bytes exceeds the {batch.max_bytes} byte limit")
     if item.path is not None:
         return item.path
+    return _read_at_most(item.reader, batch.max_bytes)
+
+
+def _read_at_most(reader, max_bytes: int) -> bytes | Rejection:
+    """All of a reader's bytes (from its start; a path is opened), or why not: unreadable, oversize."""
     try:
-        item.reader.seek(0)
-        data = item.reader.read(batch.max_bytes + 1)
+        if isinstance(reader, str):
+            with open(reader, "rb") as file:
+                data = file.read(max_bytes + 1)
+        else:
+            reader.seek(0)
+            data = reader.read(max_bytes + 1)
     except (OSError, ValueError) as exc:
-        return Rejection(f"could not read the file ({type(exc).__name__}: {exc})")
-    if len(data) > batch.max_bytes:
-        return Rejection(f"file exceeds the {batch.max_bytes} byte limit")
-    return data
-
-
-def _read_path(path: str, max_bytes: int) -> bytes | Rejection:
-    try:
-        with open(path, "rb") as file:
-            data = file.read(max_bytes + 1)
-    except OSError as exc:
         return Rejection(f"could not read the file ({type(exc).__name__}: {exc})")
     if len(data) > max_bytes:
         return Rejection(f"file exceeds the {max_bytes} byte limit")
@@ -327,7 +325,7 @@ def prepare_and_seal(source: bytes | str, *, secret: bytes, options: "deid.DeidO
     the function is the object as ciphertext (``sealed``) and de-identified index metadata; the
     de-identified plaintext is dropped, and the original identifiers too unless the project keeps
     its (encrypted) pseudonym map."""
-    data = _read_path(source, max_bytes) if isinstance(source, str) else source
+    data = _read_at_most(source, max_bytes) if isinstance(source, str) else source
     if isinstance(data, Rejection):
         return data
     prep = prepare(data, secret=secret, options=options, max_bytes=max_bytes)
