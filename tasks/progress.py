@@ -49,50 +49,42 @@ THROUGHPUT_DAYS = 30
 DONE_STATES = (TaskState.CONSENSUS, TaskState.DELIVERED)
 FOLD_LOCK = 7302  # advisory lock class: one fold per project at a time (tasks.queue uses 7301)
 
-_FOLD_TASKS = """
-WITH moved AS (DELETE FROM tasks_tasktallydelta WHERE project_id = %(p)s
-               RETURNING batch_key, modality, state, tasks, reads_left)
-INSERT INTO tasks_tasktally (project_id, batch_key, modality, state, tasks, reads_left)
-SELECT %(p)s, batch_key, modality, state, sum(tasks), sum(reads_left) FROM moved
-GROUP BY batch_key, modality, state ORDER BY batch_key, modality, state
-ON CONFLICT (project_id, batch_key, modality, state) DO UPDATE
-SET tasks = tasks_tasktally.tasks + EXCLUDED.tasks, reads_left = tasks_tasktally.reads_left + EXCLUDED.reads_left
-"""
+# Each delta table, the tally it folds into, the tally's key columns and its summed columns.
+_TALLIES = (
+    ("tasks_tasktallydelta", "tasks_tasktally", "batch_key, modality, state", "tasks, reads_left"),
+    ("tasks_readdaydelta", "tasks_readdaytally", "day, tier", "reads, check_reads, adjudications, active_seconds"),
+)
 
-_FOLD_DAYS = """
-WITH moved AS (DELETE FROM tasks_readdaydelta WHERE project_id = %(p)s
-               RETURNING day, tier, reads, check_reads, adjudications, active_seconds)
-INSERT INTO tasks_readdaytally (project_id, day, tier, reads, check_reads, adjudications, active_seconds)
-SELECT %(p)s, day, tier, sum(reads), sum(check_reads), sum(adjudications), sum(active_seconds) FROM moved
-GROUP BY day, tier ORDER BY day, tier
-ON CONFLICT (project_id, day, tier) DO UPDATE
-SET reads = tasks_readdaytally.reads + EXCLUDED.reads,
-    check_reads = tasks_readdaytally.check_reads + EXCLUDED.check_reads,
-    adjudications = tasks_readdaytally.adjudications + EXCLUDED.adjudications,
-    active_seconds = tasks_readdaytally.active_seconds + EXCLUDED.active_seconds
-"""
 
-_TALLY_SUMS = {
-    "tasks_tasktally": ("batch_key, modality, state", "tasks, reads_left"),
-    "tasks_readdaytally": ("day, tier", "reads, check_reads, adjudications, active_seconds"),
-}
+def _upsert(tally: str, keys: str, sums: str, rows: str) -> str:
+    """INSERT ``rows`` (project_id, keys, sums) into ``tally``, adding the sums to existing rows."""
+    added = ", ".join(f"{c} = {tally}.{c} + EXCLUDED.{c}" for c in sums.split(", "))
+    return (f"INSERT INTO {tally} (project_id, {keys}, {sums}) {rows} "  # noqa: S608 - fixed names
+            f"ON CONFLICT (project_id, {keys}) DO UPDATE SET {added}")
+
+
+def _summed(sums: str) -> str:
+    return ", ".join(f"sum({c})" for c in sums.split(", "))
+
+
+# PostgreSQL: each delta table is emptied and folded in one statement.
+_FOLDS_POSTGRESQL = "; ".join(
+    f"WITH moved AS (DELETE FROM {delta} WHERE project_id = %(p)s RETURNING {keys}, {sums}) "
+    + _upsert(tally, keys, sums, f"SELECT %(p)s, {keys}, {_summed(sums)} FROM moved GROUP BY {keys} ORDER BY {keys}")
+    for delta, tally, keys, sums in _TALLIES)
 
 
 def _fold_sqlite(project_id: int) -> None:
     """SQLite: one writer at a time, so read the deltas up to an id, add them, delete them."""
-    for delta, tally in (("tasks_tasktallydelta", "tasks_tasktally"), ("tasks_readdaydelta", "tasks_readdaytally")):
-        keys, sums = _TALLY_SUMS[tally]
+    for delta, tally, keys, sums in _TALLIES:
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT max(id) FROM {delta} WHERE project_id = %s", [project_id])  # noqa: S608
             (last,) = cursor.fetchone()
             if last is None:
                 continue
-            added = ", ".join(f"{c} = {tally}.{c} + excluded.{c}" for c in sums.split(", "))
-            cursor.execute(
-                f"INSERT INTO {tally} (project_id, {keys}, {sums}) "  # noqa: S608 - fixed table and column names
-                f"SELECT project_id, {keys}, {', '.join(f'sum({c})' for c in sums.split(', '))} FROM {delta} "
-                f"WHERE project_id = %s AND id <= %s GROUP BY project_id, {keys} "
-                f"ON CONFLICT (project_id, {keys}) DO UPDATE SET {added}", [project_id, last])
+            rows = (f"SELECT project_id, {keys}, {_summed(sums)} FROM {delta} "  # noqa: S608 - fixed names
+                    f"WHERE project_id = %s AND id <= %s GROUP BY project_id, {keys}")
+            cursor.execute(_upsert(tally, keys, sums, rows), [project_id, last])
             cursor.execute(f"DELETE FROM {delta} WHERE project_id = %s AND id <= %s",  # noqa: S608
                            [project_id, last])
 
@@ -125,7 +117,7 @@ def fold_deltas(project_id: int) -> None:
             # the consensus ids to count come back from the last statement.
             # synchronous_commit off is safe here: a fold lost in a crash is lost whole, its deltas intact.
             cursor.execute(f"SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({FOLD_LOCK}, %(p)s); "
-                           f"{_FOLD_TASKS}; {_FOLD_DAYS}; "
+                           f"{_FOLDS_POSTGRESQL}; "
                            "DELETE FROM tasks_uncountedconsensus WHERE project_id = %(p)s RETURNING consensus_id",
                            {"p": project_id})
             _count_findings(project_id, [row[0] for row in cursor.fetchall()])
