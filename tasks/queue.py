@@ -32,6 +32,7 @@ from tasks.progress import announce_progress
 from tasks.routing import Eligibility, eligibility
 from tasks.states import LIVE_READ_STATES, ReadState, TaskState, check_read_transition, task_state_after_reads
 
+CLAIM_LOCK = 7301  # the advisory lock class of one reader's claims (bench/claims.py takes it too)
 HEARTBEAT_CREDIT_CAP = timedelta(minutes=5)  # longer gaps between heartbeats are not active time
 # Row locks take only the row itself, FOR NO KEY UPDATE: no key ever changes, and concurrent
 # foreign-key checks (KEY SHARE) must not wait on them (see get_read_for_update).
@@ -49,11 +50,6 @@ class Claim:
     readers_see_model: bool = False  # the project shows readers the model's output (routing.Eligibility)
 
 
-def _claimable_projects(user, project_id) -> list[Eligibility]:
-    # A reader role is what grants read_studies (core.roles), so the memberships say it all.
-    return eligibility(user, None if project_id is None else [project_id])
-
-
 def _open_counts(user) -> dict[int, int]:
     rows = Read.objects.filter(reader=user, state=ReadState.CLAIMED).values("project_id").annotate(n=Count("id"))
     return {row["project_id"]: row["n"] for row in rows}
@@ -63,18 +59,18 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
     """Claim the most urgent read slot the user may take (None when there is none)."""
     if project_id is not None and not projects_visible_to(user).filter(pk=project_id).exists():
         raise NotFound("No such project.")
-    rules = _claimable_projects(user, project_id)
-    if not rules:
-        return None
-    shows_model = {r.project_id for r in rules if r.readers_see_model}
     now = timezone.now()
     postgresql = connection.vendor == "postgresql"
     with transaction.atomic():
-        if postgresql:
-            # Serialises one reader's concurrent claims (different readers never wait on it), so
-            # the open-read limit and the same-task check see each other's results.
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [7301, user.pk])
+        # A reader role is what grants read_studies (core.roles), so the memberships say it all.
+        # On PostgreSQL the same statement takes the reader's claim lock, which serialises one
+        # reader's concurrent claims (different readers never wait on it), so the open-read limit
+        # and the same-task check see each other's results.
+        rules = eligibility(user, None if project_id is None else [project_id],
+                            claim_lock=(CLAIM_LOCK, user.pk) if postgresql else None)
+        if not rules:
+            return None
+        shows_model = {r.project_id for r in rules if r.readers_see_model}
         check = None
         # PostgreSQL's claim statement checks the open-read limit itself (its snapshot is taken
         # after the lock above); a check read (calibration, gold) is picked here, so needs it first.

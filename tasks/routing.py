@@ -113,9 +113,16 @@ class Eligibility:
     readers_see_model: bool = False  # not blind-to-model and suggestions on (learning.LearningConfig)
 
 
-def eligibility(user, projects=None) -> list[Eligibility]:
+def eligibility(user, projects=None, *, claim_lock: tuple[int, int] | None = None) -> list[Eligibility]:
     """The reader's eligibility on each of the given projects (project ids, or a queryset of
-    projects; None: every project) where they may claim at all."""
+    projects; None: every project) where they may claim at all.
+
+    ``claim_lock`` (PostgreSQL, inside a transaction): the same statement also takes that
+    transaction-level advisory lock (tasks.queue's per-reader claim lock), saving a round trip;
+    the lock is held until the transaction ends. Memberships are read from a snapshot taken before
+    the lock is granted, which is harmless: what the lock protects (the open-read count) is read
+    by the next statement, with a new snapshot.
+    """
     if projects is not None and not isinstance(projects, list | tuple):
         projects = list(projects.values_list("pk", flat=True))
     if projects is not None and not projects:
@@ -127,16 +134,22 @@ def eligibility(user, projects=None) -> list[Eligibility]:
     learning_table = LearningConfig._meta.db_table
     roles = list(READER_ROLE_TIERS)
     params = [user.pk, *roles]
+    lock, locked = "", ""
+    if claim_lock is not None:
+        # MATERIALIZED: evaluated exactly once, whatever the join order (when the reader has no
+        # membership at all it may not run: then nothing is claimed and nothing needs locking).
+        lock, locked = "WITH claim_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s, %s))\n", "claim_lock, "
+        params = [*claim_lock, *params]
     where = ""
     if projects is not None:
         where = f" AND m.project_id IN ({', '.join(['%s'] * len(projects))})"
         params += [int(p) for p in projects]
     # Plain SQL: on the claim path the ORM's query building costs more than the query.
-    sql = f"""SELECT m.project_id, m.role, m.subspecialties, m.is_suspended, m.calibrated_at IS NOT NULL,
+    sql = f"""{lock}SELECT m.project_id, m.role, m.subspecialties, m.is_suspended, m.calibrated_at IS NOT NULL,
                      p.is_active, p.requires_calibration, p.higher_tiers_take_lower_work, p.max_open_reads,
                      p.lease_seconds, p.gold_rate,
                      COALESCE(lc.suggestions_enabled AND NOT lc.is_blind_to_model, false)
-              FROM {memberships} m JOIN {project_table} p ON p.id = m.project_id
+              FROM {locked}{memberships} m JOIN {project_table} p ON p.id = m.project_id
                    LEFT JOIN {learning_table} lc ON lc.project_id = m.project_id
               WHERE m.user_id = %s AND m.is_active AND m.role IN ({', '.join(['%s'] * len(roles))}){where}
               ORDER BY m.id"""

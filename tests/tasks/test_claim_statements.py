@@ -29,13 +29,15 @@ def statements(call):
     return response, [" ".join(q["sql"].split())[:80] for q in queries.captured_queries]
 
 
-def test_a_claim_is_auth_eligibility_lock_claim_and_audit(cast, api, queued):
+def test_a_claim_is_auth_eligibility_and_lock_claim_and_audit(cast, api, queued):
     client = api(cast.annotator)
     client.post(NEXT, {}, format="json")  # warms the locked protocol version's schema cache
     response, sql = statements(lambda: client.post(NEXT, {}, format="json"))
     assert response.status_code == 200, response.content
-    # token, eligibility, savepoint, the reader's advisory lock, the claim, the audit append, release
-    assert len(sql) == 7, sql
+    # token, savepoint, eligibility taking the reader's advisory lock, the claim, the audit
+    # append, release
+    assert len(sql) == 6, sql
+    assert sql[2].startswith("WITH claim_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock("), sql
     body = response.json()
     assert body["task"] == queued[1].pk and body["series_uid"] is None
     assert [s["series_uid"] for s in body["dicomweb"]["series"]] == list(
@@ -73,8 +75,8 @@ def test_taking_over_a_lapsed_lease_costs_no_extra_statement(cast, api, queued):
     client = api(cast.second_annotator)  # the first claim above warmed the process's caches
     response, sql = statements(lambda: client.post(NEXT, {}, format="json"))
     assert response.status_code == 200, response.content
-    # The expired read's holder comes back with the claim itself: the same 7 statements, and the
-    # expiry's audit event is the claim's second append (8 in all).
+    # The expired read's holder comes back with the claim itself: the same 6 statements, and the
+    # expiry's audit event is the claim's second append (7 in all).
     assert Read.objects.get(pk=lapsed).state == ReadState.EXPIRED
-    assert len(sql) == 8, sql
+    assert len(sql) == 7, sql
     assert AuditEvent.objects.filter(action="expire", object_id=str(lapsed)).count() == 1
