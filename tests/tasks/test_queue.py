@@ -37,6 +37,29 @@ def test_claim_returns_the_work_its_schema_dicomweb_urls_and_lease(cast, api, qu
     assert AuditEvent.objects.filter(action="claim", object_id=str(read.pk), actor_id=cast.annotator.pk).exists()
 
 
+def test_claim_response_is_what_its_schema_declares(cast, api, queued):
+    """ClaimSerializer builds its output by hand; the declared fields are the OpenAPI schema. The
+    keys, their order and DRF's own renderings must agree with them."""
+    from rest_framework import serializers
+
+    from tasks.api import ClaimSerializer
+
+    body = claim(api(cast.annotator)).json()
+    declared = [name for name in ClaimSerializer().fields if name != "model"]  # model: only when shown
+    assert list(body) == declared
+    read = Read.objects.get(pk=body["read"])
+    assert body["lease_expires_at"] == serializers.DateTimeField().to_representation(read.lease_expires_at)
+    assert body["lease_expires_at"].endswith("Z")
+    assert body["series_uid"] == (read.task.series.series_uid if read.task.series_id else None)
+
+
+def test_claim_body_is_validated(cast, api, queued):
+    response = claim(api(cast.annotator), project="first")
+    assert response.status_code == 400 and "project" in response.json()["errors"]
+    assert not Read.objects.exists()
+    assert claim(api(cast.annotator), project=cast.project.pk).status_code == 200
+
+
 def test_nothing_to_claim_is_204(cast, api):
     assert claim(api(cast.annotator)).status_code == 204
     assert claim(api(cast.outsider)).status_code == 204
