@@ -1,3 +1,4 @@
+import gc
 import os
 
 from django.core.wsgi import get_wsgi_application
@@ -13,3 +14,8 @@ application = get_wsgi_application()
 # database connection may cross the fork, so none is left open here.
 get_resolver().url_patterns  # noqa: B018 - the attribute's import is the point
 connections.close_all()
+# Everything imported so far lives as long as the process: move it out of the collector's
+# generations, so a worker's full collections no longer walk the whole module graph (numpy,
+# scipy, Django, DRF) on the request path, and forked workers keep sharing those pages instead
+# of copying them when the collector touches their headers.
+gc.freeze()
