@@ -81,7 +81,6 @@ from bench.common import (  # noqa: E402
 )
 
 READERS = 32
-READ_LOCK = 7301  # tasks.queue's advisory lock class for one reader's claims
 STUDY_UID = "1.2.826.0.1.3680043.8.498.{}"
 QUEUE_TABLES = ("tasks_queueslot", "tasks_read", "tasks_task", "core_study")
 
@@ -188,6 +187,25 @@ def reset_queue(project) -> None:
         cursor.execute("SET LOCAL radqueue.audit_allow_truncate = 'on'")
         cursor.execute("TRUNCATE audit_auditevent")
         AuditChainHead.objects.update(seq=0, hash=GENESIS)
+    vacuum()
+
+
+def free_claims(project) -> None:
+    """Every held slot freed where it is and every claimed read deleted; the submitted reads stay.
+
+    Between the claim-only phases: each starts at the same queue head, while the read table keeps
+    the history earlier phases submitted, as a working queue's does. From an empty read table
+    (and its statistics) the claim statement's plan, prepared early in a worker's session, probes
+    the reads by sequential scan, and each claim costs more than the last: the cost of a fresh
+    table with autovacuum switched off (as here), not of the claim path.
+    """
+    from django.db import connection, transaction
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit = off")
+        cursor.execute("UPDATE tasks_queueslot SET reader_id = NULL, read_id = NULL, lease_expires_at = NULL "
+                       "WHERE project_id = %s AND reader_id IS NOT NULL", [project.pk])
+        cursor.execute("DELETE FROM tasks_read WHERE project_id = %s AND state = 'claimed'", [project.pk])
     vacuum()
 
 
@@ -299,7 +317,9 @@ def raw_sql_rates(project, readers, clients: int, seconds: float) -> tuple[float
     # pgbench's client n claims as reader first + n: the readers' ids must run on without gaps.
     assert [r.pk for r in readers[:clients]] == list(range(first, first + clients)), "reader ids not contiguous"
     claim = claim_statement(project, readers[0])
-    app_script = f"BEGIN;\nSELECT pg_advisory_xact_lock({READ_LOCK}, :reader);\n{claim};\nCOMMIT;"
+    from tasks.queue import CLAIM_LOCK
+
+    app_script = f"BEGIN;\nSELECT pg_advisory_xact_lock({CLAIM_LOCK}, :reader);\n{claim};\nCOMMIT;"
     rate, done = pgbench(app_script, first, clients, seconds)
     reads = Read.objects.count()
     # Every transaction must have claimed a slot (an empty queue would count as a fast claim).
@@ -370,10 +390,11 @@ def warm_up(port: int, connections: int = 16) -> None:
 
 
 @contextmanager
-def running_server(audit: bool, interface: str = "gunicorn", workers: int = 4):
+def running_server(audit: bool, interface: str = "gunicorn", workers: int = 4, settings: str = "core.settings",
+                   **more_env: str):
     """gunicorn (sync workers, core.wsgi) or uvicorn (core.asgi, or core.wsgi through its WSGI
     adapter) with ``workers`` processes on a free port; yields a Server whose log collects the
-    workers' output."""
+    workers' output. ``settings``: bench.bare_drf serves the bare DRF peer instead of the API."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DJANGO_SETTINGS_MODULE")}
     # Under ASGI every request runs in a fresh thread context and so opens its own connection;
@@ -381,10 +402,10 @@ def running_server(audit: bool, interface: str = "gunicorn", workers: int = 4):
     # docs: disable persistent connections under ASGI). Threads of the WSGI adapter keep theirs.
     max_age = "0" if interface == "asgi" else "600"
     env.update(
-        DJANGO_SETTINGS_MODULE="core.settings", DEBUG="0",
+        DJANGO_SETTINGS_MODULE=settings, DEBUG="0",
         SECRET_KEY=secrets.token_urlsafe(64), ALLOWED_HOSTS="127.0.0.1",
         RADQUEUE_STORAGE_KEY="k1:" + base64.b64encode(os.urandom(32)).decode(), SECURE_SSL_REDIRECT="0",
-        DB_CONN_MAX_AGE=max_age, AUDIT_ENABLED="1" if audit else "0", LOG_LEVEL="WARNING",
+        DB_CONN_MAX_AGE=max_age, AUDIT_ENABLED="1" if audit else "0", LOG_LEVEL="WARNING", **more_env,
     )
     if interface == "gunicorn":
         # Sync workers: one request at a time each, the connection closed after it, so the kernel
@@ -507,9 +528,11 @@ class HttpConnection:
             self.writer.close()
 
 
-async def virtual_reader(phase: Phase, port: int, token: str, reader_id: int, stop: asyncio.Event) -> None:
-    """Claim, submit, again, until told to stop. Rates count what completed inside the measured
-    window; latencies, the claims started inside it (one begun in the warm-up is not measured)."""
+async def virtual_reader(phase: Phase, port: int, token: str, reader_id: int, stop: asyncio.Event,
+                         submit: bool = True) -> None:
+    """Claim, submit, again, until told to stop (``submit`` False: claim, claim, ...). Rates count
+    what completed inside the measured window; latencies, the claims started inside it (one begun
+    in the warm-up is not measured)."""
     connection = HttpConnection(port, token)
     await connection.open()
     clock = time.perf_counter
@@ -531,6 +554,8 @@ async def virtual_reader(phase: Phase, port: int, token: str, reader_id: int, st
                 phase.claim_latencies.append(t1 - t0)
             if phase.started <= t1 < phase.stopped:
                 phase.claims += 1
+            if not submit:
+                continue
             status, body = await connection.post(f"/api/reads/{read}/submit/", b'{"findings": []}')
             if status != 200:
                 phase.errors.append(f"submit {status}: {body[:200]!r}")
@@ -549,12 +574,12 @@ def machine_busy_seconds() -> float:
 
 
 async def drive(server: Server, tokens: list[str], reader_ids: list[int], clients: int, warmup_s: float,
-                seconds: float) -> Phase:
+                seconds: float, submit: bool) -> Phase:
     phase = Phase(clients)
     stop = asyncio.Event()
     now = time.perf_counter()
     phase.started, phase.stopped = now + warmup_s, now + warmup_s + seconds
-    readers = [asyncio.create_task(virtual_reader(phase, server.port, tokens[i], reader_ids[i], stop))
+    readers = [asyncio.create_task(virtual_reader(phase, server.port, tokens[i], reader_ids[i], stop, submit))
                for i in range(clients)]
     await asyncio.sleep(warmup_s)
     cpu = (time.process_time(), server.cpu_seconds(), machine_busy_seconds())
@@ -594,23 +619,24 @@ def stand_in_for_autovacuum() -> None:
 
 
 def run_phase(server: Server, tokens, readers, clients: int, warmup_s: float, seconds: float, project,
-              label: str) -> Phase:
-    """``clients`` virtual readers for ``warmup_s`` + ``seconds``; exactness checked afterwards."""
+              label: str, submit: bool = True, check: bool = True) -> Phase:
+    """``clients`` virtual readers for ``warmup_s`` + ``seconds``; exactness checked afterwards
+    (``check`` False: not, for the bare DRF peer, which keeps none of the queue's guarantees)."""
     import uvloop
 
     stand_in_for_autovacuum()
     gc.collect()
     gc.freeze()  # Django's objects stay out of the load generator's collections
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        phase = runner.run(drive(server, tokens, [r.pk for r in readers], clients, warmup_s, seconds))
+        phase = runner.run(drive(server, tokens, [r.pk for r in readers], clients, warmup_s, seconds, submit))
     gc.unfreeze()
-    phase.checks = exactness(project, phase.handed, phase.acked)
+    phase.checks = exactness(project, phase.handed, phase.acked) if check else {}
     print(f"  {label}: {phase.claims_per_s:7.1f} claims/s, {phase.submits / phase.seconds:7.1f} submits/s; claim "
           f"latency p50 {phase.percentile(50):.1f} ms, p95 {phase.percentile(95):.1f} ms, p99 "
           f"{phase.percentile(99):.1f} ms ({phase.claims} claims in {phase.seconds:.0f} s); "
           f"{len(phase.errors)} failed requests, {phase.empty} empty claims; "
-          f"{', '.join(f'{k} {v}' for k, v in phase.checks.items())}")
-    print(f"    CPU: server {phase.server_cpu_ms_per_claim:.1f} ms per claim and its submit "
+          f"{', '.join(f'{k} {v}' for k, v in phase.checks.items()) or 'no exactness checks'}")
+    print(f"    CPU: server {phase.server_cpu_ms_per_claim:.1f} ms per claim{' and its submit' if submit else ''} "
           f"({phase.server_cpu_s / phase.seconds:.0%} of a core), load generator "
           f"{phase.cpu_s / phase.seconds:.0%} of a core; the whole machine busy "
           f"{phase.machine_cpu_s / phase.seconds / os.cpu_count():.0%} (everyone's processes)")
@@ -701,6 +727,45 @@ def audit_overhead(tokens, readers, project, interface: str, warmup_s: float, se
              "audit_overhead_pct": figure(overhead, 2)}, phases, errors)
 
 
+LABEL_STUDIO_CLAIMS_PER_S = 11.5  # Label Studio 1.23's next-task endpoint, PostgreSQL, 4 gunicorn workers (the issue)
+
+
+def bare_drf_comparison(tokens, readers, project, workers: int, warmup_s: float, seconds: float,
+                        rounds: int) -> tuple[dict, list[Phase], dict[str, int]]:
+    """Claims only (no submits), 8 readers: the API's claim path against the bare DRF peer
+    (bench/bare_drf.py: token auth, the bare statement, one insert), two servers started together,
+    the same gunicorn command, in ABBA order, every held slot freed before each phase (free_claims);
+    (figures, the API's phases, both servers' errors)."""
+    print("claims only, 8 readers: the API's claim path vs the bare DRF peer (bench/bare_drf.py), "
+          "alternating between two new servers:")
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    app_phases: list[Phase] = []
+    errors: dict[str, int] = {}
+    with running_server(audit=False, workers=workers, settings="bench.bare_drf",
+                        BENCH_BARE_PROJECT=str(project.pk)) as bare_server, \
+            running_server(audit=True, workers=workers) as app_server:
+        for round_ in range(rounds):
+            for app in ((False, True) if round_ % 2 == 0 else (True, False)):
+                free_claims(project)
+                phase = run_phase(app_server if app else bare_server, tokens, readers, 8, warmup_s, seconds, project,
+                                  "radqueue claim" if app else "bare DRF peer ", submit=False, check=app)
+                rates[app].append(phase.claims_per_s)
+                if app:
+                    app_phases.append(phase)
+        for server in (bare_server, app_server):
+            for line, count in server.errors().items():
+                errors[line] = errors.get(line, 0) + count
+    free_claims(project)
+    bare, app = (sum(rates[mode]) / len(rates[mode]) for mode in (False, True))
+    latencies = sorted(x for phase in app_phases for x in phase.claim_latencies)
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000 if latencies else math.nan
+    print(f"  radqueue's claim path: {app:.1f} claims/s, {app / bare:.0%} of the bare DRF peer's {bare:.1f}; "
+          f"{app / LABEL_STUDIO_CLAIMS_PER_S:.0f}x Label Studio's {LABEL_STUDIO_CLAIMS_PER_S} (the issue's figure)")
+    return ({"claim_only_per_s": figure(app), "claim_only_p99_ms": figure(p99), "bare_drf_claims_per_s": figure(bare),
+             "ratio_to_bare_drf": figure(app / bare if bare else math.nan, 3),
+             "x_label_studio": figure(app / LABEL_STUDIO_CLAIMS_PER_S)}, app_phases, errors)
+
+
 def print_targets(result: dict) -> None:
     """The issue's targets at 8 readers, met or missed (informative: they do not fail the run)."""
     targets = [("p99 claim latency < 50 ms", result["p99_ms"], lambda v: v < 50),
@@ -732,9 +797,9 @@ def main() -> None:
                         help="Also profile N claim requests in this process (DRF test client) at the end.")
     args = parser.parse_args()
     if args.quick:
-        tasks, raw_s, warmup_s, phase_s, phase32_s, audit_s, audit_rounds = 20_000, 3, 1.5, 6, 4, 4, 2
+        tasks, raw_s, warmup_s, phase_s, phase32_s, audit_s, audit_rounds, bare_s = 20_000, 3, 1.5, 6, 4, 4, 2, 3
     else:
-        tasks, raw_s, warmup_s, phase_s, phase32_s, audit_s, audit_rounds = 1_000_000, 10, 2, 20, 15, 10, 2
+        tasks, raw_s, warmup_s, phase_s, phase32_s, audit_s, audit_rounds, bare_s = 1_000_000, 10, 2, 20, 15, 10, 2, 8
 
     name = use_bench_database("radqueue_bench_claims")
     setup_django()
@@ -775,11 +840,17 @@ def main() -> None:
             server_cpu_ms_per_claim=figure(eight.server_cpu_ms_per_claim),
         )
         server_errors: dict[str, int] = {}
+        compared, compared_phases, server_errors = bare_drf_comparison(tokens, readers, project, args.workers,
+                                                                       warmup_s / 2, bare_s, 2)
+        result.update(compared)
+        phases += compared_phases
         if args.audit_overhead:
-            overhead, audit_phases, server_errors = audit_overhead(tokens, readers, project, args.server,
+            overhead, audit_phases, audit_errors = audit_overhead(tokens, readers, project, args.server,
                                                                    warmup_s / 2, audit_s, audit_rounds, args.workers)
             result.update(overhead)
             phases += audit_phases
+            for line, count in audit_errors.items():
+                server_errors[line] = server_errors.get(line, 0) + count
         for line, count in server.errors().items():
             server_errors[line] = server_errors.get(line, 0) + count
     for key in ("double_handouts", "over_read_tasks", "lost_submissions"):
