@@ -244,7 +244,7 @@ WITH c AS (
     RETURNING s.id
 ), expired AS (
     UPDATE tasks_read r SET state = 'expired', ended_at = %s::timestamptz
-    FROM c WHERE r.id = c.old_read_id AND r.state = 'claimed'
+    WHERE r.id = (SELECT old_read_id FROM c) AND r.state = 'claimed'
     RETURNING r.id, r.reader_id
 ), started AS (
     UPDATE tasks_task t SET state = 'in_reading', updated_at = %s::timestamptz
