@@ -462,6 +462,7 @@ class Phase:
     cpu_s: float = 0.0  # the load generator's, in the measured window
     server_cpu_s: float = 0.0
     machine_cpu_s: float = 0.0
+    postgres_cpu_s: float = 0.0  # PostgreSQL's processes (0 where the server runs on another machine)
     checks: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -567,6 +568,21 @@ async def virtual_reader(phase: Phase, port: int, token: str, reader_id: int, st
         connection.close()
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU time used so far by this machine's PostgreSQL processes (every backend, the WAL writer,
+    the checkpointer: what the phase's statements cost the database server)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, fields = stat.read_text().split(" (", 1)[1].rsplit(") ", 1)
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if name == "postgres":
+            fields = fields.split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def machine_busy_seconds() -> float:
     """CPU time all processes of the machine have used (every core, anyone's: /proc/stat)."""
     user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
@@ -582,10 +598,11 @@ async def drive(server: Server, tokens: list[str], reader_ids: list[int], client
     readers = [asyncio.create_task(virtual_reader(phase, server.port, tokens[i], reader_ids[i], stop, submit))
                for i in range(clients)]
     await asyncio.sleep(warmup_s)
-    cpu = (time.process_time(), server.cpu_seconds(), machine_busy_seconds())
+    cpu = (time.process_time(), server.cpu_seconds(), machine_busy_seconds(), postgres_cpu_seconds())
     await asyncio.sleep(phase.stopped - time.perf_counter())
-    phase.cpu_s, phase.server_cpu_s, phase.machine_cpu_s = (
-        b - a for a, b in zip(cpu, (time.process_time(), server.cpu_seconds(), machine_busy_seconds()), strict=True))
+    phase.cpu_s, phase.server_cpu_s, phase.machine_cpu_s, phase.postgres_cpu_s = (
+        b - a for a, b in zip(cpu, (time.process_time(), server.cpu_seconds(), machine_busy_seconds(),
+                                    postgres_cpu_seconds()), strict=True))
     stop.set()
     await asyncio.gather(*readers)
     return phase
@@ -637,7 +654,9 @@ def run_phase(server: Server, tokens, readers, clients: int, warmup_s: float, se
           f"{len(phase.errors)} failed requests, {phase.empty} empty claims; "
           f"{', '.join(f'{k} {v}' for k, v in phase.checks.items()) or 'no exactness checks'}")
     print(f"    CPU: server {phase.server_cpu_ms_per_claim:.1f} ms per claim{' and its submit' if submit else ''} "
-          f"({phase.server_cpu_s / phase.seconds:.0%} of a core), load generator "
+          f"({phase.server_cpu_s / phase.seconds:.0%} of a core), PostgreSQL "
+          f"{phase.postgres_cpu_s / phase.claims * 1000 if phase.claims else math.nan:.1f} ms "
+          f"({phase.postgres_cpu_s / phase.seconds:.0%}), load generator "
           f"{phase.cpu_s / phase.seconds:.0%} of a core; the whole machine busy "
           f"{phase.machine_cpu_s / phase.seconds / os.cpu_count():.0%} (everyone's processes)")
     return phase
