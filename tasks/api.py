@@ -126,6 +126,23 @@ class ReadSerializer(serializers.ModelSerializer):
     def get_series_uid(self, read) -> str | None:
         return read.task.series.series_uid if read.task.series_id else None
 
+    def to_representation(self, read):
+        # Built by hand, as the fields above render them (they are the OpenAPI schema; a test
+        # compares the two): a ModelSerializer builds its sixteen fields anew for every instance
+        # it renders, a tenth of a submit request's CPU.
+        return {"id": read.pk, "task": read.task_id, "project": read.project_id, "state": read.state,
+                "study_uid": read.task.study.study_uid, "series_uid": self.get_series_uid(read),
+                "claimed_at": _datetime_or_none(read.claimed_at),
+                "lease_expires_at": _datetime_or_none(read.lease_expires_at),
+                "submitted_at": _datetime_or_none(read.submitted_at), "ended_at": _datetime_or_none(read.ended_at),
+                "active_seconds": read.active_seconds, "claim_to_submit_seconds": read.claim_to_submit_seconds,
+                "findings_count": read.findings_count, "slices_touched": read.slices_touched,
+                "draft": read.draft, "findings": read.findings}
+
+
+def _datetime_or_none(value):
+    return None if value is None else _DATETIME.to_representation(value)
+
 
 class ManagedReadSerializer(ReadSerializer):
     """A read with who holds it: for managers and QA (tasks.selectors decides who gets which reads)."""
@@ -137,6 +154,13 @@ class ManagedReadSerializer(ReadSerializer):
     class Meta(ReadSerializer.Meta):
         fields = [*ReadSerializer.Meta.fields, "reader", "reader_pseudonym", "tier"]
         read_only_fields = fields
+
+    def to_representation(self, read):
+        data = super().to_representation(read)
+        pseudonym = read.reader.pseudonym
+        data.update(reader=read.reader.username, reader_pseudonym=None if pseudonym is None else str(pseudonym),
+                    tier=read.get_tier_display())
+        return data
 
 
 class ClaimRequestSerializer(serializers.Serializer):

@@ -47,10 +47,34 @@ def test_claim_response_is_what_its_schema_declares(cast, api, queued):
     body = claim(api(cast.annotator)).json()
     declared = [name for name in ClaimSerializer().fields if name != "model"]  # model: only when shown
     assert list(body) == declared
+    assert body["lease_expires_at"].endswith("Z")
     read = Read.objects.get(pk=body["read"])
     assert body["lease_expires_at"] == serializers.DateTimeField().to_representation(read.lease_expires_at)
-    assert body["lease_expires_at"].endswith("Z")
     assert body["series_uid"] == (read.task.series.series_uid if read.task.series_id else None)
+
+
+def test_read_responses_render_as_drfs_own_field_walk_would(cast, api, queued):
+    """ReadSerializer and ManagedReadSerializer build their output by hand; DRF's generic
+    rendering from their declared fields must give the same, in every state a read passes."""
+    from rest_framework import serializers
+
+    from tasks.api import ManagedReadSerializer, ReadSerializer
+
+    client = api(cast.annotator)
+    held = client.post(NEXT, {}, format="json").json()["read"]
+    client.post(f"/api/reads/{held}/draft/", {"draft": [{"label": "pneumothorax"}]}, format="json")
+    done = client.post(NEXT, {}, format="json").json()["read"]
+    assert client.post(f"/api/reads/{done}/submit/", {"findings": []}, format="json").status_code == 200
+    released = client.post(NEXT, {}, format="json").json()["read"]
+    client.post(f"/api/reads/{released}/release/", format="json")
+    reads = list(Read.objects.filter(pk__in=[held, done, released]).select_related("task__study", "reader"))
+    assert {r.state for r in reads} == {ReadState.CLAIMED, ReadState.SUBMITTED, ReadState.RELEASED}
+    for read in reads:
+        for serializer_class in (ReadSerializer, ManagedReadSerializer):
+            serializer = serializer_class()
+            generic = serializers.Serializer.to_representation(serializer, read)
+            assert serializer.to_representation(read) == generic
+            assert list(serializer.to_representation(read)) == list(generic)
 
 
 def test_claim_body_is_validated(cast, api, queued):
