@@ -156,7 +156,8 @@ def _candidates_sql(rules: list[Eligibility], reader_id: int, now, params: list)
     """
     scans = []
     for rule in rules:
-        scans.append("""(SELECT s.id, s.task_id, s.project_id, s.read_id AS old_read_id, s.priority
+        scans.append("""(SELECT s.id, s.task_id, s.project_id, s.read_id AS old_read_id, s.reader_id AS old_reader_id,
+               s.priority
         FROM tasks_queueslot s
         WHERE s.project_id = %s::bigint AND s.tier = ANY(%s::smallint[])
           AND (s.subspecialty = '' OR s.subspecialty = ANY(%s::varchar[]))
@@ -244,7 +245,8 @@ WITH c AS (
     RETURNING s.id
 ), expired AS (
     UPDATE tasks_read r SET state = 'expired', ended_at = %s::timestamptz
-    WHERE r.id = (SELECT old_read_id FROM c) AND r.state = 'claimed'
+    FROM c WHERE r.task_id = c.task_id AND r.reader_id = c.old_reader_id AND r.id = c.old_read_id
+      AND r.state = 'claimed'
     RETURNING r.id, r.reader_id
 ), started AS (
     UPDATE tasks_task t SET state = 'in_reading', updated_at = %s::timestamptz
