@@ -1,8 +1,9 @@
-"""core.postgresql: a persistent connection's health check asks the socket, not the server.
+"""core.postgresql: a busy persistent connection's health check asks the socket, not the server.
 
 Django's own check costs a SELECT 1 round trip per request; this one must still replace a
 connection the server has closed (a restart, pg_terminate_backend, a pooler going away) before
-the request uses it, and must leave a live connection alone without sending it anything."""
+the request uses it, leave a live connection that served a request moments ago alone without
+sending it anything, and fall back to Django's SELECT 1 for one that sat idle."""
 
 import time
 
@@ -57,6 +58,17 @@ def test_a_live_connection_is_kept_and_not_queried(other):
     assert other.connection is not None
     assert state_change(pid) == before  # nothing was sent: Django's check would have run SELECT 1
     assert backend_pid(other) == pid
+
+
+def test_a_connection_idle_for_a_while_gets_djangos_select_1(other):
+    from core.postgresql.base import QUIET_HEALTH_CHECK_SECONDS
+
+    pid = backend_pid(other)
+    before = state_change(pid)
+    other._health_checked_at -= QUIET_HEALTH_CHECK_SECONDS + 1
+    next_request(other)
+    assert other.connection is not None and backend_pid(other) == pid
+    assert state_change(pid) > before  # the server ran Django's check
 
 
 def test_a_connection_the_server_closed_is_replaced_before_the_request_uses_it(other):
