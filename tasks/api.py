@@ -192,7 +192,9 @@ class QueueNextView(AuditedViewMixin, APIView):
                                          "nothing was claimed, retry after Retry-After seconds")})
     def post(self, request):
         project_id = None
-        if request.data:  # most claims send an empty body: no serializer to build for it
+        # Most claims send an empty object (or nothing): no serializer to build for it. Anything
+        # else, a JSON list or null included, is validated (and refused with a 400).
+        if not (isinstance(request.data, dict) and not request.data):
             data = ClaimRequestSerializer(data=request.data)
             data.is_valid(raise_exception=True)
             project_id = data.validated_data.get("project")

@@ -61,15 +61,20 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
         raise NotFound("No such project.")
     now = timezone.now()
     postgresql = connection.vendor == "postgresql"
-    with transaction.atomic():
-        # A reader role is what grants read_studies (core.roles), so the memberships say it all.
-        # On PostgreSQL the same statement takes the reader's claim lock, which serialises one
-        # reader's concurrent claims (different readers never wait on it), so the open-read limit
-        # and the same-task check see each other's results.
-        rules = eligibility(user, None if project_id is None else [project_id],
-                            claim_lock=(CLAIM_LOCK, user.pk) if postgresql else None)
+    # A reader role is what grants read_studies (core.roles), so the memberships say it all.
+    projects = None if project_id is None else [project_id]
+    if not postgresql:  # before the transaction: SQLite's IMMEDIATE transactions take the write lock
+        rules = eligibility(user, projects)
         if not rules:
             return None
+    with transaction.atomic():
+        if postgresql:
+            # The same statement takes the reader's claim lock, which serialises one reader's
+            # concurrent claims (different readers never wait on it), so the open-read limit and
+            # the same-task check see each other's results.
+            rules = eligibility(user, projects, claim_lock=(CLAIM_LOCK, user.pk))
+            if not rules:
+                return None
         shows_model = {r.project_id for r in rules if r.readers_see_model}
         check = None
         # PostgreSQL's claim statement checks the open-read limit itself (its snapshot is taken

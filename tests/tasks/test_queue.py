@@ -67,8 +67,13 @@ def test_read_responses_render_as_drfs_own_field_walk_would(cast, api, queued):
     assert client.post(f"/api/reads/{done}/submit/", {"findings": []}, format="json").status_code == 200
     released = client.post(NEXT, {}, format="json").json()["read"]
     client.post(f"/api/reads/{released}/release/", format="json")
-    reads = list(Read.objects.filter(pk__in=[held, done, released]).select_related("task__study", "reader"))
-    assert {r.state for r in reads} == {ReadState.CLAIMED, ReadState.SUBMITTED, ReadState.RELEASED}
+    lapsed = claim(api(cast.second_annotator)).json()["read"]
+    Read.objects.filter(pk=lapsed).update(lease_expires_at=timezone.now() - timedelta(minutes=1))
+    QueueSlot.objects.filter(read_id=lapsed).update(lease_expires_at=timezone.now() - timedelta(minutes=1))
+    assert sweep_expired_leases() == 1
+    reads = list(Read.objects.filter(pk__in=[held, done, released, lapsed]).select_related("task__study", "reader"))
+    assert {r.state for r in reads} == {ReadState.CLAIMED, ReadState.SUBMITTED, ReadState.RELEASED,
+                                        ReadState.EXPIRED}
     for read in reads:
         for serializer_class in (ReadSerializer, ManagedReadSerializer):
             serializer = serializer_class()
@@ -80,6 +85,9 @@ def test_read_responses_render_as_drfs_own_field_walk_would(cast, api, queued):
 def test_claim_body_is_validated(cast, api, queued):
     response = claim(api(cast.annotator), project="first")
     assert response.status_code == 400 and "project" in response.json()["errors"]
+    for body in ("[]", "null", '"first"', f'[{{"project": {cast.project.pk}}}]'):
+        response = api(cast.annotator).post(NEXT, body, content_type="application/json")
+        assert response.status_code == 400, (body, response.content)
     assert not Read.objects.exists()
     assert claim(api(cast.annotator), project=cast.project.pk).status_code == 200
 
