@@ -4,7 +4,7 @@ under wrk where it was measured).
 
 Served by the same gunicorn command as the API, with ``DJANGO_SETTINGS_MODULE=bench.bare_drf``:
 this module is its settings and its URLconf. The settings are the API's (same database, same
-token table) with the middleware Django's startproject writes and DRF's JSON renderer only; the
+token table) with only Django's own middleware (startproject's list) and DRF's JSON renderer; the
 token check is the API's own (core.authentication, knox's checks in one SQL statement: the
 thinnest knox there is, so the peer is not slowed by knox's per-request token cleanup). The
 claim is the bare ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1)`` that
@@ -14,18 +14,12 @@ pgbench drives, and the insert is the read it hands out, in one transaction.
 import os
 
 from core.settings import *  # noqa: F403 - the API's settings, then what differs
-from core.settings import REST_FRAMEWORK
+from core.settings import MIDDLEWARE, REST_FRAMEWORK
 
 ROOT_URLCONF = "bench.bare_drf"
-MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-]
+# The API's middleware less what radqueue added to startproject's list (static files, CORS, the
+# request id and audit context): what a bare DRF project runs.
+MIDDLEWARE = [m for m in MIDDLEWARE if m.split(".")[0] == "django"]
 REST_FRAMEWORK = {**REST_FRAMEWORK, "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
                   "DEFAULT_AUTHENTICATION_CLASSES": ["core.authentication.TokenAuthentication"]}
 

@@ -42,7 +42,8 @@ queue, study and audit tables. One run, one database, in this order:
    expects 0.7) and x_label_studio (claim_only_per_s over Label Studio 1.23's 11.5 claims/s, the
    issue's measurement: Label Studio is not run here; the issue's goal is 40).
 5. --audit-overhead: 8 readers against two servers started together, one with AUDIT_ENABLED=0 and
-   one with AUDIT_ENABLED=1, in the order off, on, on, off (a linear drift cancels); overhead is
+   one with AUDIT_ENABLED=1, in the order off, on, on, off (--quick; the full run twice over: this
+   machine's speed drifts by a quarter within a run, and a linear drift cancels); overhead is
    (off - on) / off over the mean claims/s of each mode.
 
 Exactness, read back from the database after every HTTP phase (all must be 0): double handouts
@@ -559,6 +560,9 @@ async def virtual_reader(phase: Phase, port: int, token: str, reader_id: int, st
                 phase.errors.append(f"claim {status}: {body[:200]!r}")
                 continue
             read = json.loads(body)["read"]
+            if read is None:  # the bare DRF peer, on a slot whose task the reader holds: nothing handed out
+                phase.empty += 1
+                continue
             phase.handed[read] = -1 if read in phase.handed else reader_id
             if phase.started <= t0 < phase.stopped:
                 phase.claim_latencies.append(t1 - t0)
@@ -830,7 +834,7 @@ def main() -> None:
     if args.quick:
         tasks, raw_s, warmup_s, phase_s, phase32_s, audit_s, audit_rounds, bare_s = 20_000, 3, 1.5, 6, 4, 4, 2, 3
     else:
-        tasks, raw_s, warmup_s, phase_s, phase32_s, audit_s, audit_rounds, bare_s = 1_000_000, 10, 2, 20, 15, 10, 2, 8
+        tasks, raw_s, warmup_s, phase_s, phase32_s, audit_s, audit_rounds, bare_s = 1_000_000, 10, 2, 20, 15, 10, 4, 8
 
     name = use_bench_database("radqueue_bench_claims")
     setup_django()
