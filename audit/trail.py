@@ -1,10 +1,10 @@
 """The audit trail: ``record_event`` (the one way in) and the hash chains that make it tamper-evident.
 
 Design. Events form SHARD_COUNT independent hash chains. A writer picks its shard from its
-process and thread (so the workers of one server rarely share a shard), locks that shard's
-``AuditChainHead`` row, links the new event to the head (``prev_hash``), inserts it and moves the
+process and thread (the workers of one server do not share one: _shard_for_writer), locks that
+shard's ``AuditChainHead`` row, links the new event to the head (``prev_hash``), inserts it and moves the
 head, all inside the caller's transaction. Concurrent writers therefore contend only when they
-hash to the same shard, never on one global lock; a rolled-back write rolls its event and the
+land on the same shard, never on one global lock; a rolled-back write rolls its event and the
 head move back with it, so no chain ever references an event that did not commit.
 
 Each event's ``hash`` is SHA-256 over a canonical encoding (sorted-key compact JSON of every
@@ -24,6 +24,7 @@ microseconds; servers are expected to run NTP). Order within a shard is ``seq``,
 import functools
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import threading
@@ -53,8 +54,22 @@ def is_enabled() -> bool:
     return getattr(settings, "AUDIT_ENABLED", True)
 
 
+_THREADS_PER_PROCESS = 8
+_writer = threading.local()
+_thread_numbers = itertools.count()
+
+
 def _shard_for_writer() -> int:
-    return hash((os.getpid(), threading.get_ident())) % SHARD_COUNT
+    """The chain this thread appends to: its process id times 8 plus the thread's number in the
+    process (0, 1, 2, ... in the order threads first append), modulo the shard count. A server
+    forks its workers one after another, so their process ids run on: up to 8 workers of up to
+    8 threads each, or one process of 64 threads, get 64 different chains, and concurrent writers
+    do not queue on one chain head's row lock (held to their commit). A hash of (pid, thread)
+    put two of four workers on one chain at 9 % of server starts."""
+    number = getattr(_writer, "number", None)
+    if number is None:
+        number = _writer.number = next(_thread_numbers)
+    return (os.getpid() * _THREADS_PER_PROCESS + number) % SHARD_COUNT
 
 
 def canonical(values: dict) -> bytes:

@@ -176,3 +176,25 @@ def test_returned_event_matches_the_stored_row(cast):
     for field in AuditEvent._meta.concrete_fields:
         assert getattr(event, field.attname) == getattr(stored, field.attname), field.name
     assert not event._state.adding
+
+
+def test_a_servers_workers_and_their_threads_append_to_different_chains(monkeypatch):
+    """Consecutive process ids (a server's forked workers) and the threads of one process get
+    distinct shards, so concurrent writers do not queue on one chain head."""
+    import itertools
+    import threading
+
+    from audit import trail
+
+    shards = set()
+    for pid in range(4242, 4250):  # eight workers forked one after another
+        monkeypatch.setattr(trail.os, "getpid", lambda pid=pid: pid)
+        monkeypatch.setattr(trail, "_thread_numbers", itertools.count())  # each worker numbers its own threads
+        found = []
+        for _ in range(8):  # a worker's eight threads
+            thread = threading.Thread(target=lambda found=found: found.append(trail._shard_for_writer()))
+            thread.start()
+            thread.join()
+        assert len(set(found)) == 8, found
+        shards |= set(found)
+    assert len(shards) == 64
