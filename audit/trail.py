@@ -138,6 +138,27 @@ def record_event(action: str, *, actor=None, project=None, project_id=None, obj=
     """Append one event inside the caller's transaction (a rollback removes it). Never holds PHI."""
     if not is_enabled():
         return None
+    db = connections[DEFAULT_DB_ALIAS]
+    actor, project_id, roles, values = _event_values(
+        db, action, actor=actor, project=project, project_id=project_id, obj=obj, object_type=object_type,
+        object_id=object_id, study_uid=study_uid, protocol_version=protocol_version, outcome=outcome, reason=reason,
+        extra=extra, roles=roles)
+    shard = _shard_for_writer()
+    if db.vendor == "postgresql":
+        # One statement: atomic by itself, and part of the caller's transaction when there is one.
+        event = _append_postgresql(db, shard, values, lookup=(actor, project_id) if roles is None else None)
+        if event is not None:
+            return event
+        if roles is None:
+            roles = _roles_of(actor, project_id)
+            values.update(actor_roles=roles[0][:200], actor_tier=_tier(roles[1]))
+    with transaction.atomic(savepoint=False):
+        return _append(shard, values)
+
+
+def _event_values(db, action, *, actor, project, project_id, obj, object_type, object_id, study_uid, protocol_version,
+                  outcome, reason, extra, roles) -> tuple:
+    """(actor, project id, roles or None where PostgreSQL looks them up itself, the event's values)."""
     if actor is not None and not getattr(actor, "is_authenticated", False):
         actor = None
     if project is not None:
@@ -145,7 +166,6 @@ def record_event(action: str, *, actor=None, project=None, project_id=None, obj=
     if obj is not None:
         object_type = object_type or obj._meta.label_lower
         object_id = object_id or obj.pk
-    db = connections[DEFAULT_DB_ALIAS]
     if roles is None:
         roles = _known_roles(actor, project_id)
         if roles is None and db.vendor != "postgresql":  # PostgreSQL looks them up in the append itself
@@ -169,17 +189,7 @@ def record_event(action: str, *, actor=None, project=None, project_id=None, obj=
         "reason": (reason or "")[:300],
         "extra": extra or {},
     }
-    shard = _shard_for_writer()
-    if db.vendor == "postgresql":
-        # One statement: atomic by itself, and part of the caller's transaction when there is one.
-        event = _append_postgresql(db, shard, values, lookup=(actor, project_id) if roles is None else None)
-        if event is not None:
-            return event
-        if roles is None:
-            roles = _roles_of(actor, project_id)
-            values.update(actor_roles=roles[0][:200], actor_tier=_tier(roles[1]))
-    with transaction.atomic(savepoint=False):
-        return _append(shard, values)
+    return actor, project_id, roles, values
 
 
 def _append(shard: int, values: dict) -> AuditEvent:
@@ -267,6 +277,99 @@ SELECT {a["shard"]}, head.seq, head.prev_hash, head.hash, {", ".join(selected)}
 FROM head
 RETURNING id, seq, prev_hash, hash, actor_roles, actor_tier"""
     return name, prepare, tuple(n for n, _ in args), holes
+
+
+# --- the append inside one of the caller's statements ----------------------------------------
+#
+# The same append as CTEs of a statement the caller runs anyway (the submit's count of its
+# task): one round trip and one statement start fewer per event, about a fifth of an event's
+# cost. The head's UPDATE reads the caller's CTE ``after`` (one row), so it runs after that CTE's
+# row locks are taken: the shard head stays a transaction's last lock.
+
+
+@dataclass
+class EmbeddedEvent:
+    sql: str  # CTEs audit_roles (when roles are looked up), audit_head and audit_event; %s::type placeholders
+    args: list
+
+
+def embedded_event(action: str, *, after: str, actor=None, project_id=None, obj=None, object_type: str = "",
+                   object_id="", study_uid: str = "", protocol_version: int | None = None,
+                   extra: dict | None = None) -> EmbeddedEvent | None:
+    """record_event's append as CTEs to put in one of the caller's own statements, after its CTE
+    ``after`` (which must yield one row). The caller checks ``(SELECT count(*) FROM audit_event)``
+    and calls record_event where it is 0 (no head row for the shard: a flushed test database).
+    None where record_event must append instead: the trail is off, the database is not
+    PostgreSQL, or a value holds a stand-in."""
+    db = connections[DEFAULT_DB_ALIAS]
+    if not is_enabled() or db.vendor != "postgresql":
+        return None
+    actor, project_id, roles, values = _event_values(
+        db, action, actor=actor, project=None, project_id=project_id, obj=obj, object_type=object_type,
+        object_id=object_id, study_uid=study_uid, protocol_version=protocol_version,
+        outcome=AuditEvent.Outcome.ALLOWED, reason="", extra=extra, roles=None)
+    shard = _shard_for_writer()
+    lookup = roles is None
+    sql, arg_names, holes = _embedded_statement(lookup, after)
+    pieces = _canonical_pieces({**values, "shard": shard}, holes)
+    if pieces is None:
+        return None
+    args = dict(values, shard=shard, extra=json.dumps(values["extra"], ensure_ascii=False),
+                **{f"piece{i}": piece for i, piece in enumerate(pieces)})
+    if lookup:
+        args["superuser_fallback"] = "superuser" if actor.is_superuser else ""
+    return EmbeddedEvent(sql, [args[name] for name in arg_names])
+
+
+@functools.cache
+def _embedded_statement(lookup_roles: bool, after: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(the CTEs' text, the argument names in placeholder order, the stand-in fields in canonical
+    order): _pg_statement's append, written as CTEs with typed ``%s`` placeholders."""
+    from core.roles import READER_ROLE_TIERS
+
+    assert after.isidentifier(), after  # spliced into SQL below
+    names: list[str] = []
+
+    def arg(name: str, kind: str) -> str:
+        names.append(name)
+        return f"%s::{kind}"
+
+    holes = ("actor_roles", "actor_tier", "prev_hash", "seq") if lookup_roles else ("prev_hash", "seq")
+    roles_cte = ""
+    if lookup_roles:
+        table, user, project = _membership_table()
+        tiers = " ".join(f"WHEN '{role}' THEN {int(tier)}" for role, tier in READER_ROLE_TIERS.items())
+        roles_cte = f"""audit_roles AS (
+    SELECT left(coalesce(nullif(string_agg(role, ',' ORDER BY role COLLATE "C"), ''),
+                         {arg("superuser_fallback", "text")}), 200) AS names,
+           max(CASE role {tiers} END)::smallint AS tier
+    FROM {table} WHERE {user} = {arg("actor_id", "bigint")} AND {project} = {arg("project_id", "bigint")}
+      AND is_active
+), """
+    encoded = {"actor_roles": "to_json(audit_roles.names)::text",
+               "actor_tier": "coalesce(audit_roles.tier::text, 'null')",
+               "prev_hash": "to_json(prev.hash)::text", "seq": "(prev.seq + 1)::text"}
+    text = arg("piece0", "text") + "".join(f" || {encoded[hole]} || {arg(f'piece{i + 1}', 'text')}"
+                                           for i, hole in enumerate(holes))
+    head = f"""audit_head AS (
+    UPDATE {AuditChainHead._meta.db_table} AS prev
+    SET seq = prev.seq + 1, prev_hash = prev.hash, hash = encode(sha256(convert_to({text}, 'UTF8')), 'hex')
+    FROM {"audit_roles, " if lookup_roles else ""}{after}
+    WHERE prev.shard = {arg("shard", "smallint")}
+    RETURNING prev.seq, prev.hash, prev.prev_hash{", audit_roles.names, audit_roles.tier" if lookup_roles else ""}
+), """
+    shard = arg("shard", "smallint")  # placeholders are numbered in the order of the text
+    selected = [f"audit_head.{'names' if name == 'actor_roles' else 'tier'}"
+                if lookup_roles and name in ("actor_roles", "actor_tier") else arg(name, kind)
+                for name, kind in _PG_VALUE_ARGS]
+    columns = ", ".join(name for name, _ in _PG_VALUE_ARGS)
+    event = f"""audit_event AS (
+    INSERT INTO {AuditEvent._meta.db_table} (shard, seq, prev_hash, hash, {columns})
+    SELECT {shard}, audit_head.seq, audit_head.prev_hash, audit_head.hash, {", ".join(selected)}
+    FROM audit_head
+    RETURNING id
+)"""
+    return roles_cte + head + event, tuple(names), holes
 
 
 def _canonical_pieces(values: dict, holes: tuple[str, ...]) -> list[str] | None:

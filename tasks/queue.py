@@ -21,7 +21,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from audit.trail import record_event
+from audit.trail import EmbeddedEvent, embedded_event, record_event
 from core import rows
 from core.broadcast import broadcast_to_reader_on_commit
 from core.errors import Conflict, DomainError, NotFound
@@ -477,13 +477,16 @@ def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> 
             record_event("submit", actor=user, project_id=read.project_id, obj=read,
                          study_uid=read.task.study.study_uid, extra={"findings": read.findings_count})
             return read, False
-        complete = _count_submission(slot, read.task, now)
+        event = {"actor": user, "project_id": read.project_id, "obj": read, "study_uid": read.task.study.study_uid,
+                 "protocol_version": read.task.protocol_version.number,
+                 "extra": {"task": read.task_id, "findings": read.findings_count,
+                           "active_seconds": round(read.active_seconds)}}
+        # On PostgreSQL the submit's audit event goes in with the count of its task (one statement).
+        complete, recorded = _count_submission(slot, read.task, now, embedded_event("submit", after="counted", **event))
         if read.task.kind == Task.Kind.PRODUCTION:
             announce_progress(read.project_id, reads_submitted=1)
-        record_event("submit", actor=user, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid,
-                     protocol_version=read.task.protocol_version.number,
-                     extra={"task": read.task_id, "findings": read.findings_count,
-                            "active_seconds": round(read.active_seconds)})
+        if not recorded:
+            record_event("submit", **event)
         if complete:
             _on_reads_complete(read.task)
     return read, False
@@ -512,35 +515,46 @@ def _submission_update() -> tuple[list, str]:
     return fields, f"UPDATE {Read._meta.db_table} SET {assignments} WHERE id = %s"
 
 
-def _count_submission(slot: QueueSlot, task: Task, now) -> bool:
+_COUNTED = ("state, reads_submitted, reads_required, kind, project_id, priority, adjudication_tier, "
+            "adjudication_subspecialty")
+
+
+def _count_submission(slot: QueueSlot, task: Task, now, event: EmbeddedEvent | None = None) -> tuple[bool, bool]:
     """Delete the submitted read's slot, count the read on its task and set the task's state from
-    its reads (as _refresh_task_state does; the UPDATE locks the task's row). True when that made
-    the task's reads complete; ``task`` then holds the new state and counts. Plain SQL: the submit
-    path's hottest statements."""
+    its reads (as _refresh_task_state does; the UPDATE locks the task's row). (True when that made
+    the task's reads complete, True when ``event`` was appended with the count); ``task`` then
+    holds the new state and counts. Plain SQL: the submit path's hottest statements."""
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM tasks_queueslot WHERE id = %s", [slot.pk])
         # The row as this UPDATE locked it: what consensus or a new adjudication copies (priority,
         # the adjudication's tier) may have changed since the read was loaded (scoring, a manager).
-        cursor.execute("UPDATE tasks_task SET reads_submitted = reads_submitted + 1 WHERE id = %s "
-                       "RETURNING state, reads_submitted, reads_required, kind, project_id, priority, "
-                       "adjudication_tier, adjudication_subspecialty", [task.pk])
+        count = "UPDATE tasks_task SET reads_submitted = reads_submitted + 1 WHERE id = %s{} RETURNING " + _COUNTED
+        if event is None:
+            cursor.execute(count.format(""), [task.pk])
+            counted, recorded = cursor.fetchone(), False
+        else:
+            rows.execute_prepared(cursor, "radqueue_count_submission",
+                                  f"WITH counted AS ({count.format('::bigint')}), {event.sql}\n"
+                                  "SELECT counted.*, (SELECT count(*) FROM audit_event) FROM counted",
+                                  [task.pk, *event.args])
+            *counted, recorded = cursor.fetchone()
         (state, submitted, required, kind, project_id, task.priority, task.adjudication_tier,
-         task.adjudication_subspecialty) = cursor.fetchone()
+         task.adjudication_subspecialty) = counted
         task.state, task.reads_submitted, task.reads_required = state, submitted, required
         if state not in (TaskState.QUEUED, TaskState.IN_READING):
-            return False
+            return False, bool(recorded)
         cursor.execute("SELECT count(*) FROM tasks_read WHERE task_id = %s AND state = %s",
                        [task.pk, ReadState.CLAIMED])
         target = task_state_after_reads(submitted=submitted, claimed=cursor.fetchone()[0], required=required)
         if target == state:
-            return False
+            return False, bool(recorded)
         completed_at = now if target == TaskState.READS_COMPLETE else None
         cursor.execute("UPDATE tasks_task SET state = %s, completed_at = %s, updated_at = %s WHERE id = %s",
                        [target, completed_at, now, task.pk])
         task.state, task.completed_at, task.updated_at = target, completed_at, now
     if kind == Task.Kind.PRODUCTION:
         announce_progress(project_id, **{state: -1, target: 1})
-    return target == TaskState.READS_COMPLETE
+    return target == TaskState.READS_COMPLETE, bool(recorded)
 
 
 def _on_reads_complete(task: Task) -> None:

@@ -9,6 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from audit.models import AuditEvent
+from audit.trail import verify_chains
 from tasks.models import Read, Task
 from tasks.states import ReadState, TaskState
 
@@ -54,11 +55,39 @@ def test_a_submit_is_auth_lock_checks_store_count_and_audit(cast, api, queued):
                                                    format="json"))
     assert response.status_code == 200, response.content
     # token, savepoint, the read (locked), its slot (locked), the read stored, the slot deleted,
-    # the task counted, its claimed reads counted, the audit append, release
-    assert len(sql) == 10, sql
+    # the task counted with the audit event appended in the same statement, its claimed reads
+    # counted, release
+    assert len(sql) == 9, sql
+    assert sql[6].startswith("WITH counted AS (UPDATE tasks_task"), sql
     assert Read.objects.get(pk=second).state == ReadState.SUBMITTED
     task = Task.objects.get(pk=queued[1].pk)
     assert task.reads_submitted == 1 and task.state == TaskState.IN_READING
+    # The event the count appended is the one record_event would have written, and the chain holds.
+    event = AuditEvent.objects.get(action="submit", object_id=str(second))
+    assert (event.actor_id, event.project_id, event.object_type) == (cast.annotator.pk, cast.project.pk, "tasks.read")
+    assert event.actor_roles == "annotator" and event.actor_tier == 1
+    assert event.study_uid == queued[1].study.study_uid and event.protocol_version == 1
+    assert event.extra == {"task": queued[1].pk, "findings": 0, "active_seconds": 0}
+    assert event.request_id and event.client_ip == "127.0.0.1"
+    result = verify_chains()
+    assert result.ok and result.events == AuditEvent.objects.count(), result
+
+
+def test_a_submit_whose_shard_has_no_head_still_records_its_event(cast, api, queued):
+    """The embedded append writes nothing where the shard's head row is missing (a flushed
+    database); the submit then appends through record_event, which creates the head."""
+    from audit.models import AuditAnchor, AuditChainHead
+
+    client = api(cast.annotator)
+    read = client.post(NEXT, {}, format="json").json()["read"]
+    with connection.cursor() as cursor:  # as a flushed database: no events, no heads
+        cursor.execute("SET LOCAL radqueue.audit_allow_truncate = 'on'")
+        cursor.execute("TRUNCATE audit_auditevent")
+    AuditAnchor.objects.all().delete()
+    AuditChainHead.objects.all().delete()
+    assert client.post(f"/api/reads/{read}/submit/", {"findings": []}, format="json").status_code == 200
+    assert AuditEvent.objects.filter(action="submit", object_id=str(read)).count() == 1
+    assert verify_chains().ok
 
 
 def test_taking_over_a_lapsed_lease_costs_no_extra_statement(cast, api, queued):
