@@ -295,25 +295,45 @@ class EmbeddedEvent:
 
 def embedded_event(action: str, *, after: str, actor=None, project_id=None, obj=None, object_type: str = "",
                    object_id="", study_uid: str = "", protocol_version: int | None = None,
-                   extra: dict | None = None) -> EmbeddedEvent | None:
+                   extra: dict | None = None, from_statement: dict[str, str] | None = None,
+                   extra_from_statement: dict[str, str] | None = None) -> EmbeddedEvent | None:
     """record_event's append as CTEs to put in one of the caller's own statements, after its CTE
-    ``after`` (which must yield one row). The caller checks ``(SELECT count(*) FROM audit_event)``
-    and calls record_event where it is 0 (no head row for the shard: a flushed test database).
-    None where record_event must append instead: the trail is off, the database is not
-    PostgreSQL, or a value holds a stand-in."""
+    ``after`` (which must yield one row). ``from_statement`` gives fields the statement itself
+    produces (object_id, study_uid, protocol_version) as SQL expressions over ``after``'s columns,
+    ``extra_from_statement`` keys of ``extra`` the same way; their JSON goes into the hashed text
+    in SQL, as the head's seq and hash do. The caller checks ``(SELECT count(*) FROM
+    audit_event)`` and calls record_event where it is 0 (no head row for the shard: a flushed
+    test database). None where record_event must append instead: the trail is off, the database
+    is not PostgreSQL, or a value holds a stand-in."""
     db = connections[DEFAULT_DB_ALIAS]
     if not is_enabled() or db.vendor != "postgresql":
         return None
+    sql_fields, sql_extra = from_statement or {}, extra_from_statement or {}
+    assert set(sql_fields) <= {"object_id", "study_uid", "protocol_version"}, sql_fields
     actor, project_id, roles, values = _event_values(
         db, action, actor=actor, project=None, project_id=project_id, obj=obj, object_type=object_type,
         object_id=object_id, study_uid=study_uid, protocol_version=protocol_version,
         outcome=AuditEvent.Outcome.ALLOWED, reason="", extra=extra, roles=None)
     shard = _shard_for_writer()
     lookup = roles is None
-    sql, arg_names, holes = _embedded_statement(lookup, after)
-    pieces = _canonical_pieces({**values, "shard": shard}, holes)
-    if pieces is None:
-        return None
+    names = [*(("actor_roles", "actor_tier") if lookup else ()), "prev_hash", "seq", *sql_fields,
+             *(f"extra.{key}" for key in sql_extra)]
+    hashed = {**values, "shard": shard, **{name: _stand_in(name) for name in names if "." not in name},
+              "extra": {**values["extra"], **{key: _stand_in(f"extra.{key}") for key in sql_extra}}}
+    text = canonical(hashed).decode()
+    at = {}
+    for name in names:
+        quoted = f'"{_stand_in(name)}"'
+        if text.count(quoted) != 1:
+            return None
+        at[name] = text.index(quoted)
+    holes = tuple(sorted(names, key=at.__getitem__))
+    pieces = []
+    for hole in holes:
+        piece, text = text.split(f'"{_stand_in(hole)}"')
+        pieces.append(piece)
+    pieces.append(text)
+    sql, arg_names = _embedded_statement(lookup, after, holes, tuple(sql_fields.items()), tuple(sql_extra.items()))
     args = dict(values, shard=shard, extra=json.dumps(values["extra"], ensure_ascii=False),
                 **{f"piece{i}": piece for i, piece in enumerate(pieces)})
     if lookup:
@@ -321,20 +341,25 @@ def embedded_event(action: str, *, after: str, actor=None, project_id=None, obj=
     return EmbeddedEvent(sql, [args[name] for name in arg_names])
 
 
+def _stand_in(name: str) -> str:
+    return _STAND_IN.get(name) or _STAND_IN.setdefault(name, f"{name}-{uuid.uuid4().hex}")
+
+
 @functools.cache
-def _embedded_statement(lookup_roles: bool, after: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    """(the CTEs' text, the argument names in placeholder order, the stand-in fields in canonical
-    order): _pg_statement's append, written as CTEs with typed ``%s`` placeholders."""
+def _embedded_statement(lookup_roles: bool, after: str, holes: tuple[str, ...], sql_fields: tuple,
+                        sql_extra: tuple) -> tuple[str, tuple[str, ...]]:
+    """(the CTEs' text, the argument names in placeholder order): _pg_statement's append, written
+    as CTEs with typed ``%s`` placeholders; ``holes`` in the order their values appear in the
+    hashed text."""
     from core.roles import READER_ROLE_TIERS
 
-    assert after.isidentifier(), after  # spliced into SQL below
+    assert after.isidentifier(), after  # spliced into SQL below, as are the expressions (code, not input)
     names: list[str] = []
 
     def arg(name: str, kind: str) -> str:
         names.append(name)
         return f"%s::{kind}"
 
-    holes = ("actor_roles", "actor_tier", "prev_hash", "seq") if lookup_roles else ("prev_hash", "seq")
     roles_cte = ""
     if lookup_roles:
         table, user, project = _membership_table()
@@ -348,7 +373,9 @@ def _embedded_statement(lookup_roles: bool, after: str) -> tuple[str, tuple[str,
 ), """
     encoded = {"actor_roles": "to_json(audit_roles.names)::text",
                "actor_tier": "coalesce(audit_roles.tier::text, 'null')",
-               "prev_hash": "to_json(prev.hash)::text", "seq": "(prev.seq + 1)::text"}
+               "prev_hash": "to_json(prev.hash)::text", "seq": "(prev.seq + 1)::text",
+               **{name: f"to_json({expr})::text" for name, expr in sql_fields},
+               **{f"extra.{key}": f"to_json({expr})::text" for key, expr in sql_extra}}
     text = arg("piece0", "text") + "".join(f" || {encoded[hole]} || {arg(f'piece{i + 1}', 'text')}"
                                            for i, hole in enumerate(holes))
     head = f"""audit_head AS (
@@ -356,12 +383,22 @@ def _embedded_statement(lookup_roles: bool, after: str) -> tuple[str, tuple[str,
     SET seq = prev.seq + 1, prev_hash = prev.hash, hash = encode(sha256(convert_to({text}, 'UTF8')), 'hex')
     FROM {"audit_roles, " if lookup_roles else ""}{after}
     WHERE prev.shard = {arg("shard", "smallint")}
-    RETURNING prev.seq, prev.hash, prev.prev_hash{", audit_roles.names, audit_roles.tier" if lookup_roles else ""}
+    RETURNING prev.seq, prev.hash, prev.prev_hash{", audit_roles.names, audit_roles.tier" if lookup_roles else ""},
+              {after}.*
 ), """
     shard = arg("shard", "smallint")  # placeholders are numbered in the order of the text
-    selected = [f"audit_head.{'names' if name == 'actor_roles' else 'tier'}"
-                if lookup_roles and name in ("actor_roles", "actor_tier") else arg(name, kind)
-                for name, kind in _PG_VALUE_ARGS]
+    from_statement = dict(sql_fields)
+    selected = []
+    for name, kind in _PG_VALUE_ARGS:
+        if lookup_roles and name in ("actor_roles", "actor_tier"):
+            selected.append(f"audit_head.{'names' if name == 'actor_roles' else 'tier'}")
+        elif name in from_statement:
+            selected.append(f"({from_statement[name].replace(f'{after}.', 'audit_head.')})::{kind}")
+        elif name == "extra" and sql_extra:
+            pairs = ", ".join(f"'{key}', {expr.replace(f'{after}.', 'audit_head.')}" for key, expr in sql_extra)
+            selected.append(f"({arg('extra', 'jsonb')} || jsonb_build_object({pairs}))")
+        else:
+            selected.append(arg(name, kind))
     columns = ", ".join(name for name, _ in _PG_VALUE_ARGS)
     event = f"""audit_event AS (
     INSERT INTO {AuditEvent._meta.db_table} (shard, seq, prev_hash, hash, {columns})
@@ -369,7 +406,7 @@ def _embedded_statement(lookup_roles: bool, after: str) -> tuple[str, tuple[str,
     FROM audit_head
     RETURNING id
 )"""
-    return roles_cte + head + event, tuple(names), holes
+    return roles_cte + head + event, tuple(names)
 
 
 def _canonical_pieces(values: dict, holes: tuple[str, ...]) -> list[str] | None:

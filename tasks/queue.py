@@ -48,6 +48,7 @@ class Claim:
     study_series: list | None = None
     started: bool = False  # this claim moved the task from queued to in reading
     readers_see_model: bool = False  # the project shows readers the model's output (routing.Eligibility)
+    recorded: bool = False  # the claim statement appended the claim's audit event itself
 
 
 def _open_counts(user) -> dict[int, int]:
@@ -103,15 +104,16 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
             claim, expired = claimed
         read, task = claim.read, claim.task
         claim.readers_see_model = read.project_id in shows_model
+        if not claim.recorded:
+            record_event("claim", actor=user, project_id=read.project_id, obj=read, study_uid=task.study.study_uid,
+                         protocol_version=task.protocol_version.number,
+                         extra={"task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
         if expired is not None:  # this claim took over a slot whose lease had passed
             expired_read_id, expired_reader_id = expired
             record_event("expire", actor=None, project_id=read.project_id, object_type="tasks.read",
                          object_id=expired_read_id, study_uid=task.study.study_uid,
                          extra={"reclaimed_by_read": read.pk})
             broadcast_to_reader_on_commit(expired_reader_id, read.project_id, "read.expired", {"read": expired_read_id})
-        record_event("claim", actor=user, project_id=read.project_id, obj=read, study_uid=task.study.study_uid,
-                     protocol_version=task.protocol_version.number,
-                     extra={"task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
         broadcast_to_reader_on_commit(user.pk, read.project_id, "read.claimed", {
             "read": read.pk, "task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
         if check is None and task.kind == Task.Kind.PRODUCTION:
@@ -192,7 +194,16 @@ def _claim_postgresql(user, rules, leases, now) -> tuple[Claim, tuple[int, int] 
     from core.dicom.models import Series, Study
     from core.models import ProtocolVersion
 
-    sql, args = claim_statement(user.pk, rules, leases, now)
+    event = None
+    if len(rules) == 1:  # the claim's audit event goes in with the claim (its project and lease known here)
+        lease_expires_at = (now + timedelta(seconds=leases[rules[0].project_id])).isoformat()  # as the statement's
+        event = embedded_event("claim", after="claimed", actor=user, project_id=rules[0].project_id,
+                               object_type=Read._meta.label_lower, extra={"lease_expires_at": lease_expires_at},
+                               from_statement={"object_id": "claimed.read_id::text",
+                                               "study_uid": "claimed.claimed_study_uid",
+                                               "protocol_version": "claimed.claimed_version"},
+                               extra_from_statement={"task": "claimed.claimed_task_id"})
+    sql, args = claim_statement(user.pk, rules, leases, now, event)
     with connection.cursor() as cursor:
         # The text depends only on how many projects are eligible; everything else is an argument.
         rows.execute_prepared(cursor, f"radqueue_claim_{len(rules)}", sql, args)
@@ -201,7 +212,7 @@ def _claim_postgresql(user, rules, leases, now) -> tuple[Claim, tuple[int, int] 
         return None
     (read_id, expired_read_id, expired_reader_id, task_id, project_id, tier, lease_expires_at, study_id, study_uid,
      series_id, series_uid, series_modality, series_mr_sequence, version_id, version_number, version_used_at,
-     study_series, _leased, started, task_kind) = row
+     study_series, _leased, started, task_kind, recorded) = row
     # Everything the claim's response and audit event need came back with it: no query follows.
     read = rows.loaded(Read, id=read_id, project_id=project_id, task_id=task_id, reader_id=user.pk,
                    state=ReadState.CLAIMED, tier=tier, claimed_at=now, lease_expires_at=lease_expires_at,
@@ -221,17 +232,33 @@ def _claim_postgresql(user, rules, leases, now) -> tuple[Claim, tuple[int, int] 
         series = [rows.loaded(Series, id=pk, study_id=study_id, series_uid=uid, modality=modality, mr_sequence=sequence)
                   for pk, uid, modality, sequence in (study_series or [])]
     expired = None if expired_read_id is None else (expired_read_id, expired_reader_id)
-    return Claim(read=read, task=task, study_series=series, started=bool(started)), expired
+    return Claim(read=read, task=task, study_series=series, started=bool(started), recorded=bool(recorded)), expired
 
 
-def claim_statement(reader_id: int, rules, leases, now) -> tuple[str, list]:
-    """The PostgreSQL claim statement and its arguments (bench/claims.py drives it with pgbench too)."""
+def claim_statement(reader_id: int, rules, leases, now, event: EmbeddedEvent | None = None) -> tuple[str, list]:
+    """The PostgreSQL claim statement and its arguments (bench/claims.py drives it with pgbench too).
+
+    With ``event`` (audit.trail.embedded_event, after the CTE ``claimed``) the statement also
+    appends the claim's audit event. ``claimed`` waits for every other CTE's writes (its WHERE
+    reads them), so the audit chain's head is still the last row the transaction locks."""
     candidate_params: list = []
     candidates = _candidates_sql(rules, reader_id, now, candidate_params)
     tier_case_params: list = []
     tier_case = _case(rules, {r.project_id: r.reader_tier for r in rules}, tier_case_params, "smallint")
     lease_case_params: list = []
     lease_case = _case(rules, {r.project_id: leases[r.project_id] for r in rules}, lease_case_params, "integer")
+    audit, recorded = "", "0"
+    if event is not None:
+        audit = f""", claimed AS (
+    SELECT new_read.id AS read_id, new_read.task_id AS claimed_task_id, st.study_uid AS claimed_study_uid,
+           pv.number AS claimed_version
+    FROM new_read
+    JOIN tasks_task t ON t.id = new_read.task_id
+    JOIN core_study st ON st.id = t.study_id
+    JOIN core_protocolversion pv ON pv.id = t.protocol_version_id
+    WHERE (SELECT count(*) FROM leased) + (SELECT count(*) FROM expired) + (SELECT count(*) FROM started) >= 0
+), {event.sql}"""
+        recorded = "(SELECT count(*) FROM audit_event)"
     sql = f"""
 WITH c AS (
     {candidates}
@@ -257,22 +284,23 @@ WITH c AS (
     UPDATE tasks_task t SET state = 'in_reading', updated_at = %s::timestamptz
     FROM c WHERE t.id = c.task_id AND t.state = 'queued'
     RETURNING t.id
-)
+){audit}
 SELECT new_read.id, (SELECT id FROM expired), (SELECT reader_id FROM expired), new_read.task_id, t.project_id,
        new_read.tier, new_read.lease_expires_at, t.study_id, st.study_uid, t.series_id, se.series_uid, se.modality,
        se.mr_sequence, t.protocol_version_id, pv.number, pv.used_at,
        CASE WHEN t.series_id IS NULL THEN (
            SELECT json_agg(json_build_array(x.id, x.series_uid, x.modality, x.mr_sequence) ORDER BY x.id)
            FROM core_series x WHERE x.study_id = t.study_id) END,
-       (SELECT count(*) FROM leased), (SELECT count(*) FROM started), t.kind
+       (SELECT count(*) FROM leased), (SELECT count(*) FROM started), t.kind, {recorded}
 FROM new_read
 JOIN tasks_task t ON t.id = new_read.task_id
 JOIN core_study st ON st.id = t.study_id
 LEFT JOIN core_series se ON se.id = t.series_id
 JOIN core_protocolversion pv ON pv.id = t.protocol_version_id"""
     # Parameter order follows the text: candidates, reader, tier CASE, now, now, lease CASE,
-    # reader, now, now.
-    args = [*candidate_params, reader_id, *tier_case_params, now, now, *lease_case_params, reader_id, now, now]
+    # reader, now, now, the audit event's.
+    args = [*candidate_params, reader_id, *tier_case_params, now, now, *lease_case_params, reader_id, now, now,
+            *(event.args if event is not None else ())]
     return sql, args
 
 

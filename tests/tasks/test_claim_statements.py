@@ -35,15 +35,23 @@ def test_a_claim_is_auth_eligibility_and_lock_claim_and_audit(cast, api, queued)
     client.post(NEXT, {}, format="json")  # warms the locked protocol version's schema cache
     response, sql = statements(lambda: client.post(NEXT, {}, format="json"))
     assert response.status_code == 200, response.content
-    # token, savepoint, eligibility taking the reader's advisory lock, the claim, the audit
-    # append, release
-    assert len(sql) == 6, sql
+    # token, savepoint, eligibility taking the reader's advisory lock, the claim appending its
+    # audit event, release
+    assert len(sql) == 5, sql
     assert sql[2].startswith("WITH claim_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock("), sql
     body = response.json()
     assert body["task"] == queued[1].pk and body["series_uid"] is None
     assert [s["series_uid"] for s in body["dicomweb"]["series"]] == list(
         queued[1].study.series.order_by("id").values_list("series_uid", flat=True))
-    assert AuditEvent.objects.filter(action="claim", object_id=str(body["read"])).count() == 1
+    # The event the claim statement appended is the one record_event would have written.
+    event = AuditEvent.objects.get(action="claim", object_id=str(body["read"]))
+    read = Read.objects.get(pk=body["read"])
+    assert (event.actor_id, event.project_id, event.object_type) == (cast.annotator.pk, cast.project.pk, "tasks.read")
+    assert event.actor_roles == "annotator" and event.actor_tier == 1 and event.outcome == "allowed"
+    assert event.study_uid == queued[1].study.study_uid and event.protocol_version == 1
+    assert event.extra == {"task": queued[1].pk, "lease_expires_at": read.lease_expires_at.isoformat()}
+    result = verify_chains()
+    assert result.ok and result.events == AuditEvent.objects.count(), result
 
 
 def test_a_submit_is_auth_lock_checks_store_count_and_audit(cast, api, queued):
@@ -104,8 +112,8 @@ def test_taking_over_a_lapsed_lease_costs_no_extra_statement(cast, api, queued):
     client = api(cast.second_annotator)  # the first claim above warmed the process's caches
     response, sql = statements(lambda: client.post(NEXT, {}, format="json"))
     assert response.status_code == 200, response.content
-    # The expired read's holder comes back with the claim itself: the same 6 statements, and the
-    # expiry's audit event is the claim's second append (7 in all).
+    # The expired read's holder comes back with the claim itself: the same 5 statements, and the
+    # expiry's audit event is one append more (6 in all).
     assert Read.objects.get(pk=lapsed).state == ReadState.EXPIRED
-    assert len(sql) == 7, sql
+    assert len(sql) == 6, sql
     assert AuditEvent.objects.filter(action="expire", object_id=str(lapsed)).count() == 1
