@@ -17,7 +17,9 @@ queue, study and audit tables. One run, one database, in this order:
    also the bare UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1), one per
    transaction. The queue is reset to fresh after each (freed slots, no reads, tasks queued).
    Where the server runs with autovacuum off (as here), the tables claims write are vacuumed and
-   analysed before every HTTP phase instead (stand_in_for_autovacuum), and the run says so.
+   analysed before every HTTP phase instead (stand_in_for_autovacuum), and analysed again once
+   the phase's warm-up has filled them (analyze_after_warm_up; the measured window starts after
+   it), and the run says so.
 3. HTTP: `gunicorn core.wsgi:application --worker-class sync --workers 4` (DEBUG=0,
    DB_CONN_MAX_AGE=600: how deploy/ serves the API, behind nginx), 8 and then 32 closed-loop
    virtual readers (--quick: shorter phases), each its own user: POST /api/queue/next/, then POST
