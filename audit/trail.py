@@ -216,9 +216,11 @@ def _append(shard: int, values: dict) -> AuditEvent:
 # roles when looked up); SQL splices in their JSON encodings (to_json escapes exactly as
 # json.dumps(ensure_ascii=False) does) and hashes the same bytes event_hash would, so
 # verification is unchanged and checks this path. Roles are aggregated as _roles_of does:
-# sorted by code point (COLLATE "C"), comma-joined, highest reader tier. Both statements are
-# prepared once per database session (prepared statements outlive rollbacks; a pooler in
-# transaction mode would need session pooling for this).
+# sorted by code point (COLLATE "C"), comma-joined, highest reader tier. The statement is
+# prepared once per database session where connections are kept (core.rows.execute_prepared:
+# prepared statements outlive rollbacks; a pooler in transaction mode would need session pooling
+# for this). _append_statement builds its CTEs, which embedded_event below also puts into the
+# caller's own statement.
 
 _PG_VALUE_ARGS = (
     ("occurred_at", "timestamptz"), ("actor_id", "bigint"), ("actor_roles", "text"), ("actor_tier", "smallint"),
@@ -227,56 +229,6 @@ _PG_VALUE_ARGS = (
     ("request_id", "text"), ("outcome", "text"), ("reason", "text"), ("extra", "jsonb"),
 )
 _STAND_IN = {name: f"{name}-{uuid.uuid4().hex}" for name in ("actor_roles", "actor_tier", "prev_hash", "seq")}
-
-
-@functools.cache
-def _pg_statement(lookup_roles: bool) -> tuple[str, str, tuple[str, ...], tuple[str, ...]]:
-    """(name, PREPARE statement, its argument names, the stand-in fields in canonical order)."""
-    from core.roles import READER_ROLE_TIERS
-
-    holes = ("actor_roles", "actor_tier", "prev_hash", "seq") if lookup_roles else ("prev_hash", "seq")
-    args = [("shard", "smallint"), *[(f"piece{i}", "text") for i in range(len(holes) + 1)], *_PG_VALUE_ARGS,
-            ("superuser_fallback", "text")]
-    if not lookup_roles:
-        args.pop()
-    a = {name: f"${i}" for i, (name, _) in enumerate(args, start=1)}
-    encoded = {"actor_roles": "to_json(roles.names)::text", "actor_tier": "coalesce(roles.tier::text, 'null')",
-               "prev_hash": "to_json(prev.hash)::text", "seq": "(prev.seq + 1)::text"}
-    text = " || ".join([a["piece0"], *[f"{encoded[h]} || {a[f'piece{i + 1}']}" for i, h in enumerate(holes)]])
-    columns = [name for name, _ in _PG_VALUE_ARGS]
-    selected = [a[name] for name in columns]
-    roles_cte = ""
-    if lookup_roles:
-        table, user, project = _membership_table()
-        for role in READER_ROLE_TIERS:
-            assert role.isidentifier() and role.islower(), role  # spliced into SQL below
-        tiers = " ".join(f"WHEN '{role}' THEN {int(tier)}" for role, tier in READER_ROLE_TIERS.items())
-        roles_cte = f"""roles AS (
-    SELECT left(coalesce(nullif(string_agg(role, ',' ORDER BY role COLLATE "C"), ''), {a["superuser_fallback"]}),
-                200) AS names,
-           max(CASE role {tiers} END)::smallint AS tier
-    FROM {table} WHERE {user} = {a["actor_id"]} AND {project} = {a["project_id"]} AND is_active
-), """
-        selected[columns.index("actor_roles")], selected[columns.index("actor_tier")] = "head.names", "head.tier"
-    name = "radqueue_audit_append_roles" if lookup_roles else "radqueue_audit_append"
-    head_table = AuditChainHead._meta.db_table
-    # One UPDATE moves the head: it locks the shard's latest row version (waiting for the shard's
-    # previous writer to commit, then re-reading its row), and every expression in SET sees that
-    # version's values: the old seq and hash go into the new hash, the old hash into prev_hash,
-    # which RETURNING hands back. No locking SELECT first (one row lock and WAL record fewer).
-    prepare = f"""PREPARE {name} ({", ".join(kind for _, kind in args)}) AS
-WITH {roles_cte}head AS (
-    UPDATE {head_table} AS prev
-    SET seq = prev.seq + 1, prev_hash = prev.hash, hash = encode(sha256(convert_to({text}, 'UTF8')), 'hex')
-    {"FROM roles" if lookup_roles else ""}
-    WHERE prev.shard = {a["shard"]}
-    RETURNING prev.seq, prev.hash, prev.prev_hash{", roles.names, roles.tier" if lookup_roles else ""}
-)
-INSERT INTO {AuditEvent._meta.db_table} (shard, seq, prev_hash, hash, {", ".join(columns)})
-SELECT {a["shard"]}, head.seq, head.prev_hash, head.hash, {", ".join(selected)}
-FROM head
-RETURNING id, seq, prev_hash, hash, actor_roles, actor_tier"""
-    return name, prepare, tuple(n for n, _ in args), holes
 
 
 # --- the append inside one of the caller's statements ----------------------------------------
@@ -320,20 +272,11 @@ def embedded_event(action: str, *, after: str, actor=None, project_id=None, obj=
              *(f"extra.{key}" for key in sql_extra)]
     hashed = {**values, "shard": shard, **{name: _stand_in(name) for name in names if "." not in name},
               "extra": {**values["extra"], **{key: _stand_in(f"extra.{key}") for key in sql_extra}}}
-    text = canonical(hashed).decode()
-    at = {}
-    for name in names:
-        quoted = f'"{_stand_in(name)}"'
-        if text.count(quoted) != 1:
-            return None
-        at[name] = text.index(quoted)
-    holes = tuple(sorted(names, key=at.__getitem__))
-    pieces = []
-    for hole in holes:
-        piece, text = text.split(f'"{_stand_in(hole)}"')
-        pieces.append(piece)
-    pieces.append(text)
-    sql, arg_names = _embedded_statement(lookup, after, holes, tuple(sql_fields.items()), tuple(sql_extra.items()))
+    cut = _cut(canonical(hashed).decode(), names)
+    if cut is None:
+        return None
+    holes, pieces = cut
+    sql, arg_names = _append_statement(lookup, after, holes, tuple(sql_fields.items()), tuple(sql_extra.items()))
     args = dict(values, shard=shard, extra=json.dumps(values["extra"], ensure_ascii=False),
                 **{f"piece{i}": piece for i, piece in enumerate(pieces)})
     if lookup:
@@ -346,14 +289,16 @@ def _stand_in(name: str) -> str:
 
 
 @functools.cache
-def _embedded_statement(lookup_roles: bool, after: str, holes: tuple[str, ...], sql_fields: tuple,
-                        sql_extra: tuple) -> tuple[str, tuple[str, ...]]:
-    """(the CTEs' text, the argument names in placeholder order): _pg_statement's append, written
-    as CTEs with typed ``%s`` placeholders; ``holes`` in the order their values appear in the
-    hashed text."""
+def _append_statement(lookup_roles: bool, after: str | None, holes: tuple[str, ...], sql_fields: tuple = (),
+                      sql_extra: tuple = ()) -> tuple[str, tuple[str, ...]]:
+    """(the append's CTEs, the argument names in placeholder order), with typed ``%s``
+    placeholders: audit_roles (when roles are looked up), audit_head and audit_event, which
+    returns the stored event's id, seq, prev_hash, hash and roles. ``holes``: the stand-in fields
+    in the order their values appear in the hashed text. ``after``: the caller's CTE the head's
+    UPDATE reads (embedded_event), or None for the stand-alone append."""
     from core.roles import READER_ROLE_TIERS
 
-    assert after.isidentifier(), after  # spliced into SQL below, as are the expressions (code, not input)
+    assert after is None or after.isidentifier(), after  # spliced into SQL, as are the expressions (code)
     names: list[str] = []
 
     def arg(name: str, kind: str) -> str:
@@ -363,6 +308,8 @@ def _embedded_statement(lookup_roles: bool, after: str, holes: tuple[str, ...], 
     roles_cte = ""
     if lookup_roles:
         table, user, project = _membership_table()
+        for role in READER_ROLE_TIERS:
+            assert role.isidentifier() and role.islower(), role  # spliced into SQL below
         tiers = " ".join(f"WHEN '{role}' THEN {int(tier)}" for role, tier in READER_ROLE_TIERS.items())
         roles_cte = f"""audit_roles AS (
     SELECT left(coalesce(nullif(string_agg(role, ',' ORDER BY role COLLATE "C"), ''),
@@ -378,13 +325,15 @@ def _embedded_statement(lookup_roles: bool, after: str, holes: tuple[str, ...], 
                **{f"extra.{key}": f"to_json({expr})::text" for key, expr in sql_extra}}
     text = arg("piece0", "text") + "".join(f" || {encoded[hole]} || {arg(f'piece{i + 1}', 'text')}"
                                            for i, hole in enumerate(holes))
+    sources = [*(["audit_roles"] if lookup_roles else []), *([after] if after else [])]
+    returned = ["prev.seq", "prev.hash", "prev.prev_hash", *(["audit_roles.names", "audit_roles.tier"] if lookup_roles
+                                                             else []), *([f"{after}.*"] if after else [])]
     head = f"""audit_head AS (
     UPDATE {AuditChainHead._meta.db_table} AS prev
     SET seq = prev.seq + 1, prev_hash = prev.hash, hash = encode(sha256(convert_to({text}, 'UTF8')), 'hex')
-    FROM {"audit_roles, " if lookup_roles else ""}{after}
+    {f"FROM {', '.join(sources)}" if sources else ""}
     WHERE prev.shard = {arg("shard", "smallint")}
-    RETURNING prev.seq, prev.hash, prev.prev_hash{", audit_roles.names, audit_roles.tier" if lookup_roles else ""},
-              {after}.*
+    RETURNING {", ".join(returned)}
 ), """
     shard = arg("shard", "smallint")  # placeholders are numbered in the order of the text
     from_statement = dict(sql_fields)
@@ -404,38 +353,47 @@ def _embedded_statement(lookup_roles: bool, after: str, holes: tuple[str, ...], 
     INSERT INTO {AuditEvent._meta.db_table} (shard, seq, prev_hash, hash, {columns})
     SELECT {shard}, audit_head.seq, audit_head.prev_hash, audit_head.hash, {", ".join(selected)}
     FROM audit_head
-    RETURNING id
+    RETURNING id, seq, prev_hash, hash, actor_roles, actor_tier
 )"""
     return roles_cte + head + event, tuple(names)
 
 
-def _canonical_pieces(values: dict, holes: tuple[str, ...]) -> list[str] | None:
-    """The canonical text cut where each hole's JSON value goes; None if a value holds a stand-in."""
-    text = canonical({**values, **{h: _STAND_IN[h] for h in holes}}).decode()
-    pieces = []
-    for hole in holes:  # the canonical text orders keys, and holes are listed in that order
-        quoted = f'"{_STAND_IN[hole]}"'
+def _cut(text: str, names: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
+    """(the stand-in fields in the order their stand-ins appear in the canonical ``text``, the
+    text cut where each one's JSON value goes); None if a stand-in is not there exactly once (a
+    value holds one)."""
+    at = {}
+    for name in names:
+        quoted = f'"{_stand_in(name)}"'
         if text.count(quoted) != 1:
             return None
-        piece, text = text.split(quoted)
+        at[name] = text.index(quoted)
+    holes = tuple(sorted(names, key=at.__getitem__))
+    pieces = []
+    for hole in holes:
+        piece, text = text.split(f'"{_stand_in(hole)}"')
         pieces.append(piece)
     pieces.append(text)
-    return pieces
+    return holes, pieces
 
 
 def _append_postgresql(db, shard: int, values: dict, lookup: tuple | None) -> AuditEvent | None:
     """The one-statement append (looking up the roles of ``lookup`` = (actor, project id) if given);
     None where the portable path must run: a value holds a stand-in, or the shard has no head row."""
-    name, prepare, arg_names, holes = _pg_statement(lookup is not None)
-    pieces = _canonical_pieces({**values, "shard": shard}, holes)
-    if pieces is None:
+    names = [*(("actor_roles", "actor_tier") if lookup is not None else ()), "prev_hash", "seq"]
+    cut = _cut(canonical({**values, "shard": shard, **{name: _stand_in(name) for name in names}}).decode(), names)
+    if cut is None:
         return None
+    holes, pieces = cut
+    ctes, arg_names = _append_statement(lookup is not None, None, holes)
     args = dict(values, shard=shard, extra=json.dumps(values["extra"], ensure_ascii=False),
                 **{f"piece{i}": piece for i, piece in enumerate(pieces)})
     if lookup is not None:
         args["superuser_fallback"] = "superuser" if lookup[0].is_superuser else ""
     with db.cursor() as cursor:
-        rows.run_prepared(cursor, name, prepare, [args[n] for n in arg_names])
+        name = "radqueue_audit_append_roles" if lookup is not None else "radqueue_audit_append"
+        rows.execute_prepared(cursor, name, f"WITH {ctes}\nSELECT * FROM audit_event",
+                              [args[n] for n in arg_names])
         row = cursor.fetchone()
     if row is None:
         return None
