@@ -50,7 +50,7 @@ def loaded(model, **values):
 STALE_PREPARED = {"0A000", "26000", "42P05"}
 
 
-def execute_prepared(cursor, name: str, sql: str, args: list) -> None:
+def execute_prepared(cursor, name: str, sql: str, args: list, before: tuple[str, list] | None = None) -> None:
     """Run ``sql`` (``%s`` placeholders, each cast to its type in the text: ``%s::bigint``) as a
     server-side prepared statement, preparing it on first use in this database session.
 
@@ -63,25 +63,45 @@ def execute_prepared(cursor, name: str, sql: str, args: list) -> None:
     statement have gone stale, the error propagates (this request fails) and the connection is
     closed at the end of the request, so the next one prepares afresh. The statements outlive
     rollbacks; behind a pooler in transaction mode, use session pooling.
+
+    ``before``: a statement (text, arguments) sent in the same message, ahead of this one. The
+    two run as one transaction (PostgreSQL's implicit transaction block for a multi-statement
+    message, or the caller's open one), each with its own snapshot; the last one's rows come back.
     """
     if not cursor.db.settings_dict.get("CONN_MAX_AGE"):
-        cursor.execute(sql, args)
+        if before is None:
+            cursor.execute(sql, args)
+        else:
+            cursor.execute(f"{before[0]};\n{sql}", [*before[1], *args])
         return
-    name = f"{name}_{zlib.crc32(sql.encode()):08x}"
-    run_prepared(cursor, name, f"PREPARE {name} AS {_numbered(sql)}", args)
+    key = (name, sql)
+    named = _NAMES.get(key)
+    if named is None:
+        named = _NAMES[key] = f"{name}_{zlib.crc32(sql.encode()):08x}"
+        if len(_NAMES) > 1024:  # texts that vary without bound would be a bug; keep memory bounded anyway
+            _NAMES.clear()
+    run_prepared(cursor, named, lambda: f"PREPARE {named} AS {_numbered(sql)}", args, before)
 
 
-def run_prepared(cursor, name: str, prepare: str, args: list) -> None:
-    """EXECUTE the statement ``name`` with ``args``, first running ``prepare`` (its PREPARE) if this
-    database session has not; a stale statement (see execute_prepared) makes the connection close
-    at the end of the request and the error propagate."""
+_NAMES: dict[tuple[str, str], str] = {}  # (name, text) -> the prepared statement's name
+
+
+def run_prepared(cursor, name: str, prepare, args: list, before: tuple[str, list] | None = None) -> None:
+    """EXECUTE the statement ``name`` with ``args``, first running ``prepare`` (its PREPARE, or a
+    function returning it) if this database session has not; a stale statement (see
+    execute_prepared) makes the connection close at the end of the request and the error
+    propagate. ``before``: as execute_prepared's."""
     db = cursor.db
     prepared = db.__dict__.setdefault("_rows_prepared", {})
     try:
         if prepared.get(name) is not db.connection:
-            cursor.execute(prepare)
+            cursor.execute(prepare() if callable(prepare) else prepare)
             prepared[name] = db.connection
-        cursor.execute(f"EXECUTE {name} ({', '.join(['%s'] * len(args))})" if args else f"EXECUTE {name}", args)
+        execute = f"EXECUTE {name} ({', '.join(['%s'] * len(args))})" if args else f"EXECUTE {name}"
+        if before is None:
+            cursor.execute(execute, args)
+        else:
+            cursor.execute(f"{before[0]}; {execute}", [*before[1], *args])
     except DatabaseError as exc:
         if getattr(exc.__cause__, "pgcode", None) in STALE_PREPARED:
             db.__dict__.pop("_rows_prepared", None)  # the next request prepares on a new session

@@ -29,7 +29,7 @@ from core.models import Project, User
 from core.selectors import projects_visible_to
 from tasks.models import QueueSlot, Read, Task
 from tasks.progress import announce_progress
-from tasks.routing import Eligibility, eligibility
+from tasks.routing import Eligibility, digest_check, eligibility, eligibility_and_digest
 from tasks.states import LIVE_READ_STATES, ReadState, TaskState, check_read_transition, task_state_after_reads
 
 CLAIM_LOCK = 7301  # the advisory lock class of one reader's claims (bench/claims.py takes it too)
@@ -64,6 +64,9 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
     postgresql = connection.vendor == "postgresql"
     # A reader role is what grants read_studies (core.roles), so the memberships say it all.
     projects = None if project_id is None else [project_id]
+    if postgresql and (claim := _claim_on_known_rules(user, projects, now)) is not None:
+        _announce_claim(user, claim, None, progress=True)
+        return claim
     if not postgresql:  # before the transaction: SQLite's IMMEDIATE transactions take the write lock
         rules = eligibility(user, projects)
         if not rules:
@@ -73,7 +76,8 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
             # The same statement takes the reader's claim lock, which serialises one reader's
             # concurrent claims (different readers never wait on it), so the open-read limit and
             # the same-task check see each other's results.
-            rules = eligibility(user, projects, claim_lock=(CLAIM_LOCK, user.pk))
+            rules, digest = eligibility_and_digest(user, projects, claim_lock=(CLAIM_LOCK, user.pk))
+            _remember_rules(user, projects, rules, digest)
             if not rules:
                 return None
         shows_model = {r.project_id for r in rules if r.readers_see_model}
@@ -102,24 +106,71 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
             if claimed is None:
                 return None
             claim, expired = claimed
-        read, task = claim.read, claim.task
-        claim.readers_see_model = read.project_id in shows_model
-        if not claim.recorded:
+        claim.readers_see_model = claim.read.project_id in shows_model
+        _announce_claim(user, claim, expired, progress=check is None)
+    return claim
+
+
+# Each reader's claim rules as this process last derived them, with the digest of the rows they
+# came from (routing.eligibility_and_digest), by (database, reader, projects asked for).
+_KNOWN_RULES: dict[tuple, tuple[list[Eligibility], str]] = {}
+_KNOWN_RULES_MAX = 10_000
+
+
+def _remember_rules(user, projects, rules: list[Eligibility], digest: str) -> None:
+    if len(_KNOWN_RULES) >= _KNOWN_RULES_MAX:
+        _KNOWN_RULES.clear()
+    _KNOWN_RULES[connection.alias, user.pk, None if projects is None else tuple(projects)] = rules, digest
+
+
+def _claim_on_known_rules(user, projects, now) -> Claim | None:
+    """The common claim in one round trip (PostgreSQL): the reader's claim lock and the claim
+    statement in one message, on the rules this process derived at the reader's last claim, which
+    the statement checks are still what the memberships and projects say (routing.digest_check,
+    read after the lock is granted) before it claims; it also claims only a free slot. It commits
+    on its own where no transaction is open, the claim's audit event inside it.
+
+    None where that does not apply, and so nothing was claimed: no rules known yet, rules on
+    several projects (the claim's audit event is then appended apart) or with calibration or gold
+    checks to hand out, rules that changed, a lapsed lease at the head of the queue (its end is
+    recorded by the full path), or nothing to claim. The caller then takes the full path, which
+    learns the rules afresh."""
+    known = _KNOWN_RULES.get((connection.alias, user.pk, None if projects is None else tuple(projects)))
+    if known is None:
+        return None
+    rules, digest = known
+    if len(rules) != 1 or not digest or rules[0].needs_calibration or rules[0].gold_rate > 0:
+        return None
+    expression, params = digest_check(user.pk, projects)
+    claimed = _claim_postgresql(user, rules, {rules[0].project_id: rules[0].lease_seconds}, now,
+                                unchanged=(expression, params, digest), lock=(CLAIM_LOCK, user.pk))
+    if claimed is None:
+        return None
+    claim, _expired = claimed  # never a lapsed lease (unchanged)
+    claim.readers_see_model = rules[0].readers_see_model
+    return claim
+
+
+def _announce_claim(user, claim: Claim, expired: tuple[int, int] | None, *, progress: bool) -> None:
+    """The claim's audit event where its statement did not append it, the lapsed lease it took
+    over, the reader's live feed and the project's progress."""
+    read, task = claim.read, claim.task
+    if not claim.recorded:
+        with transaction.atomic(savepoint=False):  # where no transaction is open (a claim on known rules)
             record_event("claim", actor=user, project_id=read.project_id, obj=read, study_uid=task.study.study_uid,
                          protocol_version=task.protocol_version.number,
                          extra={"task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
-        if expired is not None:  # this claim took over a slot whose lease had passed
-            expired_read_id, expired_reader_id = expired
-            record_event("expire", actor=None, project_id=read.project_id, object_type="tasks.read",
-                         object_id=expired_read_id, study_uid=task.study.study_uid,
-                         extra={"reclaimed_by_read": read.pk})
-            broadcast_to_reader_on_commit(expired_reader_id, read.project_id, "read.expired", {"read": expired_read_id})
-        broadcast_to_reader_on_commit(user.pk, read.project_id, "read.claimed", {
-            "read": read.pk, "task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
-        if check is None and task.kind == Task.Kind.PRODUCTION:
-            announce_progress(read.project_id, reads_claimed=1,
-                              **({TaskState.QUEUED: -1, TaskState.IN_READING: 1} if claim.started else {}))
-    return claim
+    if expired is not None:  # this claim took over a slot whose lease had passed
+        expired_read_id, expired_reader_id = expired
+        record_event("expire", actor=None, project_id=read.project_id, object_type="tasks.read",
+                     object_id=expired_read_id, study_uid=task.study.study_uid,
+                     extra={"reclaimed_by_read": read.pk})
+        broadcast_to_reader_on_commit(expired_reader_id, read.project_id, "read.expired", {"read": expired_read_id})
+    broadcast_to_reader_on_commit(user.pk, read.project_id, "read.claimed", {
+        "read": read.pk, "task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
+    if progress and task.kind == Task.Kind.PRODUCTION:
+        announce_progress(read.project_id, reads_claimed=1,
+                          **({TaskState.QUEUED: -1, TaskState.IN_READING: 1} if claim.started else {}))
 
 
 def _fetch_claim(read_id: int, started: bool = False) -> Claim:
@@ -163,8 +214,9 @@ def _candidates_sql(rules: list[Eligibility], reader_id: int, now, params: list)
     """
     scans = []
     for rule in rules:
-        scans.append("""(SELECT s.id, s.task_id, s.project_id, s.read_id AS old_read_id, s.reader_id AS old_reader_id,
-               s.priority
+        # Each scan is a subquery of its own: PostgreSQL allows no FOR UPDATE in a UNION's arms.
+        scans.append(f"""SELECT * FROM (SELECT s.id, s.task_id, s.project_id, s.read_id AS old_read_id,
+               s.reader_id AS old_reader_id, s.priority
         FROM tasks_queueslot s
         WHERE s.project_id = %s::bigint AND s.tier = ANY(%s::smallint[])
           AND (s.subspecialty = '' OR s.subspecialty = ANY(%s::varchar[]))
@@ -175,7 +227,7 @@ def _candidates_sql(rules: list[Eligibility], reader_id: int, now, params: list)
                AND r.state IN ('claimed', 'submitted')) IS NULL
         ORDER BY s.priority DESC, s.id
         LIMIT 1
-        FOR UPDATE OF s SKIP LOCKED)""")
+        FOR UPDATE OF s SKIP LOCKED) project_{len(scans)}""")
         params += [rule.project_id, list(rule.tiers), list(rule.subspecialties), reader_id, rule.project_id,
                    rule.max_open_reads, now, reader_id]
     return f"SELECT * FROM ({' UNION ALL '.join(scans)}) candidates ORDER BY priority DESC, id LIMIT 1"
@@ -189,8 +241,11 @@ def _case(rules: list[Eligibility], values: dict[int, object], params: list, cas
     return f"(CASE c.project_id {' '.join(whens)} END)::{cast}"
 
 
-def _claim_postgresql(user, rules, leases, now) -> tuple[Claim, tuple[int, int] | None] | None:
-    """The claim and, when it took over a slot whose lease had passed, (that read, its reader)."""
+def _claim_postgresql(user, rules, leases, now, *, unchanged: tuple[str, list, str] | None = None,
+                      lock: tuple[int, int] | None = None) -> tuple[Claim, tuple[int, int] | None] | None:
+    """The claim and, when it took over a slot whose lease had passed, (that read, its reader).
+    ``unchanged``: as claim_statement's; ``lock``: the advisory lock to take first, in the same
+    message (the claim statement's snapshot is taken after it is granted)."""
     from core.dicom.models import Series, Study
     from core.models import ProtocolVersion
 
@@ -203,10 +258,11 @@ def _claim_postgresql(user, rules, leases, now) -> tuple[Claim, tuple[int, int] 
                                                "study_uid": "claimed.claimed_study_uid",
                                                "protocol_version": "claimed.claimed_version"},
                                extra_from_statement={"task": "claimed.claimed_task_id"})
-    sql, args = claim_statement(user.pk, rules, leases, now, event)
+    sql, args = claim_statement(user.pk, rules, leases, now, event, unchanged)
+    before = None if lock is None else ("SELECT pg_advisory_xact_lock(%s, %s)", list(lock))
     with connection.cursor() as cursor:
         # The text depends only on how many projects are eligible; everything else is an argument.
-        rows.execute_prepared(cursor, f"radqueue_claim_{len(rules)}", sql, args)
+        rows.execute_prepared(cursor, f"radqueue_claim_{len(rules)}", sql, args, before)
         row = cursor.fetchone()
     if row is None:
         return None
@@ -235,14 +291,28 @@ def _claim_postgresql(user, rules, leases, now) -> tuple[Claim, tuple[int, int] 
     return Claim(read=read, task=task, study_series=series, started=bool(started), recorded=bool(recorded)), expired
 
 
-def claim_statement(reader_id: int, rules, leases, now, event: EmbeddedEvent | None = None) -> tuple[str, list]:
+def claim_statement(reader_id: int, rules, leases, now, event: EmbeddedEvent | None = None,
+                    unchanged: tuple[str, list, str] | None = None) -> tuple[str, list]:
     """The PostgreSQL claim statement and its arguments (bench/claims.py drives it with pgbench too).
 
     With ``event`` (audit.trail.embedded_event, after the CTE ``claimed``) the statement also
     appends the claim's audit event. ``claimed`` waits for every other CTE's writes (its WHERE
-    reads them), so the audit chain's head is still the last row the transaction locks."""
+    reads them), so the audit chain's head is still the last row the transaction locks.
+
+    ``unchanged`` (an SQL expression, its arguments, the value it must have: routing.digest_check
+    and the digest ``rules`` came with): the statement claims only while the expression still has
+    that value (the rules still hold), and only a free slot: where the best candidate is one whose
+    lease ran out, it claims nothing (the caller's full path records that lease's end)."""
+    fresh_params: list = []
     candidate_params: list = []
     candidates = _candidates_sql(rules, reader_id, now, candidate_params)
+    fresh = ""
+    if unchanged is not None:
+        expression, fresh_params, expected = unchanged
+        fresh = f"fresh AS MATERIALIZED (SELECT {expression} = %s::text AS ok), "
+        fresh_params = [*fresh_params, expected]
+        candidates = (f"SELECT * FROM ({candidates}) best "
+                      f"WHERE best.old_reader_id IS NULL AND (SELECT ok FROM fresh)")
     tier_case_params: list = []
     tier_case = _case(rules, {r.project_id: r.reader_tier for r in rules}, tier_case_params, "smallint")
     lease_case_params: list = []
@@ -260,7 +330,7 @@ def claim_statement(reader_id: int, rules, leases, now, event: EmbeddedEvent | N
 ), {event.sql}"""
         recorded = "(SELECT count(*) FROM audit_event)"
     sql = f"""
-WITH c AS (
+WITH {fresh}c AS (
     {candidates}
 ), new_read AS (
     INSERT INTO tasks_read (project_id, task_id, reader_id, state, tier, claimed_at, lease_expires_at,
@@ -297,9 +367,10 @@ JOIN tasks_task t ON t.id = new_read.task_id
 JOIN core_study st ON st.id = t.study_id
 LEFT JOIN core_series se ON se.id = t.series_id
 JOIN core_protocolversion pv ON pv.id = t.protocol_version_id"""
-    # Parameter order follows the text: candidates, reader, tier CASE, now, now, lease CASE,
-    # reader, now, now, the audit event's.
-    args = [*candidate_params, reader_id, *tier_case_params, now, now, *lease_case_params, reader_id, now, now,
+    # Parameter order follows the text: the digest check's, candidates, reader, tier CASE, now, now,
+    # lease CASE, reader, now, now, the audit event's.
+    args = [*fresh_params, *candidate_params, reader_id, *tier_case_params, now, now, *lease_case_params, reader_id,
+            now, now,
             *(event.args if event is not None else ())]
     return sql, args
 

@@ -123,45 +123,44 @@ def eligibility(user, projects=None, *, claim_lock: tuple[int, int] | None = Non
     the lock is granted, which is harmless: what the lock protects (the open-read count) is read
     by the next statement, with a new snapshot.
     """
+    return eligibility_and_digest(user, projects, claim_lock=claim_lock)[0]
+
+
+def eligibility_and_digest(user, projects=None, *, claim_lock: tuple[int, int] | None = None
+                           ) -> tuple[list[Eligibility], str]:
+    """eligibility() and the digest of the rows it was derived from (PostgreSQL; "" elsewhere or
+    when there are none): ``digest_check`` recomputes it in a later statement, which tells whether
+    the rules still hold without deriving them again (tasks.queue's cached claim rules)."""
     if projects is not None and not isinstance(projects, list | tuple):
         projects = list(projects.values_list("pk", flat=True))
     if projects is not None and not projects:
-        return []
-    from learning.models import LearningConfig
-
-    memberships = Membership._meta.db_table
-    project_table = Membership._meta.get_field("project").related_model._meta.db_table
-    learning_table = LearningConfig._meta.db_table
-    roles = list(READER_ROLE_TIERS)
-    params = [user.pk, *roles]
-    lock, locked = "", ""
+        return [], ""
+    source, params = _eligibility_source(user.pk, projects, typed=False)
+    digest_column, digest = "", ""
+    if connection.vendor == "postgresql":
+        # Every row carries the digest of them all, computed as digest_check computes it.
+        digest_column = (f", md5(string_agg(ROW({_ELIGIBILITY_ROW})::text, ',') OVER "
+                  f"(ORDER BY m.id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING))")
+    lock = ""
     if claim_lock is not None:
         # MATERIALIZED: evaluated exactly once, whatever the join order (when the reader has no
         # membership at all it may not run: then nothing is claimed and nothing needs locking).
-        lock, locked = "WITH claim_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s, %s))\n", "claim_lock, "
+        lock = "WITH claim_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s, %s))\n"
+        source = source.replace("FROM ", "FROM claim_lock, ", 1)
         params = [*claim_lock, *params]
-    where = ""
-    if projects is not None:
-        where = f" AND m.project_id IN ({', '.join(['%s'] * len(projects))})"
-        params += [int(p) for p in projects]
     # Plain SQL: on the claim path the ORM's query building costs more than the query.
-    sql = f"""{lock}SELECT m.project_id, m.role, m.subspecialties, m.is_suspended, m.calibrated_at IS NOT NULL,
-                     p.is_active, p.requires_calibration, p.higher_tiers_take_lower_work, p.max_open_reads,
-                     p.lease_seconds, p.gold_rate,
-                     COALESCE(lc.suggestions_enabled AND NOT lc.is_blind_to_model, false)
-              FROM {locked}{memberships} m JOIN {project_table} p ON p.id = m.project_id
-                   LEFT JOIN {learning_table} lc ON lc.project_id = m.project_id
-              WHERE m.user_id = %s AND m.is_active AND m.role IN ({', '.join(['%s'] * len(roles))}){where}
-              ORDER BY m.id"""
+    sql = f"{lock}SELECT {_ELIGIBILITY_ROW}{digest_column} {source} ORDER BY m.id"
     by_project: dict[int, list[tuple]] = {}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         for row in cursor.fetchall():
             by_project.setdefault(row[0], []).append(row)
+            if digest_column:
+                digest = row[12]
     result = []
     for project_id, rows in by_project.items():
         (_, _, _, _, _, active, requires_calibration, higher_take_lower, max_open_reads, lease_seconds,
-         gold_rate, readers_see_model) = rows[0]
+         gold_rate, readers_see_model) = rows[0][:12]
         if not active or any(row[3] for row in rows):
             continue
         needs_calibration = bool(requires_calibration) and not any(row[4] for row in rows)
@@ -170,7 +169,46 @@ def eligibility(user, projects=None, *, claim_lock: tuple[int, int] | None = Non
         subs = tuple(sorted({s for row in rows for s in _json(row[2])}))
         result.append(Eligibility(project_id, tiers, subs, max_open_reads, int(top), lease_seconds,
                                   needs_calibration, gold_rate, bool(readers_see_model)))
-    return result
+    return result, digest
+
+
+def digest_check(user_id: int, projects: list[int] | None) -> tuple[str, list]:
+    """A scalar SQL expression (typed placeholders, for a prepared statement) with the digest
+    eligibility_and_digest returns for the rows as they are when it runs, and its arguments."""
+    source, params = _eligibility_source(user_id, projects, typed=True)
+    return f"(SELECT coalesce(md5(string_agg(ROW({_ELIGIBILITY_ROW})::text, ',' ORDER BY m.id)), '') {source})", params
+
+
+# The columns eligibility is derived from: one text for the query and the digest of its rows.
+_ELIGIBILITY_ROW = ("m.project_id, m.role, m.subspecialties, m.is_suspended, m.calibrated_at IS NOT NULL, "
+                    "p.is_active, p.requires_calibration, p.higher_tiers_take_lower_work, p.max_open_reads, "
+                    "p.lease_seconds, p.gold_rate, "
+                    "COALESCE(lc.suggestions_enabled AND NOT lc.is_blind_to_model, false)")
+
+
+def _eligibility_source(user_id: int, projects: list[int] | None, *, typed: bool) -> tuple[str, list]:
+    """FROM and WHERE of a reader's reader memberships with their projects (on the given ones)."""
+    from learning.models import LearningConfig
+
+    memberships = Membership._meta.db_table
+    project_table = Membership._meta.get_field("project").related_model._meta.db_table
+    learning_table = LearningConfig._meta.db_table
+    for role in READER_ROLE_TIERS:
+        assert role.isidentifier(), role  # spliced into the text below as a literal
+    roles = ", ".join(f"'{role}'" for role in READER_ROLE_TIERS)
+    params: list = [user_id]
+    where = ""
+    if projects is not None:
+        if typed:  # one text whatever the number of projects
+            where = " AND m.project_id = ANY(%s::bigint[])"
+            params.append([int(p) for p in projects])
+        else:
+            where = f" AND m.project_id IN ({', '.join(['%s'] * len(projects))})"
+            params += [int(p) for p in projects]
+    user = "%s::bigint" if typed else "%s"
+    return (f"FROM {memberships} m JOIN {project_table} p ON p.id = m.project_id "
+            f"LEFT JOIN {learning_table} lc ON lc.project_id = m.project_id "
+            f"WHERE m.user_id = {user} AND m.is_active AND m.role IN ({roles}){where}"), params
 
 
 def _json(value):

@@ -1,0 +1,149 @@
+"""Claims on the rules a worker process already knows (tasks.queue._claim_on_known_rules): one
+round trip that claims only while the memberships and projects still say what they said when the
+rules were derived, and otherwise leaves the claim to the full path, which learns them afresh."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from audit.trail import verify_chains
+from core.memberships import grant_membership
+from core.protocols import create_protocol_version
+from tasks import queue
+from tasks.creation import create_tasks
+from tasks.models import QueueSlot, Read
+from tasks.states import ReadState
+from tests.factories import ProjectFactory
+from tests.tasks.conftest import add_ct_studies
+
+pytestmark = pytest.mark.django_db
+
+NEXT = "/api/queue/next/"
+
+
+@pytest.fixture(autouse=True)
+def _postgres_only():
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: the claim on known rules is one PostgreSQL statement (SQLite takes the "
+                    "full path every time)")
+
+
+def claims_on_known_rules(client) -> tuple[object, bool]:
+    """(the claim's response, whether it was the one-round-trip claim)."""
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(NEXT, {}, format="json")
+    sql = [q["sql"] for q in queries.captured_queries]
+    fast = any(s.startswith("SELECT pg_advisory_xact_lock(") and "fresh AS MATERIALIZED" in s for s in sql)
+    full = any(s.lstrip().startswith("WITH claim_lock AS MATERIALIZED") for s in sql)
+    return response, fast and not full
+
+
+def test_the_second_claim_takes_one_round_trip_and_matches_the_full_path(cast, api, queued):
+    client = api(cast.annotator)
+    first = client.post(NEXT, {}, format="json")
+    assert first.status_code == 200
+    response, fast = claims_on_known_rules(client)
+    assert response.status_code == 200 and fast
+    body = response.json()
+    read = Read.objects.get(pk=body["read"])
+    assert read.reader_id == cast.annotator.pk and read.state == ReadState.CLAIMED
+    assert body["task"] != first.json()["task"]  # never the task the reader already holds
+    assert set(body) == set(first.json())
+    assert read.lease_expires_at - read.claimed_at == timedelta(seconds=cast.project.lease_seconds)
+    event = AuditEvent.objects.get(action="claim", object_id=str(read.pk))
+    assert event.extra == {"task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()}
+    assert verify_chains().ok
+
+
+def test_a_suspension_after_the_rules_were_learned_stops_the_next_claim(cast, api, queued):
+    client = api(cast.annotator)
+    assert client.post(NEXT, {}, format="json").status_code == 200
+    cast.project.memberships.filter(user=cast.annotator).update(is_suspended=True)
+    response, _ = claims_on_known_rules(client)
+    assert response.status_code == 204
+    assert Read.objects.filter(reader=cast.annotator).count() == 1
+
+
+def test_a_changed_project_setting_is_used_by_the_next_claim(cast, api, queued):
+    client = api(cast.annotator)
+    assert client.post(NEXT, {}, format="json").status_code == 200
+    cast.project.lease_seconds = 120
+    cast.project.save()
+    response, fast = claims_on_known_rules(client)
+    assert response.status_code == 200 and not fast  # the rules changed: the full path learned them
+    read = Read.objects.get(pk=response.json()["read"])
+    assert read.lease_expires_at - read.claimed_at == timedelta(seconds=120)
+    response, fast = claims_on_known_rules(client)  # and the claim after uses them in one round trip
+    assert response.status_code == 200 and fast
+    read = Read.objects.get(pk=response.json()["read"])
+    assert read.lease_expires_at - read.claimed_at == timedelta(seconds=120)
+
+
+def test_a_lowered_open_read_limit_holds_on_known_rules(cast, api, queued):
+    client = api(cast.annotator)
+    assert client.post(NEXT, {}, format="json").status_code == 200
+    assert client.post(NEXT, {}, format="json").status_code == 200
+    cast.project.max_open_reads = 2
+    cast.project.save()
+    assert client.post(NEXT, {}, format="json").status_code == 204
+    assert Read.objects.filter(reader=cast.annotator, state=ReadState.CLAIMED).count() == 2
+
+
+def test_a_new_membership_widens_the_next_claim(cast, api, queued):
+    """Rules on several projects: the full path (the claim's audit event is appended apart)."""
+    client = api(cast.annotator)
+    assert client.post(NEXT, {}, format="json").status_code == 200
+    other = ProjectFactory(name="Head CT", client=cast.client_org, vendor=cast.vendor, modalities=["CT"])
+    create_protocol_version(project=other, name="v1", template="generic_findings", by=cast.manager)
+    grant_membership(project=other, user=cast.annotator, role="annotator", by=cast.manager)
+    add_ct_studies(other, 1, seed=900)
+    created = create_tasks(other, by=cast.manager)
+    QueueSlot.objects.filter(project=other).update(priority=5)
+    response, fast = claims_on_known_rules(client)
+    assert response.status_code == 200 and not fast
+    assert response.json()["task"] == created[0].pk  # the new project's more urgent work
+
+
+def test_a_lapsed_lease_at_the_head_is_taken_over_by_the_full_path(cast, api, queued):
+    client = api(cast.second_annotator)
+    learned = client.post(NEXT, {}, format="json").json()["read"]  # learns the rules
+    assert client.post(f"/api/reads/{learned}/release/").status_code == 200
+    lapsed = api(cast.annotator).post(NEXT, {}, format="json").json()["read"]  # the slot at the head
+    past = timezone.now() - timedelta(minutes=1)
+    Read.objects.filter(pk=lapsed).update(lease_expires_at=past)
+    QueueSlot.objects.filter(read_id=lapsed).update(lease_expires_at=past)
+    response, fast = claims_on_known_rules(client)
+    assert response.status_code == 200 and not fast
+    assert Read.objects.get(pk=lapsed).state == ReadState.EXPIRED
+    assert AuditEvent.objects.filter(action="expire", object_id=str(lapsed)).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_the_claim_commits_with_its_audit_event(cast, api, queued):
+    """As under a server (no request-wide transaction): the lock and the claim run as one implicit
+    transaction, committed when the message is done; another connection sees both."""
+    client = api(cast.annotator)
+    assert client.post(NEXT, {}, format="json").status_code == 200
+    assert connection.get_autocommit() and not connection.in_atomic_block
+    response, fast = claims_on_known_rules(client)
+    assert response.status_code == 200 and fast
+    assert not connection.in_atomic_block
+    read_id = response.json()["read"]
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT state FROM tasks_read WHERE id = %s", [read_id])
+            assert cursor.fetchone() == ("claimed",)
+            cursor.execute("SELECT count(*) FROM audit_auditevent WHERE action = 'claim' AND object_id = %s",
+                           [str(read_id)])
+            assert cursor.fetchone() == (1,)
+            # The transaction-level claim lock went with the implicit transaction.
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [queue.CLAIM_LOCK, cast.annotator.pk])
+            assert cursor.fetchone() == (True,)
+    finally:
+        other.close()
+    assert verify_chains().ok
