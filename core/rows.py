@@ -11,6 +11,8 @@ import re
 import zlib
 
 from django.db import DatabaseError, connection
+from django.db.models import signals
+from django.db.models.base import ModelState
 
 _PLACEHOLDER = re.compile(r"%s")
 
@@ -38,10 +40,22 @@ def instances(models, row) -> list:
 
 
 def loaded(model, **values):
-    """An instance as if read with only these fields (the others are deferred: touching one loads it)."""
-    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
-    assert len(names) == len(values), set(values) - set(names)
-    return model.from_db(connection.alias, names, [values[n] for n in names])
+    """An instance as if read with only these fields (the others are deferred: touching one loads it).
+
+    What Model.from_db builds, without running Model.__init__ over every field where no pre_init
+    or post_init receiver would see it: a deferred field is one missing from the instance's
+    __dict__ (Model.get_deferred_fields), which is what is left here."""
+    if __debug__:
+        unknown = set(values) - {f.attname for f in model._meta.concrete_fields}
+        assert not unknown, unknown
+    if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
+        names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+        return model.from_db(connection.alias, names, [values[n] for n in names])
+    instance = model.__new__(model)
+    instance.__dict__.update(values)
+    state = instance._state = ModelState()
+    state.adding, state.db = False, connection.alias
+    return instance
 
 
 # What PostgreSQL answers when a session's prepared statement no longer matches what this

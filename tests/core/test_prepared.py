@@ -66,6 +66,41 @@ def test_without_kept_connections_the_statement_runs_unprepared(kept_connection)
     assert not {n for n in _prepared_names() if n.startswith("rq_test_plain_")}
 
 
+@pytest.mark.parametrize("kept", [True, False], ids=["prepared", "unprepared"])
+def test_a_statement_sent_before_runs_first_in_the_same_transaction(kept_connection, kept):
+    """``before`` (the claim's advisory lock) goes in the same message: it runs first, in the same
+    transaction (PostgreSQL's implicit one), and the statement's rows are what comes back."""
+    if not kept:
+        connection.settings_dict["CONN_MAX_AGE"] = 0
+    with connection.cursor() as cursor:
+        rows.execute_prepared(cursor, "rq_test_after", "SELECT %s::bigint, txid_current()::bigint", [7],
+                              before=("SELECT txid_current(), set_config('rq.test', %s, true)", ["set"]))
+        value, txid = cursor.fetchone()
+        assert value == 7
+        cursor.execute("SELECT txid_current()")
+        inside = cursor.fetchone()[0] == txid  # pytest-django's test transaction: the same one
+        assert inside == (not connection.get_autocommit())
+        rows.execute_prepared(cursor, "rq_test_after", "SELECT current_setting('rq.test', true)::text", [],
+                              before=("SELECT set_config('rq.test', %s, true)", ["seen"]))
+        assert cursor.fetchone() == ("seen",)  # the setting (transaction-local) was in force
+
+
+def test_loaded_builds_what_the_orm_would_with_the_rest_deferred(cast):
+    from core.models import Project
+
+    project = Project.objects.get(pk=cast.project.pk)
+    built = rows.loaded(Project, id=project.pk, name=project.name, lease_seconds=project.lease_seconds)
+    read = Project.objects.only("id", "name", "lease_seconds").get(pk=project.pk)
+    assert built == read and built.get_deferred_fields() == read.get_deferred_fields()
+    assert not built._state.adding and built._state.db == read._state.db
+    assert built.max_open_reads == project.max_open_reads  # a deferred field loads on use
+    built.name = "Renamed"
+    built.save(update_fields=["name"])
+    assert Project.objects.get(pk=project.pk).name == "Renamed"
+    with pytest.raises(AssertionError):
+        rows.loaded(Project, id=1, no_such_field=2)
+
+
 def test_a_deadlock_postgresql_broke_answers_409_retry_and_stores_nothing(cast, api, monkeypatch):
     """A claim that met another transaction head-on (PostgreSQL aborts one of two that wait on
     each other) tells the client to retry instead of answering 500."""
