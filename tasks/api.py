@@ -94,21 +94,26 @@ class ClaimSerializer(serializers.Serializer):
         return _dicomweb(self.context["request"], claim.task, claim.study_series)
 
     def to_representation(self, claim):
-        # Built by hand, in the declared fields' order and with their renderings (the fields
-        # above are the OpenAPI schema; a test holds the two together): DRF's generic walk
-        # over the fields cost a sixth of a claim request's CPU.
-        # The model's view of the task only where the project is not blind-to-model and offers
-        # suggestions; otherwise the key is absent (learning.exposure decides).
-        from learning.exposure import model_block_for_reader
+        return claim_representation(claim, self.context["request"])
 
-        task = claim.task
-        data = {"read": claim.read.pk, "task": task.pk, "project": task.project_id,
-                "lease_expires_at": _DATETIME.to_representation(claim.read.lease_expires_at),
-                "protocol_version": self.get_protocol_version(claim), "study_uid": task.study.study_uid,
-                "series_uid": self.get_series_uid(claim), "dicomweb": self.get_dicomweb(claim)}
-        if claim.readers_see_model and (block := model_block_for_reader(claim.task)) is not None:
-            data["model"] = block
-        return data
+
+def claim_representation(claim, request) -> dict:
+    """What ClaimSerializer renders, built by hand in its declared fields' order and with their
+    renderings (its fields are the OpenAPI schema; a test holds the two together): DRF's generic
+    walk over the fields cost a sixth of a claim request's CPU, and the claim view skips even the
+    serializer's construction. The model's view of the task only where the project is not
+    blind-to-model and offers suggestions; otherwise the key is absent (learning.exposure decides)."""
+    from learning.exposure import model_block_for_reader
+
+    task = claim.task
+    data = {"read": claim.read.pk, "task": task.pk, "project": task.project_id,
+            "lease_expires_at": _DATETIME.to_representation(claim.read.lease_expires_at),
+            "protocol_version": protocol_schema(task.protocol_version), "study_uid": task.study.study_uid,
+            "series_uid": task.series.series_uid if task.series else None,
+            "dicomweb": _dicomweb(request, task, claim.study_series)}
+    if claim.readers_see_model and (block := model_block_for_reader(claim.task)) is not None:
+        data["model"] = block
+    return data
 
 
 class ReadSerializer(serializers.ModelSerializer):
@@ -201,7 +206,7 @@ class QueueNextView(AuditedViewMixin, APIView):
         claim = queue.claim_next_read(request.user, project_id=project_id)
         if claim is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(ClaimSerializer(claim, context={"request": request}).data)
+        return Response(claim_representation(claim, request))
 
 
 class ReadFilter(django_filters.FilterSet):
