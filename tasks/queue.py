@@ -11,6 +11,12 @@ them), insert the read, lease the slot, expire the read whose lease ran out, mov
 in_reading. Order: priority, then age (slot id), so equal-priority work is served first come,
 first served. Elsewhere (SQLite, whose IMMEDIATE transactions serialise writers) the same steps
 run through the ORM.
+
+Once a worker process has seen a reader claim, the reader's next claims are one message (lock and
+claim statement, one round trip, committed on their own): the statement claims on the rules the
+process derived last time only while a digest of the membership and project rows they came from
+is unchanged (read after the reader's lock is granted), so a suspension or a changed project
+setting holds from the very next claim. Anything else takes the full path above.
 """
 
 import functools
