@@ -243,6 +243,14 @@ _STAND_IN = {name: f"{name}-{uuid.uuid4().hex}" for name in ("actor_roles", "act
 class EmbeddedEvent:
     sql: str  # CTEs audit_roles (when roles are looked up), audit_head and audit_event; %s::type placeholders
     args: list
+    shard: int
+
+    def will_append(self) -> tuple[str, list]:
+        """An SQL condition (and its arguments) that holds when the append will write its row: the
+        shard's chain head exists. A statement that must not change anything unless its event is
+        appended with it puts this in its own WHERE."""
+        return (f"EXISTS (SELECT 1 FROM {AuditChainHead._meta.db_table} WHERE shard = %s::smallint)",
+                [self.shard])
 
 
 def embedded_event(action: str, *, after: str, actor=None, project_id=None, obj=None, object_type: str = "",
@@ -281,7 +289,7 @@ def embedded_event(action: str, *, after: str, actor=None, project_id=None, obj=
                 **{f"piece{i}": piece for i, piece in enumerate(pieces)})
     if lookup:
         args["superuser_fallback"] = "superuser" if actor.is_superuser else ""
-    return EmbeddedEvent(sql, [args[name] for name in arg_names])
+    return EmbeddedEvent(sql, [args[name] for name in arg_names], shard)
 
 
 def _stand_in(name: str) -> str:

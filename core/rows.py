@@ -39,15 +39,19 @@ def instances(models, row) -> list:
     return result
 
 
+_ATTNAMES: dict = {}  # model -> its concrete fields' attribute names
+
+
 def loaded(model, **values):
     """An instance as if read with only these fields (the others are deferred: touching one loads it).
 
     What Model.from_db builds, without running Model.__init__ over every field where no pre_init
     or post_init receiver would see it: a deferred field is one missing from the instance's
     __dict__ (Model.get_deferred_fields), which is what is left here."""
-    if __debug__:
-        unknown = set(values) - {f.attname for f in model._meta.concrete_fields}
-        assert not unknown, unknown
+    attnames = _ATTNAMES.get(model) or _ATTNAMES.setdefault(model, frozenset(
+        f.attname for f in model._meta.concrete_fields))
+    if not attnames.issuperset(values):
+        raise TypeError(f"{model.__name__} has no field {sorted(set(values) - attnames)}")
     if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
         names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
         return model.from_db(connection.alias, names, [values[n] for n in names])

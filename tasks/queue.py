@@ -28,6 +28,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from audit.trail import EmbeddedEvent, embedded_event, record_event
+from audit.trail import is_enabled as audit_enabled
 from core import rows
 from core.broadcast import broadcast_to_reader_on_commit
 from core.errors import Conflict, DomainError, NotFound
@@ -117,6 +118,11 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
     return claim
 
 
+# Drivers that send a two-statement text as one message and leave the cursor on the last
+# statement's rows (psycopg2: client-side binding, PQexec). psycopg 3 would leave it on the
+# first, or refuse the text with server-side binding: there the full path runs.
+_ONE_MESSAGE_DRIVER = {"psycopg2": True}
+
 # Each reader's claim rules as this process last derived them, with the digest of the rows they
 # came from (routing.eligibility_and_digest), by (database, reader, projects asked for).
 _KNOWN_RULES: dict[tuple, tuple[list[Eligibility], str]] = {}
@@ -142,7 +148,7 @@ def _claim_on_known_rules(user, projects, now) -> Claim | None:
     recorded by the full path), or nothing to claim. The caller then takes the full path, which
     learns the rules afresh."""
     known = _KNOWN_RULES.get((connection.alias, user.pk, None if projects is None else tuple(projects)))
-    if known is None:
+    if known is None or not _ONE_MESSAGE_DRIVER.get(connection.Database.__name__, False):
         return None
     rules, digest = known
     if len(rules) != 1 or not digest or rules[0].needs_calibration or rules[0].gold_rate > 0:
@@ -264,6 +270,8 @@ def _claim_postgresql(user, rules, leases, now, *, unchanged: tuple[str, list, s
                                                "study_uid": "claimed.claimed_study_uid",
                                                "protocol_version": "claimed.claimed_version"},
                                extra_from_statement={"task": "claimed.claimed_task_id"})
+    if unchanged is not None and event is None and audit_enabled():
+        return None  # the event could not go in with the claim, which must not commit without it
     sql, args = claim_statement(user.pk, rules, leases, now, event, unchanged)
     before = None if lock is None else ("SELECT pg_advisory_xact_lock(%s, %s)", list(lock))
     with connection.cursor() as cursor:
@@ -307,16 +315,18 @@ def claim_statement(reader_id: int, rules, leases, now, event: EmbeddedEvent | N
 
     ``unchanged`` (an SQL expression, its arguments, the value it must have: routing.digest_check
     and the digest ``rules`` came with): the statement claims only while the expression still has
-    that value (the rules still hold), and only a free slot: where the best candidate is one whose
-    lease ran out, it claims nothing (the caller's full path records that lease's end)."""
+    that value (the rules still hold), only where ``event`` (if any) will be appended with the claim
+    (its chain head exists), and only a free slot: where the best candidate is one whose lease ran
+    out, it claims nothing (the caller's full path records that lease's end)."""
     fresh_params: list = []
     candidate_params: list = []
     candidates = _candidates_sql(rules, reader_id, now, candidate_params)
     fresh = ""
     if unchanged is not None:
         expression, fresh_params, expected = unchanged
-        fresh = f"fresh AS MATERIALIZED (SELECT {expression} = %s::text AS ok), "
-        fresh_params = [*fresh_params, expected]
+        appended, appended_params = event.will_append() if event is not None else ("true", [])
+        fresh = f"fresh AS MATERIALIZED (SELECT {expression} = %s::text AND {appended} AS ok), "
+        fresh_params = [*fresh_params, expected, *appended_params]
         candidates = (f"SELECT * FROM ({candidates}) best "
                       f"WHERE best.old_reader_id IS NULL AND (SELECT ok FROM fresh)")
     tier_case_params: list = []

@@ -15,7 +15,8 @@ ONE_STATEMENT = """
 CREATE OR REPLACE FUNCTION progress_task_changed() RETURNS trigger AS $$
 BEGIN
     -- A row for what the task stops counting as and one for what it counts as now (production
-    -- tasks only; OLD is NULL on INSERT and NEW on DELETE), the modality looked up once.
+    -- tasks only; OLD is NULL on INSERT and NEW on DELETE), with the modality of the task as it
+    -- is now (as it was, for a DELETE), looked up once: as 0007's function did.
     INSERT INTO tasks_tasktallydelta (project_id, batch_key, modality, state, tasks, reads_left)
     SELECT d.project_id, d.batch_key, m.modality, d.state, d.tasks, d.reads_left
     FROM (VALUES (OLD.project_id, COALESCE(OLD.batch_id, 0), OLD.state, -1,
@@ -26,10 +27,11 @@ BEGIN
                   TG_OP <> 'DELETE' AND NEW.kind = 'production')
          ) AS d(project_id, batch_key, state, tasks, reads_left, counted)
     CROSS JOIN (SELECT COALESCE(
-        (SELECT modality FROM core_series WHERE id = COALESCE(NEW.series_id, OLD.series_id)),
+        (SELECT modality FROM core_series
+         WHERE id = CASE WHEN TG_OP = 'DELETE' THEN OLD.series_id ELSE NEW.series_id END),
         (SELECT string_agg(j.value, '/' ORDER BY j.ord)
          FROM core_study s, jsonb_array_elements_text(s.modalities) WITH ORDINALITY AS j(value, ord)
-         WHERE s.id = COALESCE(NEW.study_id, OLD.study_id)), '') AS modality) m
+         WHERE s.id = CASE WHEN TG_OP = 'DELETE' THEN OLD.study_id ELSE NEW.study_id END), '') AS modality) m
     WHERE d.counted;
     RETURN NULL;
 END

@@ -147,3 +147,31 @@ def test_outside_a_transaction_the_claim_commits_with_its_audit_event(cast, api,
     finally:
         other.close()
     assert verify_chains().ok
+
+
+def test_without_a_chain_head_for_its_event_the_claim_takes_the_full_path(cast, api, queued):
+    """The one-message claim commits on its own, so it claims only where its audit event goes in
+    with it; where the shard's chain head is missing (a flushed database), the full path claims
+    and appends the event in the claim's transaction."""
+    from audit.models import AuditAnchor, AuditChainHead
+
+    client = api(cast.annotator)
+    assert client.post(NEXT, {}, format="json").status_code == 200
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL radqueue.audit_allow_truncate = 'on'")
+        cursor.execute("TRUNCATE audit_auditevent")
+    AuditAnchor.objects.all().delete()
+    AuditChainHead.objects.all().delete()
+    response, fast = claims_on_known_rules(client)
+    assert response.status_code == 200 and not fast
+    assert AuditEvent.objects.filter(action="claim", object_id=str(response.json()["read"])).count() == 1
+    assert verify_chains().ok
+
+
+def test_a_driver_that_cannot_send_two_statements_as_one_message_takes_the_full_path(cast, api, queued,
+                                                                                     monkeypatch):
+    client = api(cast.annotator)
+    assert client.post(NEXT, {}, format="json").status_code == 200
+    monkeypatch.setattr(queue, "_ONE_MESSAGE_DRIVER", {})
+    response, fast = claims_on_known_rules(client)
+    assert response.status_code == 200 and not fast
