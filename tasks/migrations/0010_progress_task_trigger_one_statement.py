@@ -9,6 +9,8 @@ session, with the modality looked up inside it, writes the same rows in about 0.
 triggers (0007) already work this way.
 """
 
+import importlib
+
 from django.db import migrations
 
 ONE_STATEMENT = """
@@ -38,31 +40,10 @@ END
 $$ LANGUAGE plpgsql;
 """
 
-# 0007's function, as it was.
-THREE_STATEMENTS = """
-CREATE OR REPLACE FUNCTION progress_task_changed() RETURNS trigger AS $$
-DECLARE
-    modality varchar;
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        modality := progress_modality(OLD.series_id, OLD.study_id);
-    ELSE
-        modality := progress_modality(NEW.series_id, NEW.study_id);
-    END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.kind = 'production' THEN
-        INSERT INTO tasks_tasktallydelta (project_id, batch_key, modality, state, tasks, reads_left)
-        VALUES (OLD.project_id, COALESCE(OLD.batch_id, 0), modality, OLD.state, -1,
-                -progress_reads_left(OLD.state, OLD.reads_required, OLD.reads_submitted));
-    END IF;
-    IF TG_OP IN ('UPDATE', 'INSERT') AND NEW.kind = 'production' THEN
-        INSERT INTO tasks_tasktallydelta (project_id, batch_key, modality, state, tasks, reads_left)
-        VALUES (NEW.project_id, COALESCE(NEW.batch_id, 0), modality, NEW.state, 1,
-                progress_reads_left(NEW.state, NEW.reads_required, NEW.reads_submitted));
-    END IF;
-    RETURN NULL;
-END
-$$ LANGUAGE plpgsql;
-"""
+# 0007's function, as it was (reversing this migration restores it).
+_PREVIOUS = importlib.import_module("tasks.migrations.0007_progress_tallies").POSTGRES_TRIGGERS
+_FROM = _PREVIOUS.index("CREATE OR REPLACE FUNCTION progress_task_changed()")
+THREE_STATEMENTS = _PREVIOUS[_FROM:_PREVIOUS.index("$$ LANGUAGE plpgsql;", _FROM) + len("$$ LANGUAGE plpgsql;")]
 
 
 def _run(sql: str):
