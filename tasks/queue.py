@@ -167,11 +167,10 @@ def _announce_claim(user, claim: Claim, expired: tuple[int, int] | None, *, prog
     """The claim's audit event where its statement did not append it, the lapsed lease it took
     over, the reader's live feed and the project's progress."""
     read, task = claim.read, claim.task
-    if not claim.recorded:
-        with transaction.atomic(savepoint=False):  # where no transaction is open (a claim on known rules)
-            record_event("claim", actor=user, project_id=read.project_id, obj=read, study_uid=task.study.study_uid,
-                         protocol_version=task.protocol_version.number,
-                         extra={"task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
+    if not claim.recorded:  # never on known rules with the trail on (the statement appends it or claims nothing)
+        record_event("claim", actor=user, project_id=read.project_id, obj=read, study_uid=task.study.study_uid,
+                     protocol_version=task.protocol_version.number,
+                     extra={"task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat()})
     if expired is not None:  # this claim took over a slot whose lease had passed
         expired_read_id, expired_reader_id = expired
         record_event("expire", actor=None, project_id=read.project_id, object_type="tasks.read",

@@ -14,6 +14,7 @@ tiers take lower work), holding the sub-specialty when one is required, and cali
 project requires calibration.
 """
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -135,7 +136,8 @@ def eligibility_and_digest(user, projects=None, *, claim_lock: tuple[int, int] |
         projects = list(projects.values_list("pk", flat=True))
     if projects is not None and not projects:
         return [], ""
-    source, params = _eligibility_source(user.pk, projects, typed=False)
+    source = _eligibility_source(False, None if projects is None else len(projects), claim_lock is not None)
+    params = _eligibility_params(user.pk, projects, typed=False)
     digest_column, digest = "", ""
     if connection.vendor == "postgresql":
         # Every row carries the digest of them all, computed as digest_check computes it.
@@ -146,7 +148,6 @@ def eligibility_and_digest(user, projects=None, *, claim_lock: tuple[int, int] |
         # MATERIALIZED: evaluated exactly once, whatever the join order (when the reader has no
         # membership at all it may not run: then nothing is claimed and nothing needs locking).
         lock = "WITH claim_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s, %s))\n"
-        source = source.replace("FROM ", "FROM claim_lock, ", 1)
         params = [*claim_lock, *params]
     # Plain SQL: on the claim path the ORM's query building costs more than the query.
     sql = f"{lock}SELECT {_ELIGIBILITY_ROW}{digest_column} {source} ORDER BY m.id"
@@ -175,8 +176,7 @@ def eligibility_and_digest(user, projects=None, *, claim_lock: tuple[int, int] |
 def digest_check(user_id: int, projects: list[int] | None) -> tuple[str, list]:
     """A scalar SQL expression (typed placeholders, for a prepared statement) with the digest
     eligibility_and_digest returns for the rows as they are when it runs, and its arguments."""
-    source, params = _eligibility_source(user_id, projects, typed=True)
-    return f"(SELECT coalesce(md5(string_agg(ROW({_ELIGIBILITY_ROW})::text, ',' ORDER BY m.id)), '') {source})", params
+    return _digest_expression(projects is not None), _eligibility_params(user_id, projects, typed=True)
 
 
 # The columns eligibility is derived from: one text for the query and the digest of its rows.
@@ -186,8 +186,17 @@ _ELIGIBILITY_ROW = ("m.project_id, m.role, m.subspecialties, m.is_suspended, m.c
                     "COALESCE(lc.suggestions_enabled AND NOT lc.is_blind_to_model, false)")
 
 
-def _eligibility_source(user_id: int, projects: list[int] | None, *, typed: bool) -> tuple[str, list]:
-    """FROM and WHERE of a reader's reader memberships with their projects (on the given ones)."""
+@functools.cache
+def _digest_expression(on_projects: bool) -> str:
+    source = _eligibility_source(True, None if not on_projects else 1)
+    return f"(SELECT coalesce(md5(string_agg(ROW({_ELIGIBILITY_ROW})::text, ',' ORDER BY m.id)), '') {source})"
+
+
+@functools.cache
+def _eligibility_source(typed: bool, projects: int | None, locked: bool = False) -> str:
+    """FROM and WHERE of a reader's reader memberships with their projects: on ``projects`` of them
+    (how many ids follow the user's; typed: one array, whatever the number), or on every project
+    (None); ``locked``: after the CTE claim_lock. Built once per shape (the claim path's hot text)."""
     from learning.models import LearningConfig
 
     memberships = Membership._meta.db_table
@@ -196,19 +205,22 @@ def _eligibility_source(user_id: int, projects: list[int] | None, *, typed: bool
     for role in READER_ROLE_TIERS:
         assert role.isidentifier(), role  # spliced into the text below as a literal
     roles = ", ".join(f"'{role}'" for role in READER_ROLE_TIERS)
-    params: list = [user_id]
     where = ""
     if projects is not None:
-        if typed:  # one text whatever the number of projects
-            where = " AND m.project_id = ANY(%s::bigint[])"
-            params.append([int(p) for p in projects])
-        else:
-            where = f" AND m.project_id IN ({', '.join(['%s'] * len(projects))})"
-            params += [int(p) for p in projects]
+        where = (" AND m.project_id = ANY(%s::bigint[])" if typed
+                 else f" AND m.project_id IN ({', '.join(['%s'] * projects)})")
     user = "%s::bigint" if typed else "%s"
-    return (f"FROM {memberships} m JOIN {project_table} p ON p.id = m.project_id "
+    return (f"FROM {'claim_lock, ' if locked else ''}{memberships} m JOIN {project_table} p ON p.id = m.project_id "
             f"LEFT JOIN {learning_table} lc ON lc.project_id = m.project_id "
-            f"WHERE m.user_id = {user} AND m.is_active AND m.role IN ({roles}){where}"), params
+            f"WHERE m.user_id = {user} AND m.is_active AND m.role IN ({roles}){where}")
+
+
+def _eligibility_params(user_id: int, projects: list[int] | None, *, typed: bool) -> list:
+    """The arguments of _eligibility_source's text, in its order."""
+    if projects is None:
+        return [user_id]
+    ids = [int(p) for p in projects]
+    return [user_id, ids] if typed else [user_id, *ids]
 
 
 def _json(value):
