@@ -2,7 +2,7 @@
 
 from datetime import timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from core.errors import Conflict
@@ -15,10 +15,15 @@ def on_consensus_stored(project_id: int) -> LearningJob | None:
     from learning.runs import start_job
     from learning.training import consensus_since_last_training
 
-    config = LearningConfig.objects.filter(project_id=project_id, retrain_after_consensus__gt=0).first()
-    if config is None:
+    # Plain SQL: this runs in the transaction of every task's last submit, and most projects set
+    # no count (building the ORM's query cost several times running it).
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT retrain_after_consensus FROM {LearningConfig._meta.db_table} "
+                       "WHERE project_id = %s AND retrain_after_consensus > 0", [project_id])
+        found = cursor.fetchone()
+    if found is None:
         return None
-    if consensus_since_last_training(project_id) < config.retrain_after_consensus:
+    if consensus_since_last_training(project_id) < found[0]:
         return None
     if LearningJob.objects.filter(project_id=project_id, kind=LearningJob.Kind.TRAIN,
                                   state__in=["queued", "running", "applying"]).exists():

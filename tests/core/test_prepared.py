@@ -120,3 +120,33 @@ def test_a_deadlock_postgresql_broke_answers_409_retry_and_stores_nothing(cast, 
     assert response.status_code == 409 and response["Retry-After"] == "1"
     assert response.json()["code"] == "concurrent_change" and "Retry" in response.json()["detail"]
     assert not Read.objects.exists()
+
+
+def test_insert_stores_what_the_orms_create_would_and_names_what_is_missing(cast):
+    from django.db.models.signals import pre_save
+    from django.utils import timezone
+
+    from core.models import Organization
+
+    now = timezone.now()
+    made = rows.insert(Organization, name="Inserted", kind="client", created_at=now)
+    stored = Organization.objects.get(pk=made.pk)
+    assert (stored.name, stored.kind, stored.created_at) == ("Inserted", "client", now)
+    assert made == stored and made.created_at == now and not made._state.adding
+    with pytest.raises(TypeError, match=r"missing \['created_at'\]"):
+        rows.insert(Organization, name="No date", kind="client")
+    with pytest.raises(TypeError, match=r"unknown \['colour'\]"):
+        rows.insert(Organization, name="Odd", kind="client", created_at=now, colour="red")
+    assert not Organization.objects.filter(name__in=["No date", "Odd"]).exists()
+
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append(instance.name)
+
+    pre_save.connect(receiver, sender=Organization)
+    try:  # a receiver listens: the ORM creates it, so the receiver sees it
+        rows.insert(Organization, name="Watched", kind="vendor", created_at=now)
+    finally:
+        pre_save.disconnect(receiver, sender=Organization)
+    assert seen == ["Watched"] and Organization.objects.filter(name="Watched").exists()
