@@ -72,7 +72,8 @@ def insert(model, **values):
     Every concrete field but the primary key must be given (by attribute name: ``task_id``): no
     default is filled in, ``auto_now_add`` included, so nothing is stored that the caller did not
     say. Values go through each field's ``get_db_prep_save``, as the ORM's do. Elsewhere than on
-    PostgreSQL, or where a pre_save or post_save receiver listens for the model, the ORM creates it.
+    PostgreSQL, or where a pre_save or post_save receiver listens for the model, the ORM creates it
+    (its ``auto_now_add`` then sets its own time).
     """
     fields, sql = _INSERTS.get(model) or _INSERTS.setdefault(model, _insert_statement(model))
     given, expected = set(values), {f.attname for f in fields}
