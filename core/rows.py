@@ -7,6 +7,7 @@ PostgreSQL: its driver returns the Python types the fields hold (timezone-aware 
 SQLite the ORM's converters are needed, so callers keep the ORM there.
 """
 
+import functools
 import re
 import zlib
 
@@ -39,17 +40,13 @@ def instances(models, row) -> list:
     return result
 
 
-_ATTNAMES: dict = {}  # model -> its concrete fields' attribute names
-
-
 def loaded(model, **values):
     """An instance as if read with only these fields (the others are deferred: touching one loads it).
 
     What Model.from_db builds, without running Model.__init__ over every field where no pre_init
     or post_init receiver would see it: a deferred field is one missing from the instance's
     __dict__ (Model.get_deferred_fields), which is what is left here."""
-    attnames = _ATTNAMES.get(model) or _ATTNAMES.setdefault(model, frozenset(
-        f.attname for f in model._meta.concrete_fields))
+    attnames = _attnames(model)
     if not attnames.issuperset(values):
         raise TypeError(f"{model.__name__} has no field {sorted(set(values) - attnames)}")
     if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
@@ -62,7 +59,9 @@ def loaded(model, **values):
     return instance
 
 
-_INSERTS: dict = {}  # model -> (its fields but the primary key, the INSERT text)
+@functools.cache
+def _attnames(model) -> frozenset[str]:
+    return frozenset(f.attname for f in model._meta.concrete_fields)
 
 
 def insert(model, **values):
@@ -75,8 +74,8 @@ def insert(model, **values):
     PostgreSQL, or where a pre_save or post_save receiver listens for the model, the ORM creates it
     (its ``auto_now_add`` then sets its own time).
     """
-    fields, sql = _INSERTS.get(model) or _INSERTS.setdefault(model, _insert_statement(model))
-    given, expected = set(values), {f.attname for f in fields}
+    fields, expected, sql = _insert_statement(model)
+    given = set(values)
     if given != expected:
         raise TypeError(f"{model.__name__}: missing {sorted(expected - given)}, unknown {sorted(given - expected)}")
     if (connection.vendor != "postgresql" or signals.pre_save.has_listeners(model)
@@ -88,11 +87,14 @@ def insert(model, **values):
     return loaded(model, **{model._meta.pk.attname: pk}, **values)
 
 
-def _insert_statement(model) -> tuple[list, str]:
+@functools.cache
+def _insert_statement(model) -> tuple[list, frozenset[str], str]:
+    """(the fields but the primary key, their attribute names, the INSERT text), once per model."""
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
     names = ", ".join(f'"{f.column}"' for f in fields)
-    return fields, (f'INSERT INTO "{model._meta.db_table}" ({names}) VALUES ({", ".join(["%s"] * len(fields))}) '
-                    f'RETURNING "{model._meta.pk.column}"')
+    placeholders = ", ".join(["%s"] * len(fields))
+    sql = f'INSERT INTO "{model._meta.db_table}" ({names}) VALUES ({placeholders}) RETURNING "{model._meta.pk.column}"'
+    return fields, frozenset(f.attname for f in fields), sql
 
 
 # What PostgreSQL answers when a session's prepared statement no longer matches what this

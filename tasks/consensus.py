@@ -17,6 +17,7 @@ disagreement opens an adjudication, routed by the task's adjudication tier and s
 in the same transaction as the last submit.
 """
 
+import functools
 from collections import Counter
 from itertools import combinations
 
@@ -234,9 +235,14 @@ def _submitted_reads(task: Task) -> list[Read]:
     if connection.vendor != "postgresql":
         return list(Read.objects.filter(task=task, state=ReadState.SUBMITTED).order_by("id"))
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {', '.join(rows.columns(Read, 'r'))} FROM tasks_read r "
-                       "WHERE r.task_id = %s AND r.state = %s ORDER BY r.id", [task.pk, ReadState.SUBMITTED])
+        cursor.execute(_submitted_reads_statement(), [task.pk, ReadState.SUBMITTED])
         return [rows.instance(Read, row) for row in cursor.fetchall()]
+
+
+@functools.cache
+def _submitted_reads_statement() -> str:
+    return (f"SELECT {', '.join(rows.columns(Read, 'r'))} FROM tasks_read r "
+            "WHERE r.task_id = %s AND r.state = %s ORDER BY r.id")
 
 
 def on_reads_complete(task: Task) -> None:
