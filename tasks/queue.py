@@ -241,6 +241,8 @@ def _candidates_sql(rules: list[Eligibility], reader_id: int, now, params: list)
         FOR UPDATE OF s SKIP LOCKED) project_{len(scans)}""")
         params += [rule.project_id, list(rule.tiers), list(rule.subspecialties), reader_id, rule.project_id,
                    rule.max_open_reads, now, reader_id]
+    if len(scans) == 1:  # already the best: no union to order
+        return scans[0]
     return f"SELECT * FROM ({' UNION ALL '.join(scans)}) candidates ORDER BY priority DESC, id LIMIT 1"
 
 
@@ -332,18 +334,25 @@ def claim_statement(reader_id: int, rules, leases, now, event: EmbeddedEvent | N
     tier_case = _case(rules, {r.project_id: r.reader_tier for r in rules}, tier_case_params, "smallint")
     lease_case_params: list = []
     lease_case = _case(rules, {r.project_id: leases[r.project_id] for r in rules}, lease_case_params, "integer")
+    # ``claimed`` joins the new read to its task, study and protocol version once, for the
+    # response and for the audit event. With an event its WHERE reads every other CTE's result,
+    # so the chain head (the event's UPDATE reads ``claimed``) is the last row the statement locks.
+    waits = ("(SELECT count(*) FROM leased)" + ("" if unchanged is not None else " + (SELECT count(*) FROM expired)")
+             + " + (SELECT count(*) FROM started) >= 0")
     audit, recorded = "", "0"
     if event is not None:
-        audit = f""", claimed AS (
-    SELECT new_read.id AS read_id, new_read.task_id AS claimed_task_id, st.study_uid AS claimed_study_uid,
-           pv.number AS claimed_version
-    FROM new_read
-    JOIN tasks_task t ON t.id = new_read.task_id
-    JOIN core_study st ON st.id = t.study_id
-    JOIN core_protocolversion pv ON pv.id = t.protocol_version_id
-    WHERE (SELECT count(*) FROM leased) + (SELECT count(*) FROM expired) + (SELECT count(*) FROM started) >= 0
-), {event.sql}"""
+        audit = f", {event.sql}"
         recorded = "(SELECT count(*) FROM audit_event)"
+    # On known rules the statement claims only a free slot (above): no lapsed lease to end.
+    expired = "" if unchanged is not None else """, expired AS (
+    UPDATE tasks_read r SET state = 'expired', ended_at = %s::timestamptz
+    FROM c WHERE r.task_id = c.task_id AND r.reader_id = c.old_reader_id AND r.id = c.old_read_id
+      AND r.state = 'claimed'
+    RETURNING r.id, r.reader_id
+)"""
+    expired_params = [] if unchanged is not None else [now]
+    expired_columns = "NULL::bigint, NULL::bigint" if unchanged is not None else \
+        "(SELECT id FROM expired), (SELECT reader_id FROM expired)"
     sql = f"""
 WITH {fresh}c AS (
     {candidates}
@@ -360,32 +369,34 @@ WITH {fresh}c AS (
     SET reader_id = %s::bigint, lease_expires_at = new_read.lease_expires_at, read_id = new_read.id
     FROM new_read, c WHERE s.id = c.id
     RETURNING s.id
-), expired AS (
-    UPDATE tasks_read r SET state = 'expired', ended_at = %s::timestamptz
-    FROM c WHERE r.task_id = c.task_id AND r.reader_id = c.old_reader_id AND r.id = c.old_read_id
-      AND r.state = 'claimed'
-    RETURNING r.id, r.reader_id
-), started AS (
+){expired}, started AS (
     UPDATE tasks_task t SET state = 'in_reading', updated_at = %s::timestamptz
     FROM c WHERE t.id = c.task_id AND t.state = 'queued'
     RETURNING t.id
+), claimed AS (
+    SELECT new_read.id AS read_id, new_read.task_id AS claimed_task_id, t.project_id, new_read.tier AS read_tier,
+           new_read.lease_expires_at, t.study_id, st.study_uid AS claimed_study_uid, t.series_id,
+           t.protocol_version_id, pv.number AS claimed_version, pv.used_at, t.kind
+    FROM new_read
+    JOIN tasks_task t ON t.id = new_read.task_id
+    JOIN core_study st ON st.id = t.study_id
+    JOIN core_protocolversion pv ON pv.id = t.protocol_version_id
+    {f"WHERE {waits}" if event is not None else ""}
 ){audit}
-SELECT new_read.id, (SELECT id FROM expired), (SELECT reader_id FROM expired), new_read.task_id, t.project_id,
-       new_read.tier, new_read.lease_expires_at, t.study_id, st.study_uid, t.series_id, se.series_uid, se.modality,
-       se.mr_sequence, t.protocol_version_id, pv.number, pv.used_at,
-       CASE WHEN t.series_id IS NULL THEN (
+SELECT claimed.read_id, {expired_columns}, claimed.claimed_task_id, claimed.project_id,
+       claimed.read_tier, claimed.lease_expires_at, claimed.study_id, claimed.claimed_study_uid, claimed.series_id,
+       se.series_uid, se.modality, se.mr_sequence, claimed.protocol_version_id, claimed.claimed_version,
+       claimed.used_at,
+       CASE WHEN claimed.series_id IS NULL THEN (
            SELECT json_agg(json_build_array(x.id, x.series_uid, x.modality, x.mr_sequence) ORDER BY x.id)
-           FROM core_series x WHERE x.study_id = t.study_id) END,
-       (SELECT count(*) FROM leased), (SELECT count(*) FROM started), t.kind, {recorded}
-FROM new_read
-JOIN tasks_task t ON t.id = new_read.task_id
-JOIN core_study st ON st.id = t.study_id
-LEFT JOIN core_series se ON se.id = t.series_id
-JOIN core_protocolversion pv ON pv.id = t.protocol_version_id"""
+           FROM core_series x WHERE x.study_id = claimed.study_id) END,
+       (SELECT count(*) FROM leased), (SELECT count(*) FROM started), claimed.kind, {recorded}
+FROM claimed
+LEFT JOIN core_series se ON se.id = claimed.series_id"""
     # Parameter order follows the text: the digest check's, candidates, reader, tier CASE, now, now,
-    # lease CASE, reader, now, now, the audit event's.
+    # lease CASE, reader, now (expired, when there), now (started), the audit event's.
     args = [*fresh_params, *candidate_params, reader_id, *tier_case_params, now, now, *lease_case_params, reader_id,
-            now, now,
+            *expired_params, now,
             *(event.args if event is not None else ())]
     return sql, args
 
