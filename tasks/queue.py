@@ -283,7 +283,7 @@ def _claim_postgresql(user, rules, leases, now, *, unchanged: tuple[str, list, s
         return None
     (read_id, expired_read_id, expired_reader_id, task_id, project_id, tier, lease_expires_at, study_id, study_uid,
      series_id, series_uid, series_modality, series_mr_sequence, version_id, version_number, version_used_at,
-     study_series, _leased, started, task_kind, recorded) = row
+     study_series, _other_writes, started, task_kind, recorded) = row
     # Everything the claim's response and audit event need came back with it: no query follows.
     read = rows.loaded(Read, id=read_id, project_id=project_id, task_id=task_id, reader_id=user.pk,
                    state=ReadState.CLAIMED, tier=tier, claimed_at=now, lease_expires_at=lease_expires_at,
@@ -311,7 +311,7 @@ def claim_statement(reader_id: int, rules, leases, now, event: EmbeddedEvent | N
     """The PostgreSQL claim statement and its arguments (bench/claims.py drives it with pgbench too).
 
     With ``event`` (audit.trail.embedded_event, after the CTE ``claimed``) the statement also
-    appends the claim's audit event. ``claimed`` waits for every other CTE's writes (its WHERE
+    appends the claim's audit event. ``claimed`` waits for every other CTE's writes (its row
     reads them), so the audit chain's head is still the last row the transaction locks.
 
     ``unchanged`` (an SQL expression, its arguments, the value it must have: routing.digest_check
@@ -335,14 +335,18 @@ def claim_statement(reader_id: int, rules, leases, now, event: EmbeddedEvent | N
     lease_case_params: list = []
     lease_case = _case(rules, {r.project_id: leases[r.project_id] for r in rules}, lease_case_params, "integer")
     # ``claimed`` joins the new read to its task, study and protocol version once, for the
-    # response and for the audit event. With an event its WHERE reads every other CTE's result,
-    # so the chain head (the event's UPDATE reads ``claimed``) is the last row the statement locks.
-    waits = ("(SELECT count(*) FROM leased)" + ("" if unchanged is not None else " + (SELECT count(*) FROM expired)")
-             + " + (SELECT count(*) FROM started) >= 0")
+    # response and for the audit event. Its row carries the counts of the other CTEs' writes, so
+    # by the time the event's UPDATE reads that row those writes are done and the chain head is
+    # the last row the statement locks. Every CTE and subquery here is a subplan, and PostgreSQL
+    # starts all of them afresh each time a concurrent claim makes it recheck a row
+    # (EvalPlanQual): the fewer, the cheaper a contended claim.
+    counts = ("(SELECT count(*) FROM leased)" + ("" if unchanged is not None else " + (SELECT count(*) FROM expired)"))
     audit, recorded = "", "0"
     if event is not None:
         audit = f", {event.sql}"
-        recorded = "(SELECT count(*) FROM audit_event)"
+        # On known rules the statement claims only where the event's chain head exists (fresh),
+        # and a data-modifying CTE always runs: a claimed row means an appended event.
+        recorded = "1" if unchanged is not None else "(SELECT count(*) FROM audit_event)"
     # On known rules the statement claims only a free slot (above): no lapsed lease to end.
     expired = "" if unchanged is not None else """, expired AS (
     UPDATE tasks_read r SET state = 'expired', ended_at = %s::timestamptz
@@ -376,12 +380,12 @@ WITH {fresh}c AS (
 ), claimed AS (
     SELECT new_read.id AS read_id, new_read.task_id AS claimed_task_id, t.project_id, new_read.tier AS read_tier,
            new_read.lease_expires_at, t.study_id, st.study_uid AS claimed_study_uid, t.series_id,
-           t.protocol_version_id, pv.number AS claimed_version, pv.used_at, t.kind
+           t.protocol_version_id, pv.number AS claimed_version, pv.used_at, t.kind,
+           (SELECT count(*) FROM started) AS started_count, {counts} AS other_writes
     FROM new_read
     JOIN tasks_task t ON t.id = new_read.task_id
     JOIN core_study st ON st.id = t.study_id
     JOIN core_protocolversion pv ON pv.id = t.protocol_version_id
-    {f"WHERE {waits}" if event is not None else ""}
 ){audit}
 SELECT claimed.read_id, {expired_columns}, claimed.claimed_task_id, claimed.project_id,
        claimed.read_tier, claimed.lease_expires_at, claimed.study_id, claimed.claimed_study_uid, claimed.series_id,
@@ -390,7 +394,7 @@ SELECT claimed.read_id, {expired_columns}, claimed.claimed_task_id, claimed.proj
        CASE WHEN claimed.series_id IS NULL THEN (
            SELECT json_agg(json_build_array(x.id, x.series_uid, x.modality, x.mr_sequence) ORDER BY x.id)
            FROM core_series x WHERE x.study_id = claimed.study_id) END,
-       (SELECT count(*) FROM leased), (SELECT count(*) FROM started), claimed.kind, {recorded}
+       claimed.other_writes, claimed.started_count, claimed.kind, {recorded}
 FROM claimed
 LEFT JOIN core_series se ON se.id = claimed.series_id"""
     # Parameter order follows the text: the digest check's, candidates, reader, tier CASE, now, now,
