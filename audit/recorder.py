@@ -23,12 +23,18 @@ def outcome_for(status: int) -> str:
     return AuditEvent.Outcome.ERROR
 
 
+def is_recorded(request, response) -> bool:
+    """Whether record_request records this request: a read, or a refused or failed request (a
+    successful write was recorded by the service that made it, in its own transaction)."""
+    return request.method in SAFE_METHODS or response.status_code >= 400
+
+
 def record_request(request, response, *, action: str, object_type: str, object_id="", project_id=None,
                    study_uid: str = "") -> None:
     """Record a read access, or a refusal or failure of any request."""
     status = response.status_code
-    if request.method not in SAFE_METHODS and status < 400:
-        return  # the service recorded the write in its own transaction
+    if not is_recorded(request, response):
+        return
     reason = ""
     if status >= 400:
         data = getattr(response, "data", None)
@@ -74,6 +80,8 @@ class AuditedViewMixin:
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
+        if not is_recorded(request, response):
+            return response  # nor its target looked up (a view's may parse the body)
         project_id, object_id, study_uid = self.audit_target()
         record_request(request, response, action=self.audit_action(request), object_type=self.audit_object_type,
                        object_id=object_id, project_id=project_id, study_uid=study_uid)

@@ -11,7 +11,7 @@ import functools
 import re
 import zlib
 
-from django.db import DatabaseError, connection
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection
 from django.db.models import signals
 from django.db.models.base import ModelState
 
@@ -55,7 +55,7 @@ def loaded(model, **values):
     instance = model.__new__(model)
     instance.__dict__.update(values)
     state = instance._state = ModelState()
-    state.adding, state.db = False, connection.alias
+    state.adding, state.db = False, DEFAULT_DB_ALIAS  # ``connection`` is always that alias's
     return instance
 
 

@@ -8,7 +8,7 @@ from django.http import HttpResponse
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -180,6 +180,12 @@ class DraftSerializer(serializers.Serializer):
     draft = serializers.JSONField()
 
 
+def _empty_claim_body(request) -> bool:
+    """No body, or ``{}`` sent as JSON: what DRF's parsing would turn into an empty dict."""
+    body = request._request.body.strip()
+    return not body or (body == b"{}" and request.content_type.split(";")[0].strip().lower() == "application/json")
+
+
 class QueueNextView(AuditedViewMixin, APIView):
     """Claim the next read you may take: 200 with the work and its lease, 204 when there is none."""
 
@@ -189,7 +195,11 @@ class QueueNextView(AuditedViewMixin, APIView):
         return "claim"
 
     def audit_target(self):
-        return self.request.data.get("project") if isinstance(self.request.data, dict) else None, "", ""
+        try:
+            data = self.request.data
+        except (exceptions.ParseError, exceptions.UnsupportedMediaType):
+            data = None  # the refusal being recorded (DRF raises it again on every access)
+        return data.get("project") if isinstance(data, dict) else None, "", ""
 
     @extend_schema(request=ClaimRequestSerializer, responses={
         200: ClaimSerializer, 204: OpenApiResponse(description="Nothing to claim."),
@@ -197,9 +207,10 @@ class QueueNextView(AuditedViewMixin, APIView):
                                          "nothing was claimed, retry after Retry-After seconds")})
     def post(self, request):
         project_id = None
-        # Most claims send an empty object (or nothing): no serializer to build for it. Anything
-        # else, a JSON list or null included, is validated (and refused with a 400).
-        if not (isinstance(request.data, dict) and not request.data):
+        # Most claims send nothing or an empty JSON object: no parser and no serializer to run for
+        # them. Anything else, a JSON list or null included, is parsed and validated (and refused
+        # with a 400 or 415).
+        if not _empty_claim_body(request):
             data = ClaimRequestSerializer(data=request.data)
             data.is_valid(raise_exception=True)
             project_id = data.validated_data.get("project")

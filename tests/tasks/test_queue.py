@@ -92,6 +92,20 @@ def test_claim_body_is_validated(cast, api, queued):
     assert claim(api(cast.annotator), project=cast.project.pk).status_code == 200
 
 
+def test_an_empty_claim_body_claims_from_every_project_and_other_media_types_are_refused(cast, api, queued):
+    """No body, or {} as JSON (whitespace around it too), skip parsing; {} in any other media type
+    goes through DRF's parsers and is refused, as before, with nothing claimed."""
+    client = api(cast.annotator)
+    refused = client.post(NEXT, "{}", content_type="text/plain")
+    assert refused.status_code == 415 and not Read.objects.exists()
+    assert AuditEvent.objects.filter(action="claim", actor_id=cast.annotator.pk, outcome="error",
+                                     reason__startswith="415").exists()
+    for body, content_type in ((" {} \n", "application/json; charset=utf-8"), ("", "application/json")):
+        assert client.post(NEXT, body, content_type=content_type).status_code == 200, (body, content_type)
+    assert client.post(NEXT).status_code == 200  # no body, no content type
+    assert Read.objects.filter(reader=cast.annotator, state=ReadState.CLAIMED).count() == 3
+
+
 def test_nothing_to_claim_is_204(cast, api):
     assert claim(api(cast.annotator)).status_code == 204
     assert claim(api(cast.outsider)).status_code == 204
