@@ -40,6 +40,8 @@ from tasks.routing import Eligibility, digest_check, eligibility, eligibility_an
 from tasks.states import LIVE_READ_STATES, ReadState, TaskState, check_read_transition, task_state_after_reads
 
 CLAIM_LOCK = 7301  # the advisory lock class of one reader's claims (bench/claims.py takes it too)
+# A claim on known rules also tries the one-key advisory lock of the task it takes (its id; no other
+# code uses one-key advisory locks, whose key space is apart from the two-key ones): _candidates_sql.
 HEARTBEAT_CREDIT_CAP = timedelta(minutes=5)  # longer gaps between heartbeats are not active time
 # Row locks take only the row itself, FOR NO KEY UPDATE: no key ever changes, and concurrent
 # foreign-key checks (KEY SHARE) must not wait on them (see get_read_for_update).
@@ -211,7 +213,7 @@ def _claim_check(user, rules: list[Eligibility]) -> Read | None:
     return None
 
 
-def _candidates_sql(rules: list[Eligibility], reader_id: int, now, params: list) -> str:
+def _candidates_sql(rules: list[Eligibility], reader_id: int, now, params: list, skip_busy_tasks: bool = False) -> str:
     """One ordered, locked LIMIT 1 scan per project (each walks the project's claim-order index from
     the head and stops at the first eligible, unlocked slot), then the best of them.
 
@@ -222,8 +224,23 @@ def _candidates_sql(rules: list[Eligibility], reader_id: int, now, params: list)
     reader months in). A project where the reader already holds the most open reads it allows
     yields nothing (the count is a one-time subplan, evaluated under the reader's advisory lock).
     Every placeholder carries its type: the statement is prepared (core.rows.execute_prepared).
+
+    ``skip_busy_tasks``: also skip a slot whose task another claim is taking at this moment (it
+    holds the task's transaction-level advisory lock, which this scan tries to take, without
+    waiting, for a slot that passes every other filter; claims alone take it). With k reads per
+    task a task's slots are neighbours at the head of the queue, so concurrent readers took the
+    two slots of one task: the second then waited for the first's commit on the task's row, and
+    PostgreSQL rechecked it (EvalPlanQual, which starts every subplan of the statement again).
+    Skipping can answer nothing while a busy task still has a free slot: only the claim on known
+    rules skips, and where it finds nothing the full path, which does not, looks again.
     """
     scans = []
+    probe = ("(SELECT r.id FROM tasks_read r WHERE r.task_id = s.task_id AND r.reader_id = %s::bigint "
+             "AND r.state IN ('claimed', 'submitted')) IS NULL")
+    if skip_busy_tasks:
+        # One expression, so that the lock is tried only where the probe passed (and after the
+        # cheaper filters, which the planner orders first): a CASE keeps its order.
+        probe = f"CASE WHEN {probe} THEN pg_try_advisory_xact_lock(s.task_id) ELSE false END"
     for rule in rules:
         # Each scan is a subquery of its own: PostgreSQL allows no FOR UPDATE in a UNION's arms.
         scans.append(f"""SELECT * FROM (SELECT s.id, s.task_id, s.project_id, s.read_id AS old_read_id,
@@ -234,8 +251,7 @@ def _candidates_sql(rules: list[Eligibility], reader_id: int, now, params: list)
           AND (SELECT count(*) FROM tasks_read o WHERE o.reader_id = %s::bigint AND o.project_id = %s::bigint
                AND o.state = 'claimed') < %s::bigint
           AND (s.reader_id IS NULL OR s.lease_expires_at < %s::timestamptz)
-          AND (SELECT r.id FROM tasks_read r WHERE r.task_id = s.task_id AND r.reader_id = %s::bigint
-               AND r.state IN ('claimed', 'submitted')) IS NULL
+          AND {probe}
         ORDER BY s.priority DESC, s.id
         LIMIT 1
         FOR UPDATE OF s SKIP LOCKED) project_{len(scans)}""")
@@ -321,7 +337,7 @@ def claim_statement(reader_id: int, rules, leases, now, event: EmbeddedEvent | N
     out, it claims nothing (the caller's full path records that lease's end)."""
     fresh_params: list = []
     candidate_params: list = []
-    candidates = _candidates_sql(rules, reader_id, now, candidate_params)
+    candidates = _candidates_sql(rules, reader_id, now, candidate_params, skip_busy_tasks=unchanged is not None)
     fresh = ""
     if unchanged is not None:
         expression, fresh_params, expected = unchanged

@@ -175,3 +175,35 @@ def test_a_driver_that_cannot_send_two_statements_as_one_message_takes_the_full_
     monkeypatch.setattr(queue, "_ONE_MESSAGE_DRIVER", {})
     response, fast = claims_on_known_rules(client)
     assert response.status_code == 200 and not fast
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_another_claim_is_taking_is_skipped_without_waiting_and_still_handed_out_when_it_is_the_last(
+        cast, api, queued):
+    """A claim in flight holds its task's one-key advisory lock until it commits. The claim on
+    known rules passes over that task's free slot to the next task's (instead of waiting on the
+    task's row for the other claim to commit); where that slot is the only work left, the full
+    path, which does not skip, hands it out."""
+    client = api(cast.annotator)
+    first = client.post(NEXT, {}, format="json").json()  # learns the rules: the head task's first slot
+    assert first["task"] == queued[0].pk
+    other = connections.create_connection("default")
+    try:
+        other.set_autocommit(False)
+        with other.cursor() as cursor:  # another reader's claim of the head task's second slot, in flight
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [queued[1].pk])
+        response, fast = claims_on_known_rules(api(cast.second_annotator))
+        assert response.status_code == 200  # the second annotator's first claim: the full path, never skips
+        assert response.json()["task"] == queued[0].pk
+        response, fast = claims_on_known_rules(client)
+        assert response.status_code == 200 and fast
+        assert response.json()["task"] == queued[2].pk  # not the busy queued[1]
+        # Only queued[1]'s slots are left; this reader holds none of them.
+        response, fast = claims_on_known_rules(client)
+        assert response.status_code == 200 and not fast  # nothing on known rules: the full path looked again
+        assert response.json()["task"] == queued[1].pk
+        other.rollback()
+    finally:
+        other.close()
+    assert Read.objects.filter(reader=cast.annotator, state=ReadState.CLAIMED).count() == 3
+    assert verify_chains().ok
