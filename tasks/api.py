@@ -182,8 +182,9 @@ class DraftSerializer(serializers.Serializer):
 
 def _empty_claim_body(request) -> bool:
     """No body, or ``{}`` sent as JSON: what DRF's parsing would turn into an empty dict."""
-    body = request._request.body.strip()
-    return not body or (body == b"{}" and request.content_type.split(";")[0].strip().lower() == "application/json")
+    django_request = request._request  # its content_type is the media type, parsed and lowercased
+    body = django_request.body.strip()
+    return not body or (body == b"{}" and django_request.content_type == "application/json")
 
 
 class QueueNextView(AuditedViewMixin, APIView):

@@ -356,23 +356,25 @@ def claim_statement(reader_id: int, rules, leases, now, event: EmbeddedEvent | N
     # the last row the statement locks. Every CTE and subquery here is a subplan, and PostgreSQL
     # starts all of them afresh each time a concurrent claim makes it recheck a row
     # (EvalPlanQual): the fewer, the cheaper a contended claim.
-    counts = ("(SELECT count(*) FROM leased)" + ("" if unchanged is not None else " + (SELECT count(*) FROM expired)"))
+    if unchanged is not None:
+        # On known rules the statement claims only a free slot (above): no lapsed lease to end.
+        expired, expired_params, expired_columns = "", [], "NULL::bigint, NULL::bigint"
+        counts = "(SELECT count(*) FROM leased)"
+    else:
+        expired = """, expired AS (
+    UPDATE tasks_read r SET state = 'expired', ended_at = %s::timestamptz
+    FROM c WHERE r.task_id = c.task_id AND r.reader_id = c.old_reader_id AND r.id = c.old_read_id
+      AND r.state = 'claimed'
+    RETURNING r.id, r.reader_id
+)"""
+        expired_params, expired_columns = [now], "(SELECT id FROM expired), (SELECT reader_id FROM expired)"
+        counts = "(SELECT count(*) FROM leased) + (SELECT count(*) FROM expired)"
     audit, recorded = "", "0"
     if event is not None:
         audit = f", {event.sql}"
         # On known rules the statement claims only where the event's chain head exists (fresh),
         # and a data-modifying CTE always runs: a claimed row means an appended event.
         recorded = "1" if unchanged is not None else "(SELECT count(*) FROM audit_event)"
-    # On known rules the statement claims only a free slot (above): no lapsed lease to end.
-    expired = "" if unchanged is not None else """, expired AS (
-    UPDATE tasks_read r SET state = 'expired', ended_at = %s::timestamptz
-    FROM c WHERE r.task_id = c.task_id AND r.reader_id = c.old_reader_id AND r.id = c.old_read_id
-      AND r.state = 'claimed'
-    RETURNING r.id, r.reader_id
-)"""
-    expired_params = [] if unchanged is not None else [now]
-    expired_columns = "NULL::bigint, NULL::bigint" if unchanged is not None else \
-        "(SELECT id FROM expired), (SELECT reader_id FROM expired)"
     sql = f"""
 WITH {fresh}c AS (
     {candidates}
