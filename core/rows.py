@@ -27,7 +27,7 @@ def instance(model, values):
     fields = model._meta.concrete_fields
     values = [f.from_db_value(v, None, connection) if v is not None and hasattr(f, "from_db_value") else v
               for f, v in zip(fields, values, strict=True)]
-    return model.from_db(connection.alias, None, values)
+    return model.from_db(DEFAULT_DB_ALIAS, None, values)  # ``connection`` is always that alias's
 
 
 def instances(models, row) -> list:
@@ -51,7 +51,7 @@ def loaded(model, **values):
         raise TypeError(f"{model.__name__} has no field {sorted(set(values) - attnames)}")
     if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
         names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
-        return model.from_db(connection.alias, names, [values[n] for n in names])
+        return model.from_db(DEFAULT_DB_ALIAS, names, [values[n] for n in names])
     instance = model.__new__(model)
     instance.__dict__.update(values)
     state = instance._state = ModelState()
