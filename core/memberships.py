@@ -4,12 +4,33 @@ A membership change and the object permissions it implies change in one transact
 permissions a user holds on a project are always exactly the union of their active roles'.
 """
 
+from collections.abc import Callable
+
 from django.db import transaction
 from guardian.shortcuts import assign_perm, get_perms, remove_perm
 
 from core.errors import DomainError
 from core.models import Membership, Organization, Project, User
 from core.roles import ROLE_PERMISSIONS, Role, permissions_for_roles
+
+
+# What other apps must do when a person's last active role on a project ends (tasks releases their
+# open reads and adjudications). core may not import tasks, so tasks registers here at start-up
+# (TasksConfig.ready); each hook runs inside the membership change's transaction, so the revocation
+# and the release commit or fail together.
+_membership_ended_hooks: list[Callable[..., None]] = []
+
+
+def on_membership_ended(hook: Callable[..., None]) -> Callable[..., None]:
+    """Register ``hook(user=, project=, roles=, by=)``, called when roles end on a project."""
+    if hook not in _membership_ended_hooks:
+        _membership_ended_hooks.append(hook)
+    return hook
+
+
+def _run_membership_ended(user: User, project: Project, roles: list[str], by: User | None) -> None:
+    for hook in _membership_ended_hooks:
+        hook(user=user, project=project, roles=roles, by=by)
 
 
 def _check_organisation(user: User, project: Project, role: str) -> None:
@@ -67,6 +88,7 @@ def change_membership(membership: Membership, *, subspecialties=None, is_active:
                       is_suspended: bool | None = None, by: User | None = None) -> Membership:
     """Change sub-specialties, (de)activate, suspend or reinstate a membership, keeping permissions in step."""
     membership = Membership.objects.select_for_update().get(pk=membership.pk)
+    was_active = membership.is_active
     if is_suspended is not None and is_suspended != membership.is_suspended:
         from audit.trail import record_event
 
@@ -82,6 +104,8 @@ def change_membership(membership: Membership, *, subspecialties=None, is_active:
     membership.save()
     granted, revoked = _sync_permissions(membership.user, membership.project)
     _record_change(membership, by, granted, revoked)
+    if was_active and not membership.is_active:
+        _run_membership_ended(membership.user, membership.project, [membership.role], by)
     return membership
 
 
