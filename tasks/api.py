@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit.recorder import AuditedViewMixin
+from core import idempotency
 from core.api.pagination import paginated_response
 from core.api.serializers import LabelEntrySerializer
 from core.errors import DomainError, NotFound
@@ -269,14 +270,15 @@ class ReadViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelM
         return Response(ReadSerializer(queue.save_draft(pk, request.user, data.validated_data["draft"])).data)
 
     @extend_schema(request=SubmitSerializer,
-                   parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER,
-                                                description="A retry with the same key returns the first result.")],
-                   responses={200: ReadSerializer, 400: OpenApiResponse(description="Findings invalid (field paths)"),
+                   parameters=[idempotency.PARAMETER],
+                   responses={200: ReadSerializer,
+                              400: OpenApiResponse(description="Findings invalid (field paths), or an "
+                                                               "Idempotency-Key no retry could match"),
                               409: OpenApiResponse(description="Lease lost or already submitted")})
     def submit(self, request, pk=None):
         data = SubmitSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        key = request.headers.get("Idempotency-Key", "")
+        key = idempotency.key_from(request)
         read, _ = queue.submit_read(pk, request.user, data.validated_data["findings"], idempotency_key=key)
         return Response(ReadSerializer(read).data)
 

@@ -32,6 +32,7 @@ from audit.trail import is_enabled as audit_enabled
 from core import rows
 from core.broadcast import broadcast_to_reader_on_commit
 from core.errors import Conflict, DomainError, NotFound
+from core.idempotency import checked_key
 from core.models import Project, User
 from core.selectors import projects_visible_to
 from tasks.models import QueueSlot, Read, Task
@@ -600,6 +601,7 @@ def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> 
     """
     from tasks.submission_service import validated_findings
 
+    idempotency_key = checked_key(idempotency_key)
     with transaction.atomic():
         read = get_read_for_update(read_id, user)
         if read.state == ReadState.SUBMITTED and idempotency_key and read.idempotency_key == idempotency_key:
@@ -613,7 +615,7 @@ def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> 
         read.state, read.submitted_at, read.ended_at = ReadState.SUBMITTED, now, now
         read.findings, read.draft = normalised, None
         read.findings_count, read.slices_touched = summary["findings"], summary["slices_touched"]
-        read.idempotency_key = idempotency_key[:100]
+        read.idempotency_key = idempotency_key
         _store_submission(read)
         broadcast_to_reader_on_commit(user.pk, read.project_id, "read.submitted",
                                       {"read": read.pk, "task": read.task_id})
