@@ -13,7 +13,7 @@ study, batch and audit tables. In this order:
    box, a point, a laterality), so every task reaches consensus.
 2. Delivery: tasks.batches.deliver_batch of one batch with every task; the export job runs eagerly
    after the commit, so the time is delivery + concordance report + every export file.
-3. A rebuild (tasks.exports.builder.build_batch_exports) timed alone, next to the floor: reading
+3. A rebuild (tasks.batches.build_batch_exports) timed alone, next to the floor: reading
    every source instance from the encrypted store and decoding its pixels (pydicom), which any
    export built from the sources must do at least once.
 4. Downloads: every file through DRF's test client as the client user (token auth, audit, the
@@ -118,8 +118,7 @@ def main() -> int:
 
     from core.dicom.models import Instance
     from core.dicom.storage import get_store
-    from tasks.batches import create_batch, deliver_batch
-    from tasks.exports.builder import build_batch_exports
+    from tasks.batches import build_batch_exports, create_batch, deliver_batch
     from tasks.models import Batch, Task
 
     settings.CELERY_TASK_ALWAYS_EAGER = True

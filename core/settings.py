@@ -136,7 +136,15 @@ CELERY_BEAT_SCHEDULE = {
     "purge-expired-tokens": {"task": "core.purge_expired_tokens", "schedule": 3600.0},
     "learning-sweep-stale-jobs": {"task": "learning.sweep_stale_jobs", "schedule": 300.0},
     "learning-scheduled-training": {"task": "learning.start_scheduled_training", "schedule": 600.0},
+    "fail-stale-batch-builds": {"task": "tasks.fail_stale_batch_builds", "schedule": 600.0},
 }
+# Seconds a batch's delivery build (report and exports) may take from being asked for, or taken by a
+# worker, before it counts as lost and is marked failed (tasks.batches). The build job's own time
+# limit sits just below it, so a build marked failed is no longer writing files.
+BATCH_BUILD_TIMEOUT = env.int("BATCH_BUILD_TIMEOUT", default=3 * 3600)
+if BATCH_BUILD_TIMEOUT < 600:
+    raise ImproperlyConfigured(f"BATCH_BUILD_TIMEOUT is {BATCH_BUILD_TIMEOUT}: give a delivery build at least 600 "
+                               "seconds (the build job stops 60 s before it).")
 # The model behind learning's jobs (learning.predictors); tests plug in a numpy stand-in.
 LEARNING_PREDICTOR = env.str("LEARNING_PREDICTOR", default="learning.predictors.MonaiPredictor")
 # Seconds: a running learning job silent this long is swept (reverted, failed); a queued one no

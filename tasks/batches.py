@@ -4,15 +4,30 @@ Delivering moves every task consensus -> delivered through the state machine, re
 event, broadcasts ``batch.delivered`` after commit, and enqueues the job that computes the batch's
 concordance report and builds its exports (tasks.jobs). Every refusal is a 4xx DomainError raised
 before anything is written, inside one transaction, so nothing is half-stored.
+
+A delivery build (report, then export files) ends ready or failed, never building for good: an
+error in the job marks it failed with a short reason (the log has the details: exception text may
+quote anything, so it never reaches the API); a build still building BATCH_BUILD_TIMEOUT seconds
+after it was asked for or taken by a worker (lost message, killed worker) is marked failed by the
+beat sweep, or by the next rebuild request. A failed build can be rebuilt. Each build is named by
+``export_started_at``: a job finds its build failed or superseded and records nothing.
 """
 
+import logging
+from datetime import datetime, timedelta
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from audit.trail import record_event
 from core.broadcast import broadcast_on_commit
 from core.errors import Conflict, DomainError
 from tasks.costs import validate_pricing
+from tasks.exports import builder
 from tasks.models import Batch, Task
 from tasks.progress import announce_progress
 from tasks.queue import ROW_LOCK
@@ -20,6 +35,8 @@ from tasks.reports import concordance_report
 from tasks.states import TaskState, check_task_transition
 
 MAX_TASKS_PER_CALL = 10_000
+
+log = logging.getLogger(__name__)
 
 
 def _task_ids(task_ids) -> list[int]:
@@ -91,8 +108,6 @@ def add_tasks(batch: Batch, task_ids, *, by) -> Batch:
 @transaction.atomic
 def deliver_batch(batch: Batch, *, by) -> Batch:
     """Deliver an open, non-empty batch whose tasks all have consensus; the report and exports follow in a job."""
-    from tasks.jobs import build_batch_delivery_job
-
     batch = Batch.objects.select_for_update(**ROW_LOCK).get(pk=batch.pk)
     if batch.state != Batch.State.OPEN:
         raise Conflict("This batch has already been delivered.", code="batch_delivered")
@@ -109,29 +124,32 @@ def deliver_batch(batch: Batch, *, by) -> Batch:
     Task.objects.filter(pk__in=[t.pk for t in tasks]).update(state=TaskState.DELIVERED, updated_at=now)
     announce_progress(batch.project_id, **{TaskState.CONSENSUS: -len(tasks), TaskState.DELIVERED: len(tasks)})
     batch.state, batch.delivered_at, batch.delivered_by = Batch.State.DELIVERED, now, by
-    batch.export_state = Batch.ExportState.BUILDING
-    batch.save(update_fields=["state", "delivered_at", "delivered_by", "export_state"])
+    batch.save(update_fields=["state", "delivered_at", "delivered_by"])
     record_event("update", actor=by, project_id=batch.project_id, obj=batch,
                  extra={"change": "deliver", "tasks": len(tasks)})
     broadcast_on_commit(batch.project_id, "batch.delivered", {"batch": batch.pk, "tasks": len(tasks)})
-    transaction.on_commit(lambda: build_batch_delivery_job.delay(batch.pk))
+    _start_build(batch)  # after the broadcast: an in-process build's batch.exports_ready follows batch.delivered
     return batch
 
 
 @transaction.atomic
 def request_exports(batch: Batch, *, by) -> Batch:
-    """Rebuild a delivered batch's exports (after a failure, say) in the background job."""
-    from tasks.jobs import build_batch_delivery_job
-
+    """Rebuild a delivered batch's report and exports in the background job: after a failure, or
+    over a ready build; a build running for less than the timeout is refused (409), a longer one
+    is marked failed first. The row lock makes concurrent requests start one build."""
     batch = Batch.objects.select_for_update(**ROW_LOCK).get(pk=batch.pk)
     if batch.state != Batch.State.DELIVERED:
         raise Conflict("Exports are built when a batch is delivered; deliver it first.", code="batch_open")
     if batch.export_state == Batch.ExportState.BUILDING:
-        raise Conflict("The exports are being built.", code="exports_building")
-    batch.export_state = Batch.ExportState.BUILDING
-    batch.save(update_fields=["export_state"])
-    record_event("export", actor=by, project_id=batch.project_id, obj=batch, extra={"change": "rebuild"})
-    transaction.on_commit(lambda: build_batch_delivery_job.delay(batch.pk))
+        if not _is_stale(batch, timezone.now()):
+            raise Conflict(f"The exports are being built (since {batch.export_started_at:%Y-%m-%d %H:%M:%S} UTC). "
+                           f"A build that does not finish within {settings.BATCH_BUILD_TIMEOUT} s is marked failed "
+                           "and can then be rebuilt.", code="exports_building")
+        _fail_build(batch, _timeout_reason(), by=by, change="build_timeout")
+    previous = batch.export_state
+    _start_build(batch)
+    record_event("export", actor=by, project_id=batch.project_id, obj=batch,
+                 extra={"change": "rebuild", "after": previous})
     return batch
 
 
@@ -154,4 +172,122 @@ def store_batch_report(batch_id: int) -> Batch:
     batch.save(update_fields=["report", "report_computed_at"])
     record_event("update", project_id=batch.project_id, obj=batch, extra={"change": "report",
                                                                          "tasks": report["tasks"]})
+    return batch
+
+
+# --- the delivery build ---------------------------------------------------------------------
+
+def build_timeout() -> timedelta:
+    """How long a build may stay building (setting BATCH_BUILD_TIMEOUT, seconds) before it counts as lost."""
+    return timedelta(seconds=settings.BATCH_BUILD_TIMEOUT)
+
+
+def _timeout_reason() -> str:
+    return f"The build did not finish within {settings.BATCH_BUILD_TIMEOUT} s."
+
+
+def _is_stale(batch: Batch, now: datetime) -> bool:
+    # No start time: building since before builds were timed; nothing will finish it.
+    return batch.export_started_at is None or batch.export_started_at < now - build_timeout()
+
+
+def _is_current(batch: Batch, started: datetime | None) -> bool:
+    """Whether the build a job was given is still the batch's (None: a direct call, always)."""
+    return started is None or (batch.export_state == Batch.ExportState.BUILDING
+                               and batch.export_started_at == started)
+
+
+def _start_build(batch: Batch) -> None:
+    """Mark the locked batch building and enqueue its job after commit, naming the build by its start."""
+    from tasks.jobs import build_batch_delivery_job
+
+    started = timezone.now()
+    batch.export_state, batch.export_started_at, batch.export_error = Batch.ExportState.BUILDING, started, ""
+    batch.save(update_fields=["export_state", "export_started_at", "export_error"])
+    transaction.on_commit(lambda: build_batch_delivery_job.delay(batch.pk, started.isoformat()))
+
+
+def _fail_build(batch: Batch, reason: str, *, by=None, change: str = "build") -> None:
+    """Record the locked batch's build as failed, with a reason fit for the API and the audit trail (no PHI)."""
+    batch.export_state, batch.export_error = Batch.ExportState.FAILED, reason[:300]
+    batch.save(update_fields=["export_state", "export_error"])
+    record_event("export", actor=by, project_id=batch.project_id, obj=batch, outcome="error", reason=batch.export_error,
+                 extra={"change": change})
+
+
+def fail_stale_builds(now: datetime | None = None) -> int:
+    """Mark failed every build older than the timeout (the beat sweep); returns how many."""
+    now = now or timezone.now()
+    stale = Batch.objects.filter(Q(export_started_at__lt=now - build_timeout()) | Q(export_started_at__isnull=True),
+                                 export_state=Batch.ExportState.BUILDING)
+    failed = 0
+    for pk in stale.values_list("pk", flat=True):
+        with transaction.atomic():
+            # Skip a batch whose row a rebuild request holds: that request settles it.
+            batch = Batch.objects.select_for_update(skip_locked=True, **ROW_LOCK).filter(pk=pk).first()
+            if batch is None or batch.export_state != Batch.ExportState.BUILDING or not _is_stale(batch, now):
+                continue
+            _fail_build(batch, _timeout_reason(), change="build_timeout")
+            log.warning("batch %s: build marked failed, not finished within %s s", pk, settings.BATCH_BUILD_TIMEOUT)
+            failed += 1
+    return failed
+
+
+def _take_build(batch_id: int, build: str) -> datetime | None:
+    """Restamp the named build as started now (the timeout counts from the worker's start); None
+    when it is no longer the batch's (failed by the sweep, superseded by a rebuild)."""
+    asked, started = parse_datetime(build), timezone.now()
+    taken = Batch.objects.filter(pk=batch_id, export_state=Batch.ExportState.BUILDING,
+                                 export_started_at=asked).update(export_started_at=started)
+    return started if taken else None
+
+
+def build_delivery(batch_id: int, build: str | None = None) -> Batch | None:
+    """The delivery job: the batch's concordance report, then its export files, for the build named
+    ``build`` (its start, ISO 8601; None builds unconditionally). None when that build is no longer
+    the batch's. Errors mark the build failed and are logged, never raised: the in-process job runs
+    inside the request that delivered."""
+    started = None
+    if build is not None and (started := _take_build(batch_id, build)) is None:
+        log.info("batch %s: build %s was failed or superseded before it started; nothing done", batch_id, build)
+        return None
+    try:
+        store_batch_report(batch_id)
+    except Exception as exc:
+        return _build_failed(batch_id, started, "The concordance report could not be computed", exc)
+    return build_batch_exports(batch_id, started)
+
+
+def build_batch_exports(batch_id: int, started: datetime | None = None) -> Batch | None:
+    """Build the batch's export files and record them (ready), or record that they failed; see build_delivery."""
+    batch = Batch.objects.select_related("project").get(pk=batch_id)
+    try:
+        entries = builder.build_files(batch)
+    except Exception as exc:
+        return _build_failed(batch_id, started, "The export files could not be built", exc)
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update(**ROW_LOCK).get(pk=batch_id)
+        if not _is_current(batch, started):
+            log.warning("batch %s: a build finished after it was failed or superseded; its files are not recorded",
+                        batch_id)
+            return None
+        batch.export_state, batch.exports, batch.export_error = Batch.ExportState.READY, entries, ""
+        batch.exports_built_at = timezone.now()
+        batch.save(update_fields=["export_state", "exports", "export_error", "exports_built_at"])
+        record_event("export", project_id=batch.project_id, obj=batch, extra={"change": "build", "files": len(entries)})
+        broadcast_on_commit(batch.project_id, "batch.exports_ready", {"batch": batch.pk, "files": len(entries)})
+    return batch
+
+
+def _build_failed(batch_id: int, started: datetime | None, stage: str, exc: Exception) -> Batch | None:
+    log.error("batch %s: %s", batch_id, stage, exc_info=exc)
+    if isinstance(exc, SoftTimeLimitExceeded):
+        reason = _timeout_reason()
+    else:  # the exception's class only: its text may quote data
+        reason = f"{stage} ({type(exc).__name__}); the server log has the details."
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update(**ROW_LOCK).get(pk=batch_id)
+        if not _is_current(batch, started):
+            return None
+        _fail_build(batch, reason)
     return batch

@@ -55,7 +55,7 @@ class BatchSerializer(serializers.ModelSerializer):
     class Meta:
         model = Batch
         fields = ["id", "name", "state", "pricing", "tasks", "created_at", "delivered_at", "export_state",
-                  "export_error", "exports_built_at", "exports", "report_computed_at"]
+                  "export_error", "export_started_at", "exports_built_at", "exports", "report_computed_at"]
 
     def get_tasks(self, batch) -> list[int]:
         return [t.pk for t in batch.tasks.all()]
@@ -188,14 +188,18 @@ class BatchCostView(AuditedViewMixin, APIView):
 
 
 class BatchExportsView(AuditedViewMixin, APIView):
-    """Rebuild a delivered batch's exports in the background (managers), e.g. after a failure."""
+    """Rebuild a delivered batch's report and exports in the background (managers): after a failure, or
+    over a build that did not finish within BATCH_BUILD_TIMEOUT seconds (marked failed first)."""
 
     audit_object_type = "tasks.batch"
 
     def audit_action(self, request):
         return "export"
 
-    @extend_schema(request=None, responses={202: BatchSerializer})
+    @extend_schema(request=None, responses={
+        202: BatchSerializer,
+        409: OpenApiResponse(description="Not delivered yet (`batch_open`), or a build is running and has not "
+                                         "reached the timeout (`exports_building`).")})
     def post(self, request, project_pk, pk):
         batch = batches.request_exports(_batch(request, project_pk, pk, Perm.MANAGE), by=request.user)
         batch.refresh_from_db()

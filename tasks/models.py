@@ -42,10 +42,19 @@ class Batch(models.Model):
                                help_text="Pricing snapshot for the cost report (see tasks.costs).")
     report = models.JSONField(null=True, blank=True, help_text="Stored concordance report (tasks.reports).")
     report_computed_at = models.DateTimeField(null=True, blank=True)
-    export_state = models.CharField(max_length=10, choices=ExportState.choices, default=ExportState.NONE)
+    export_state = models.CharField(
+        max_length=10, choices=ExportState.choices, default=ExportState.NONE,
+        help_text="The delivery build (report and export files): building until its job records ready or failed; "
+                  "a build that does not finish within BATCH_BUILD_TIMEOUT seconds is marked failed. A failed "
+                  "build is rebuilt with POST .../exports/.")
     exports = models.JSONField(default=list, blank=True,
                                help_text="The built export files: format, name, object name, size, SHA-256.")
-    export_error = models.CharField(max_length=500, blank=True)
+    export_error = models.CharField(max_length=500, blank=True,
+                                    help_text="Why the last build failed: a short reason (the server log has the "
+                                              "details); empty unless export_state is failed.")
+    export_started_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When the current or last build was asked for, or taken by a worker: the timeout counts from it.")
     exports_built_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

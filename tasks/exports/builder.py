@@ -1,25 +1,15 @@
-"""Build every export file of a delivered batch, store them encrypted, and record them on the batch.
-
-Runs in the background job tasks.jobs.build_batch_exports_job (eager in tests and the embedded
-default). Idempotent: file names are fixed per batch and task, so a rebuild overwrites them. A
-failure marks the batch's exports failed with the reason; it never leaves the batch half-recorded.
+"""Build every export file of a delivered batch and store them encrypted; tasks.batches records them
+on the batch (or the failure), in the background job tasks.build_batch_delivery (eager in tests and
+the embedded default). Idempotent: file names are fixed per batch and task, so a rebuild overwrites them.
 """
 
 import hashlib
 import json
-import logging
 
-from django.db import transaction
-from django.utils import timezone
-
-from audit.trail import record_event
-from core.broadcast import broadcast_on_commit
 from core.dicom.storage import get_store
 from tasks.exports import csv_export, json_export, manifest, nifti, seg, sr
 from tasks.exports.sources import sources_of
-from tasks.models import Batch, Task
-
-log = logging.getLogger(__name__)
+from tasks.models import Task
 
 
 def object_prefix(batch) -> str:
@@ -61,27 +51,3 @@ def build_files(batch) -> list[dict]:
         "files": [{k: e[k] for k in ("name", "format", "task", "size", "sha256")} for e in files.entries]}
     files.put("manifest.json", "manifest", json.dumps(document, indent=1, sort_keys=True).encode())
     return files.entries
-
-
-def build_batch_exports(batch_id: int) -> Batch:
-    """Build the batch's exports and record them (state ready), or record why they failed (state failed)."""
-    batch = Batch.objects.select_related("project").get(pk=batch_id)
-    try:
-        entries = build_files(batch)
-    except Exception as exc:  # recorded on the batch for the manager; the job itself does not retry blindly
-        log.exception("exports of batch %s failed", batch_id)
-        with transaction.atomic():
-            Batch.objects.filter(pk=batch_id).update(export_state=Batch.ExportState.FAILED,
-                                                     export_error=f"{type(exc).__name__}: {exc}"[:500])
-            record_event("export", project_id=batch.project_id, obj=batch, outcome="error",
-                         reason=type(exc).__name__, extra={"change": "build"})
-        batch.refresh_from_db()
-        return batch
-    with transaction.atomic():
-        Batch.objects.filter(pk=batch_id).update(export_state=Batch.ExportState.READY, exports=entries,
-                                                 export_error="", exports_built_at=timezone.now())
-        record_event("export", project_id=batch.project_id, obj=batch,
-                     extra={"change": "build", "files": len(entries)})
-        broadcast_on_commit(batch.project_id, "batch.exports_ready", {"batch": batch.pk, "files": len(entries)})
-    batch.refresh_from_db()
-    return batch
