@@ -4,12 +4,15 @@ Staff managers see only projects they manage; membership changes go through core
 permissions and the audit trail stay in step; every admin view and change is audited.
 """
 
+from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.db.models import Q
 
 from audit.trail import record_event
 from core import memberships as membership_service
 from core.auth import ThrottledAdminAuthenticationForm
+from core.errors import DomainError
 from core.models import LabelEntry, Membership, Organization, Project, ProtocolVersion, User
 from core.projects import update_project
 from core.roles import Perm
@@ -106,8 +109,32 @@ class ProjectAdmin(ProjectScopedAdmin):
                                                           "is_active")})
 
 
+class MembershipAdminForm(forms.ModelForm):
+    """Shows core.memberships' refusals (who may grant what, conflicting roles) as form errors."""
+
+    granted_by = None  # set per request by MembershipAdmin.get_form
+
+    class Meta:
+        model = Membership
+        fields = ["user", "project", "role", "subspecialties", "is_active"]
+
+    def clean(self):
+        data = super().clean()
+        try:
+            if self.instance.pk is None:
+                if data.get("user") and data.get("project") and data.get("role"):
+                    membership_service.check_grant(project=data["project"], user=data["user"], role=data["role"],
+                                                   by=self.granted_by)
+            elif "is_active" in data:
+                membership_service.check_change(self.instance, is_active=data["is_active"], by=self.granted_by)
+        except DomainError as exc:
+            raise forms.ValidationError(exc.detail) from None
+        return data
+
+
 @admin.register(Membership)
 class MembershipAdmin(ProjectScopedAdmin):
+    form = MembershipAdminForm
     list_display = ["id", "user", "project", "role", "is_active"]
     list_filter = ["role", "is_active"]
     search_fields = ["user__username", "project__name"]
@@ -116,12 +143,22 @@ class MembershipAdmin(ProjectScopedAdmin):
     def has_add_permission(self, request):
         return self._allowed(request)
 
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        return type(form.__name__, (form,), {"granted_by": request.user})
+
     def get_readonly_fields(self, request, obj=None):
         return ["user", "project", "role"] if obj is not None else []
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "project" and not request.user.is_superuser:
             kwargs["queryset"] = self.managed_projects(request)
+        if db_field.name == "user" and not request.user.is_superuser:
+            # Only the people of the managed projects' organisations: the list names nobody else.
+            projects = self.managed_projects(request)
+            kwargs["queryset"] = User.objects.filter(is_active=True).filter(
+                Q(organization__vendor_projects__in=projects) | Q(organization__client_projects__in=projects)
+            ).distinct()
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def save_model(self, request, obj, form, change):

@@ -9,6 +9,7 @@ from core.errors import DomainError, Forbidden
 from core.memberships import grant_membership
 from core.models import Organization, Project, User
 from core.roles import Role
+from core.selectors import client_organizations_served_by, is_vendor_admin
 
 
 @transaction.atomic
@@ -18,21 +19,44 @@ def create_organization(*, name: str, kind: str, by: User) -> Organization:
     return org
 
 
+def may_add_people(by: User, organization: Organization | None) -> bool:
+    """Superusers add people anywhere; an organisation administrator to their own organisation and, for
+    a vendor's, to the client organisations it runs projects for (how a client's people are onboarded)."""
+    if by.is_superuser:
+        return True
+    if not (by.is_org_admin and by.organization_id) or organization is None:
+        return False
+    if organization.pk == by.organization_id:
+        return True
+    return (by.organization.kind == Organization.Kind.VENDOR
+            and client_organizations_served_by(by.organization_id).filter(pk=organization.pk).exists())
+
+
 @transaction.atomic
-def create_user(*, username: str, password: str, by: User, is_org_admin: bool = False, **fields) -> User:
-    """An organisation admin adds a person to their own organisation."""
-    if not (by.is_superuser or (by.is_org_admin and by.organization_id)):
-        raise Forbidden("Only organisation administrators add people.")
+def create_user(*, username: str, password: str, by: User, organization: Organization | None = None,
+                is_org_admin: bool = False, **fields) -> User:
+    """An organisation admin adds a person to their own organisation, or to a client it serves (may_add_people).
+
+    A client's administrators are the client's or a superuser's to appoint, never a vendor's.
+    """
+    organization = organization or by.organization
+    if not may_add_people(by, organization):
+        raise Forbidden("Only administrators of the organisation, or of a vendor serving it, add its people.")
+    if is_org_admin and not by.is_superuser and organization.pk != by.organization_id:
+        raise Forbidden("Only the organisation itself or a platform administrator appoints its administrators.",
+                        errors={"is_org_admin": ["Not for another organisation's people."]})
     if User.objects.filter(username__iexact=username).exists():
         raise DomainError("That username is taken.", code="username_taken", errors={"username": ["Already taken."]})
-    user = User(username=username, organization_id=by.organization_id, is_org_admin=is_org_admin, **fields)
+    user = User(username=username, organization=organization, is_org_admin=is_org_admin, **fields)
     try:
         validate_password(password, user)
     except ValidationError as exc:
         raise DomainError("The password is too weak.", errors={"password": exc.messages}) from None
     user.set_password(password)
     user.save()
-    record_event("create", actor=by, obj=user, extra={"pseudonym": user.pseudonym})
+    record_event("create", actor=by, obj=user, extra={
+        "pseudonym": user.pseudonym, "organization": organization.pk if organization else None,
+        "is_org_admin": is_org_admin})
     return user
 
 

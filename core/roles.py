@@ -45,6 +45,24 @@ READER_ROLE_TIERS = {
 }
 ROLES_WITH_SUBSPECIALTIES = {Role.RADIOLOGIST, Role.SUBSPECIALIST}
 
+# Separation of duties on one project (core.memberships enforces both).
+# A reader may hold no role that sees other readers' open work (QA, managers), judges the project from
+# outside (the client) or oversees it (auditor, privacy officer): reads must stay independent.
+READER_ROLES = frozenset(READER_ROLE_TIERS)
+EXCLUDED_FROM_READERS = frozenset({Role.QA, Role.MANAGER, Role.CLIENT, Role.AUDITOR, Role.PRIVACY_OFFICER})
+# The oversight roles check the people who run the project (the audit trail) or can re-identify its
+# patients (the pseudonym map): an organisation administrator appoints them, never its manager.
+OVERSIGHT_ROLES = frozenset({Role.AUDITOR, Role.PRIVACY_OFFICER})
+
+
+def roles_excluded_by(role: str) -> frozenset[str]:
+    """The roles a person holding ``role`` may not also hold on the same project."""
+    if role in READER_ROLES:
+        return EXCLUDED_FROM_READERS
+    if role in EXCLUDED_FROM_READERS:
+        return READER_ROLES
+    return frozenset()
+
 
 class Perm:
     """Object permissions on a Project (codenames declared in Project.Meta.permissions)."""

@@ -34,6 +34,30 @@ def user_has_perm(user, perm: str, project: Project) -> bool:
     return user.has_perm(f"core.{perm}", project)
 
 
+def is_vendor_admin(user, project: Project) -> bool:
+    """Whether ``user`` administers the organisation that runs ``project`` (superusers count)."""
+    if not user.is_authenticated:
+        return False
+    return user.is_superuser or (user.is_org_admin and user.organization_id is not None
+                                 and user.organization_id == project.vendor_id)
+
+
+def get_project_administered_by(user, pk, perm: str = Perm.MANAGE) -> Project:
+    """As get_project_for, and the project's vendor administrators may also reach it, member or not:
+    they appoint its oversight roles and decide whether its pseudonym map is kept."""
+    if user.is_authenticated and user.is_org_admin and user.organization_id:
+        try:
+            return Project.objects.get(pk=pk, vendor_id=user.organization_id)
+        except (Project.DoesNotExist, ValueError, TypeError):
+            pass
+    return get_project_for(user, pk, perm)
+
+
+def client_organizations_served_by(org_id) -> QuerySet[Organization]:
+    """The client organisations for which ``org_id`` runs (or ran) a project."""
+    return Organization.objects.filter(kind=Organization.Kind.CLIENT, client_projects__vendor_id=org_id).distinct()
+
+
 def organizations_visible_to(user) -> QuerySet[Organization]:
     """A user's own organisation and the organisations of the projects they can see."""
     if user.is_superuser:
@@ -42,13 +66,15 @@ def organizations_visible_to(user) -> QuerySet[Organization]:
     ids = set(projects.values_list("client_id", flat=True)) | set(projects.values_list("vendor_id", flat=True))
     if user.organization_id:
         ids.add(user.organization_id)
+        if user.is_org_admin:
+            ids |= set(client_organizations_served_by(user.organization_id).values_list("pk", flat=True))
     return Organization.objects.filter(pk__in=ids)
 
 
 def memberships_visible_to(user, project: Project) -> QuerySet[Membership]:
-    """Managers (and superusers) see every membership of the project; others only their own."""
+    """Managers, the vendor's administrators (and superusers) see every membership; others only their own."""
     qs = Membership.objects.filter(project=project).select_related("user")
-    if user_has_perm(user, Perm.VIEW_MEMBERS, project):
+    if is_vendor_admin(user, project) or user_has_perm(user, Perm.VIEW_MEMBERS, project):
         return qs
     return qs.filter(user=user)
 

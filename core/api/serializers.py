@@ -80,7 +80,9 @@ class MembershipSerializer(serializers.ModelSerializer):
 
 
 class MembershipCreateSerializer(serializers.Serializer):
-    user = serializers.PrimaryKeyRelatedField(queryset=User.objects.filter(is_active=True))
+    # An id, not a related field: whether it exists is the service's to answer, the same way for a
+    # missing person as for one out of the caller's reach.
+    user = serializers.IntegerField(help_text="A person of the project's vendor or client organisation.")
     role = serializers.ChoiceField(Role.choices)
     subspecialties = serializers.ListField(child=serializers.ChoiceField(Subspecialty.choices), default=list)
 

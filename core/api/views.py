@@ -3,6 +3,7 @@
 import django_filters
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -31,6 +32,9 @@ class OrganizationViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.Retrie
     audit_object_type = "core.organization"
     queryset = Organization.objects.none()
 
+    def audit_action(self, request):
+        return "create" if self.action == "people" else super().audit_action(request)
+
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Organization.objects.none()
@@ -42,6 +46,19 @@ class OrganizationViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.Retrie
         from core.projects import create_organization
 
         serializer.instance = create_organization(by=self.request.user, **serializer.validated_data)
+
+    @extend_schema(
+        request=s.UserCreateSerializer, responses={201: s.UserSerializer},
+        description="Add a person to this organisation: its own administrators, or the administrators of a vendor "
+                    "that runs projects for this client organisation (how a client's viewers, auditors and privacy "
+                    "officers are onboarded), or a superuser. The password is set, never returned; audited.")
+    @action(detail=True, methods=["post"], url_path="people")
+    def people(self, request, pk=None):
+        organization = self.get_object()
+        data = s.UserCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = create_user(by=request.user, organization=organization, **data.validated_data)
+        return Response(s.UserSerializer(user).data, status=status.HTTP_201_CREATED)
 
 
 class UserViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -122,6 +139,11 @@ class MembershipViewSet(AuditedViewMixin, ProjectScopedMixin, viewsets.GenericVi
     audit_object_type = "core.membership"
     queryset = Membership.objects.none()
 
+    def get_project(self, perm=Perm.VIEW) -> Project:
+        # The vendor's administrators reach the memberships of its projects, member or not: they
+        # appoint the auditors and privacy officers (core.memberships.grant_refusal).
+        return selectors.get_project_administered_by(self.request.user, self.kwargs["project_pk"], perm)
+
     def get_queryset(self):
         return selectors.memberships_visible_to(self.request.user, self.get_project())
 
@@ -138,7 +160,9 @@ class MembershipViewSet(AuditedViewMixin, ProjectScopedMixin, viewsets.GenericVi
         project = self.get_project(Perm.MANAGE)
         data = s.MembershipCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        membership = membership_service.grant_membership(project=project, by=request.user, **data.validated_data)
+        fields = dict(data.validated_data)
+        user = membership_service.find_grantee(project, fields.pop("user"), by=request.user)
+        membership = membership_service.grant_membership(project=project, user=user, by=request.user, **fields)
         return Response(s.MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=s.MembershipUpdateSerializer, responses={200: s.MembershipSerializer})

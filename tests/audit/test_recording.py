@@ -11,6 +11,7 @@ from audit.models import AuditEvent
 from audit.trail import verify_chains
 from core.roles import Role
 from tests.conftest import PASSWORD
+from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -139,17 +140,18 @@ def test_revoke_all_is_recorded_with_the_count(cast, api):
 
 def test_membership_grant_and_revoke_record_permission_changes(cast, api):
     client = api(cast.manager)
+    person = UserFactory(organization=cast.vendor)  # readers may not also be QA
     response = client.post(f"/api/projects/{cast.project.pk}/memberships/",
-                           {"user": cast.second_annotator.pk, "role": Role.QA}, format="json")
+                           {"user": person.pk, "role": Role.QA}, format="json")
     assert response.status_code == 201
     granted = _last(action="permission_granted")
     assert (granted.actor_id, granted.project_id, granted.object_id) == (cast.manager.pk, cast.project.pk,
                                                                          str(response.json()["id"]))
-    assert granted.extra == {"user": cast.second_annotator.pseudonym, "role": "qa",
-                             "permissions": ["view_progress", "view_reads"]}
+    assert granted.extra == {"user": person.pseudonym, "role": "qa",
+                             "permissions": ["view_progress", "view_project", "view_reads"]}
     assert client.delete(f"/api/projects/{cast.project.pk}/memberships/{response.json()['id']}/").status_code == 204
     revoked = _last(action="permission_revoked")
-    assert revoked.extra["permissions"] == ["view_progress", "view_reads"]
+    assert revoked.extra["permissions"] == ["view_progress", "view_project", "view_reads"]
     assert verify_chains().ok
 
 

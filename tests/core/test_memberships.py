@@ -23,12 +23,12 @@ def test_granting_a_role_gives_its_permissions_and_revoking_withdraws_them(cast)
 def test_permissions_are_the_union_of_active_roles(cast):
     person = UserFactory(organization=cast.vendor)
     grant_membership(project=cast.project, user=person, role="annotator", by=cast.manager)
-    qa = grant_membership(project=cast.project, user=person, role="qa", by=cast.manager)
-    assert person.has_perm(f"core.{Perm.VIEW_READS}", cast.project)
-    revoke_membership(qa, by=cast.manager)
+    radiologist = grant_membership(project=cast.project, user=person, role="radiologist", by=cast.manager)
+    assert person.has_perm(f"core.{Perm.ADJUDICATE}", cast.project)
+    revoke_membership(radiologist, by=cast.manager)
     person = type(person).objects.get(pk=person.pk)
     assert person.has_perm(f"core.{Perm.READ}", cast.project)
-    assert not person.has_perm(f"core.{Perm.VIEW_READS}", cast.project)
+    assert not person.has_perm(f"core.{Perm.ADJUDICATE}", cast.project)
 
 
 def test_a_rolled_back_grant_leaves_no_permission(cast):

@@ -123,6 +123,11 @@ CASES = [
     Case("organization-detail", "get",
          lambda c, x, o: f"/api/organizations/{(c.client_org if o else c.other_client).pk}/",
          expect(404, superuser=200, **members(200)), expect(404, superuser=200)),
+    # A vendor's administrators onboard the people of the clients it serves.
+    Case("organization-people", "post",
+         lambda c, x, o: f"/api/organizations/{(c.client_org if o else c.other_client).pk}/people/",
+         expect(404, superuser=201, **members(403, manager=201)), expect(404, superuser=201),
+         body=lambda c: {"username": "newperson", "password": "a-long-enough-password-77"}),
     Case("user-list", "get", lambda c, x, o: "/api/users/", expect(200)),
     Case("user-list", "post", lambda c, x, o: "/api/users/", expect(403, superuser=201, manager=201),
          body=lambda c: {"username": "newbie", "password": "a-long-enough-password-77"}),
