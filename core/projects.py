@@ -99,3 +99,52 @@ def update_project(project: Project, *, by: User, **changes) -> Project:
     project.save()
     record_event("update", actor=by, obj=project, project=project, extra={"fields": sorted(changes)})
     return project
+
+
+# The reading queue's and quality checks' settings; the de-identification options; the pseudonym map.
+QUEUE_SETTINGS = ("lease_seconds", "max_open_reads", "higher_tiers_take_lower_work", "requires_calibration",
+                  "gold_rate", "gold_threshold", "gold_window", "calibration_threshold")
+DEID_SETTINGS = ("deid_retain_modified_dates", "deid_retain_patient_characteristics", "deid_clean_descriptors",
+                 "deid_retain_device_identity", "deid_private_creator_allowlist")
+SETTINGS = (*QUEUE_SETTINGS, *DEID_SETTINGS, "keep_pseudonym_map")
+
+
+def is_deid_frozen(project: Project) -> bool:
+    """Whether studies were ingested: their UIDs, dates and kept attributes came from the options then in force,
+    so changing them would mix two de-identifications in one project (and one delivery)."""
+    return project.studies.exists()
+
+
+@transaction.atomic
+def update_project_settings(project: Project, *, by: User, **changes) -> Project:
+    """Change queue, quality and de-identification settings (ranges checked by the caller); audited old -> new.
+
+    De-identification options are frozen once a study is ingested; ``keep_pseudonym_map`` decides
+    whether re-identification is possible at all, so only the vendor's administrators change it.
+    """
+    unknown = set(changes) - set(SETTINGS)
+    if unknown:
+        raise DomainError("Not a project setting.", errors={name: ["Not a setting."] for name in sorted(unknown)})
+    # The row lock waits for an ingest that has written studies (it holds a key-share lock on this row).
+    project = Project.objects.select_for_update().get(pk=project.pk)
+    if "deid_private_creator_allowlist" in changes:
+        allowlist = changes["deid_private_creator_allowlist"]
+        changes["deid_private_creator_allowlist"] = sorted({creator.strip() for creator in allowlist})
+    changed = {name: (getattr(project, name), value) for name, value in changes.items()
+               if getattr(project, name) != value}
+    if "keep_pseudonym_map" in changed and not is_vendor_admin(by, project):
+        raise Forbidden("Only an administrator of the project's vendor organisation decides whether the pseudonym "
+                        "map is kept.", code="org_admin_only",
+                        errors={"keep_pseudonym_map": ["Organisation administrators only."]})
+    frozen = sorted(name for name in changed if name in DEID_SETTINGS)
+    if frozen and is_deid_frozen(project):
+        raise DomainError("Studies were already de-identified with the current options; they cannot change now.",
+                          code="deid_frozen", errors={name: ["Frozen once a study is ingested."] for name in frozen})
+    if not changed:
+        return project
+    for name, (_, value) in changed.items():
+        setattr(project, name, value)
+    project.save(update_fields=[*changed, "updated_at"])
+    record_event("update", actor=by, obj=project, project=project, extra={
+        "settings": {name: {"from": old, "to": new} for name, (old, new) in sorted(changed.items())}})
+    return project

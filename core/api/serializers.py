@@ -3,6 +3,7 @@
 from rest_framework import serializers
 
 from core.models import LabelEntry, Membership, Organization, Project, ProtocolVersion, User
+from core.projects import is_deid_frozen
 from core.roles import Role, Subspecialty
 
 
@@ -61,6 +62,43 @@ class ProjectUpdateSerializer(serializers.Serializer):
     modalities = serializers.ListField(child=serializers.ChoiceField(MODALITIES), allow_empty=False, required=False)
     reads_per_task = serializers.IntegerField(min_value=1, max_value=3, required=False)
     is_active = serializers.BooleanField(required=False)
+
+
+class ProjectSettingsSerializer(serializers.ModelSerializer):
+    """The queue, quality and de-identification settings a project's managers set (core.projects)."""
+
+    lease_seconds = serializers.IntegerField(min_value=60, max_value=24 * 3600, required=False,
+                                             help_text="How long a claimed read stays with its reader (60 s to 1 day).")
+    max_open_reads = serializers.IntegerField(min_value=1, max_value=100, required=False,
+                                              help_text="Open (claimed) reads one reader may hold.")
+    gold_rate = serializers.FloatField(min_value=0, max_value=1, required=False,
+                                       help_text="Share of claims served as hidden gold checks (0-1).")
+    gold_threshold = serializers.FloatField(min_value=0, max_value=1, required=False,
+                                            help_text="Rolling gold score below which a reader is suspended (0-1).")
+    gold_window = serializers.IntegerField(min_value=1, max_value=100, required=False,
+                                           help_text="Gold checks in the rolling score.")
+    calibration_threshold = serializers.FloatField(min_value=0, max_value=1, required=False,
+                                                   help_text="Mean score a reader needs on calibration (0-1).")
+    deid_private_creator_allowlist = serializers.ListField(
+        child=serializers.CharField(max_length=64, allow_blank=False), max_length=100, required=False,
+        help_text="Private Creator values whose blocks are kept (Retain Safe Private Option).")
+    keep_pseudonym_map = serializers.BooleanField(
+        required=False, help_text="Keep the encrypted pseudonym -> original map (privacy officers read it); "
+                                  "set by the vendor organisation's administrators only.")
+    is_deid_frozen = serializers.SerializerMethodField(
+        help_text="True once a study is ingested: the de-identification options can no longer change.")
+
+    class Meta:
+        model = Project
+        fields = ["lease_seconds", "max_open_reads", "higher_tiers_take_lower_work", "requires_calibration",
+                  "gold_rate", "gold_threshold", "gold_window", "calibration_threshold",
+                  "deid_retain_modified_dates", "deid_retain_patient_characteristics", "deid_clean_descriptors",
+                  "deid_retain_device_identity", "deid_private_creator_allowlist", "keep_pseudonym_map",
+                  "is_deid_frozen"]
+        extra_kwargs = {name: {"required": False} for name in fields}
+
+    def get_is_deid_frozen(self, project) -> bool:
+        return is_deid_frozen(project)
 
 
 class MembershipSerializer(serializers.ModelSerializer):

@@ -13,7 +13,7 @@ from core import protocols, selectors
 from core.api import serializers as s
 from core.errors import Forbidden, NotFound
 from core.models import Membership, Organization, Project, ProtocolVersion, User
-from core.projects import create_project, create_user, update_project
+from core.projects import create_project, create_user, update_project, update_project_settings
 from core.roles import Perm
 
 
@@ -107,6 +107,11 @@ class ProjectViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveMod
     audit_object_type = "core.project"
     audit_project_kwarg = "pk"
 
+    def audit_action(self, request):
+        if self.action == "project_settings":
+            return "view" if request.method == "GET" else "update"
+        return super().audit_action(request)
+
     def get_queryset(self):
         return selectors.projects_visible_to(self.request.user).prefetch_related("protocol_versions")
 
@@ -124,6 +129,22 @@ class ProjectViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveMod
         data.is_valid(raise_exception=True)
         project = update_project(project, by=request.user, **data.validated_data)
         return Response(s.ProjectSerializer(project).data)
+
+    @extend_schema(methods=["GET"], responses=s.ProjectSettingsSerializer,
+                   description="The reading queue's, gold and calibration checks' and de-identification settings "
+                               "(managers and the vendor organisation's administrators).")
+    @extend_schema(methods=["PATCH"], request=s.ProjectSettingsSerializer, responses=s.ProjectSettingsSerializer,
+                   description="Change settings; audited with old and new values. De-identification options are "
+                               "frozen once a study is ingested (400 deid_frozen); keep_pseudonym_map is changed by "
+                               "the vendor organisation's administrators only (403 org_admin_only).")
+    @action(detail=True, methods=["get", "patch"], url_path="settings", url_name="settings")
+    def project_settings(self, request, pk=None):
+        project = selectors.get_project_administered_by(request.user, pk, Perm.MANAGE)
+        if request.method == "PATCH":
+            data = s.ProjectSettingsSerializer(project, data=request.data, partial=True)
+            data.is_valid(raise_exception=True)
+            project = update_project_settings(project, by=request.user, **data.validated_data)
+        return Response(s.ProjectSettingsSerializer(project).data)
 
 
 class ProjectScopedMixin:
