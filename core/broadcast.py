@@ -5,7 +5,8 @@ Services call ``broadcast_on_commit(project_id, event_type, payload)`` for proje
 for one reader's own queue events. Nothing is sent for a rolled-back write, and a feed outage never
 fails the write that caused the event: a send that raises is logged and dropped.
 
-Groups: ``project.<id>`` and ``reader.<user id>``. Messages have the channels type
+Groups: ``project.<id>`` and ``reader.<user id>``; ``user.<user id>`` carries only
+``feed.recheck`` (recheck_feed_on_commit). Event messages have the channels type
 ``feed.event`` and carry ``{"event": <type>, "project": <id>, "data": {...}, "at": <ISO time>}``.
 PHI never goes on the feed: payloads carry ids, counts and de-identified UIDs only.
 
@@ -81,6 +82,11 @@ def reader_group(user_id: int) -> str:
     return f"reader.{user_id}"
 
 
+def user_group(user_id: int) -> str:
+    """Every live-feed socket of one person, whatever their role: control messages, never events."""
+    return f"user.{user_id}"
+
+
 def _send(group: str, message: dict) -> None:
     layer = get_channel_layer()
     if layer is None:
@@ -112,3 +118,9 @@ def broadcast_to_reader_on_commit(user_id: int, project_id: int, event_type: str
     """Send a reader's own queue event to that reader only, once the current transaction commits."""
     message = _message(project_id, event_type, payload)
     transaction.on_commit(lambda: _send(reader_group(user_id), message))
+
+
+def recheck_feed_on_commit(user_id: int) -> None:
+    """Have every live-feed socket of the person check its authorisation again (a role or a token
+    ended) once the current transaction commits; a socket no longer authorised closes."""
+    transaction.on_commit(lambda: _send(user_group(user_id), {"type": "feed.recheck"}))

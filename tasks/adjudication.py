@@ -21,6 +21,7 @@ from core.selectors import projects_visible_to
 from tasks.consensus import store_consensus_from_adjudication
 from tasks.models import Adjudication, Read
 from tasks.queue import ROW_LOCK
+from tasks.selectors import holder_is_member
 from tasks.states import ReadState
 
 
@@ -68,10 +69,12 @@ def claim_next_adjudication(user: User) -> Adjudication | None:
 
 
 def get_adjudication_for_update(adjudication_id, user: User) -> Adjudication:
-    """The caller's claimed adjudication, locked; 404 for anybody else's."""
+    """The caller's claimed adjudication, locked; 404 for anybody else's, and for their own once
+    they hold no adjudicating role on its project (tasks.selectors)."""
     adjudication = (Adjudication.objects.select_for_update(**ROW_LOCK)
                     .select_related("task__study", "task__protocol_version")
-                    .filter(pk=adjudication_id, adjudicator=user).first())
+                    .filter(holder_is_member(Perm.ADJUDICATE, "adjudicator"), pk=adjudication_id,
+                            adjudicator=user).first())
     if adjudication is None:
         raise NotFound("No such adjudication.")
     if adjudication.state != Adjudication.State.CLAIMED:

@@ -3,11 +3,17 @@
 from functools import lru_cache
 
 import django_filters
-from django.db.models import Q
+from django.db.models import Prefetch, Q
 from django.http import HttpResponse
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -16,13 +22,14 @@ from audit.recorder import AuditedViewMixin
 from core import idempotency
 from core.api.pagination import paginated_response
 from core.api.serializers import LabelEntrySerializer
-from core.errors import DomainError, NotFound
+from core.errors import DomainError, Forbidden, NotFound
 from core.models import ProtocolVersion, User
 from core.roles import READER_ROLE_TIERS, Perm
 from core.selectors import get_project_for, projects_visible_to
 from tasks import adjudication as adjudication_service
 from tasks import creation, gold, queue, reports, selectors
 from tasks.models import Adjudication, Read, Task
+from tasks.progress import workforce_by_tier
 from tasks.states import ReadState, TaskState
 
 
@@ -151,10 +158,14 @@ def _datetime_or_none(value):
 
 
 class ManagedReadSerializer(ReadSerializer):
-    """A read with who holds it: for managers and QA (tasks.selectors decides who gets which reads)."""
+    """A read with who holds it, named as tasks.selectors.reader_visibility says: username and
+    pseudonym for managers, the pseudonym alone for QA. Context ``reader_visibility``: project id ->
+    ReaderVisibility (without it nobody is named)."""
 
-    reader = serializers.CharField(source="reader.username", read_only=True)
-    reader_pseudonym = serializers.CharField(source="reader.pseudonym", read_only=True)
+    reader = serializers.CharField(source="reader.username", read_only=True, allow_null=True,
+                                   help_text="Username (managers); null for everybody else.")
+    reader_pseudonym = serializers.CharField(source="reader.pseudonym", read_only=True, allow_null=True,
+                                             help_text="Pseudonym (managers and QA); null for everybody else.")
     tier = serializers.CharField(source="get_tier_display", read_only=True)
 
     class Meta(ReadSerializer.Meta):
@@ -163,9 +174,11 @@ class ManagedReadSerializer(ReadSerializer):
 
     def to_representation(self, read):
         data = super().to_representation(read)
-        pseudonym = read.reader.pseudonym
-        data.update(reader=read.reader.username, reader_pseudonym=None if pseudonym is None else str(pseudonym),
-                    tier=read.get_tier_display())
+        visibility = self.context.get("reader_visibility")
+        naming = visibility(read.project_id).naming if visibility is not None else selectors.Naming.NONE
+        pseudonym = read.reader.pseudonym if naming != selectors.Naming.NONE else None
+        data.update(reader=read.reader.username if naming == selectors.Naming.USERNAME else None,
+                    reader_pseudonym=None if pseudonym is None else str(pseudonym), tier=read.get_tier_display())
         return data
 
 
@@ -243,6 +256,12 @@ class ReadViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelM
         return selectors.reads_visible_to(self.request.user).select_related(
             "task__study", "task__series", "reader").order_by("-id")
 
+    def get_serializer_context(self):
+        context = super().get_serializer_context()
+        if not getattr(self, "swagger_fake_view", False):
+            context["reader_visibility"] = selectors.reader_visibilities(self.request.user)
+        return context
+
     def get_serializer_class(self):
         # Readers (who see only their own reads) get no identities; managers and QA do.
         user = self.request.user
@@ -303,7 +322,9 @@ class TaskSerializer(serializers.ModelSerializer):
 
 
 class TaskDetailSerializer(TaskSerializer):
-    reads = ManagedReadSerializer(many=True, read_only=True)
+    reads = ManagedReadSerializer(many=True, read_only=True, help_text=(
+        "The reads you may see (tasks.selectors.reader_visibility): managers every read, open ones with "
+        "drafts; QA submitted reads only, by pseudonym."))
 
     class Meta(TaskSerializer.Meta):
         fields = [*TaskSerializer.Meta.fields, "reads"]
@@ -354,14 +375,21 @@ class ProjectTaskViewSet(AuditedViewMixin, mixins.ListModelMixin, viewsets.Gener
         if getattr(self, "swagger_fake_view", False):
             return Task.objects.none()
         project = get_project_for(self.request.user, self.kwargs["project_pk"], Perm.VIEW_READS)
+        self.visibility = selectors.reader_visibility(self.request.user, project)
+        if "holder" in self.request.query_params and not self.visibility.others_open_reads:
+            # Who holds open work is for those who see open reads (managers), not QA.
+            raise Forbidden("Only managers see who holds open reads.")
         return selectors.tasks_for_managers(self.request.user, project).order_by("id")
 
     @extend_schema(responses=TaskDetailSerializer)
     def retrieve(self, request, project_pk=None, pk=None):
-        task = self.get_queryset().prefetch_related("reads__reader").filter(pk=pk).first()
+        tasks = self.get_queryset()
+        reads = Read.objects.filter(self.visibility.reads()).select_related("reader").order_by("id")
+        task = tasks.prefetch_related(Prefetch("reads", queryset=reads)).filter(pk=pk).first()
         if task is None:
             raise NotFound("No such task.")
-        return Response(TaskDetailSerializer(task).data)
+        visibility = self.visibility
+        return Response(TaskDetailSerializer(task, context={"reader_visibility": lambda _: visibility}).data)
 
     @extend_schema(request=CreateTasksSerializer, responses={201: CreateTasksResponseSerializer})
     def create_tasks(self, request, project_pk=None):
@@ -397,7 +425,8 @@ class ReassignReadView(AuditedViewMixin, APIView):
         data = ReassignSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         read = queue.reassign_read(pk, data.validated_data["reader"], by=request.user)
-        return Response(ManagedReadSerializer(read).data)
+        visibility = selectors.reader_visibility(request.user, project)
+        return Response(ManagedReadSerializer(read, context={"reader_visibility": lambda _: visibility}).data)
 
 
 # --- adjudication ------------------------------------------------------------------------------
@@ -488,7 +517,9 @@ class AdjudicationViewSet(AuditedViewMixin, viewsets.GenericViewSet):
             return Adjudication.objects.none()
         user = self.request.user
         managed = projects_visible_to(user, Perm.MANAGE).values("pk")
-        return Adjudication.objects.filter(Q(adjudicator=user) | Q(project_id__in=managed)).select_related(
+        member_of = projects_visible_to(user).values("pk")
+        return Adjudication.objects.filter(Q(adjudicator=user, project_id__in=member_of)
+                                           | Q(project_id__in=managed)).select_related(
             "task__study", "task__series", "task__protocol_version")
 
     def audit_target(self):
@@ -557,7 +588,9 @@ class ReferenceView(AuditedViewMixin, APIView):
 
 
 class WorkforceMemberSerializer(serializers.Serializer):
-    reader = serializers.CharField(help_text="Username for managers and QA; a pseudonym for clients.")
+    """One reader's row: for managers (by username) and QA (by pseudonym)."""
+
+    reader = serializers.CharField(help_text="Username for managers; the pseudonym for QA.")
     role = serializers.CharField()
     tier = serializers.CharField(allow_null=True)
     subspecialties = serializers.ListField(child=serializers.CharField())
@@ -568,21 +601,37 @@ class WorkforceMemberSerializer(serializers.Serializer):
     rolling_gold_score = serializers.FloatField(allow_null=True)
 
 
+class WorkforceTierSerializer(serializers.Serializer):
+    """One reader tier's aggregates: what clients get instead of rows per reader."""
+
+    tier = serializers.CharField()
+    readers = serializers.IntegerField()
+    calibrated = serializers.IntegerField(help_text="Readers of the tier who are calibrated.")
+    suspended = serializers.IntegerField()
+    gold_checked = serializers.IntegerField(help_text="Readers of the tier with a rolling gold score.")
+    mean_rolling_gold_score = serializers.FloatField(allow_null=True)
+
+
 class WorkforceView(AuditedViewMixin, APIView):
-    """Calibration and gold status of the project's readers (pseudonymous for clients)."""
+    """Calibration and gold status of the project's readers: a row per reader for managers (by
+    username) and QA (by pseudonym); for clients a row per tier, aggregates only."""
 
     audit_object_type = "core.membership"
 
-    @extend_schema(responses=WorkforceMemberSerializer(many=True))
+    @extend_schema(responses=PolymorphicProxySerializer(
+        component_name="WorkforceRow", serializers=[WorkforceMemberSerializer, WorkforceTierSerializer],
+        resource_type_field_name=None, many=True))
     def get(self, request, project_pk):
         project = get_project_for(request.user, project_pk, Perm.VIEW_PROGRESS)
-        named = request.user.is_superuser or request.user.has_perm(f"core.{Perm.VIEW_MEMBERS}", project)
+        visibility = selectors.reader_visibility(request.user, project)
+        if not visibility.per_reader:
+            return Response(WorkforceTierSerializer(workforce_by_tier(project), many=True).data)
         rows = []
         memberships = (project.memberships.filter(is_active=True, role__in=list(READER_ROLE_TIERS))
                        .select_related("user").order_by("user__username", "role"))
         for m in memberships:
             score, count = gold.rolling_gold_score(m.user_id, project.pk, project.gold_window)
-            rows.append({"reader": m.user.username if named else m.user.pseudonym, "role": m.role,
+            rows.append({"reader": visibility.name_of(m.user), "role": m.role,
                          "tier": m.tier.label if m.tier else None, "subspecialties": m.subspecialties,
                          "calibrated": m.calibrated_at is not None or not project.requires_calibration,
                          "suspended": m.is_suspended, "suspension_reason": m.suspension_reason,
@@ -591,8 +640,8 @@ class WorkforceView(AuditedViewMixin, APIView):
 
 
 class ConcordanceView(AuditedViewMixin, APIView):
-    """Concordance per modality x finding class (JSON, or CSV with ?output=csv); scorecards pseudonymous
-    for clients."""
+    """Concordance per modality x finding class (JSON, or CSV with ?output=csv); scorecards per reader
+    for managers (by username) and QA (by pseudonym), per tier only for clients."""
 
     audit_object_type = "tasks.report"
 
@@ -612,8 +661,9 @@ class ConcordanceView(AuditedViewMixin, APIView):
                 if parsed is None:
                     raise DomainError(f"{name} must be an ISO 8601 date-time.", errors={name: ["Not a date-time."]})
                 bounds[name] = parsed
-        named = request.user.is_superuser or request.user.has_perm(f"core.{Perm.VIEW_MEMBERS}", project)
-        report = reports.concordance_report(project, named=named, **bounds)
+        visibility = selectors.reader_visibility(request.user, project)
+        report = reports.concordance_report(project, named=visibility.naming == selectors.Naming.USERNAME, **bounds)
+        report = reports.as_seen_by(report, visibility)
         if request.query_params.get("output") == "csv":
             response = HttpResponse(reports.report_csv(report), content_type="text/csv")
             response["Content-Disposition"] = f'attachment; filename="concordance-project-{project.pk}.csv"'

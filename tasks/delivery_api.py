@@ -3,7 +3,7 @@ report, and streamed downloads of its exports.
 
 Managers create and deliver; whoever may see progress (managers, QA, the client) lists batches, reads
 their reports and downloads their exports. Nothing here names a reader: reports and manifests use
-pseudonyms and tiers.
+pseudonyms and tiers, and clients get a report's scorecards per tier only (tasks.selectors).
 """
 
 from django.http import HttpResponse, StreamingHttpResponse
@@ -21,6 +21,7 @@ from core.roles import Perm
 from core.selectors import get_project_for
 from tasks import batches, costs, reports
 from tasks.models import Batch
+from tasks.selectors import reader_visibility
 
 CONTENT_TYPES = {"json": "application/json", "manifest": "application/json", "csv": "text/csv",
                  "dicom-seg": "application/dicom", "dicom-sr": "application/dicom", "nifti": "application/gzip"}
@@ -145,7 +146,8 @@ class BatchDeliverView(AuditedViewMixin, APIView):
 
 
 class BatchReportView(AuditedViewMixin, APIView):
-    """The batch's stored concordance report (JSON, or CSV with ?output=csv); POST recomputes it (managers)."""
+    """The batch's stored concordance report (JSON, or CSV with ?output=csv); POST recomputes it (managers).
+    Scorecards per reader (pseudonymous) for managers and QA, per tier only for clients."""
 
     audit_object_type = "tasks.report"
 
@@ -166,7 +168,8 @@ class BatchReportView(AuditedViewMixin, APIView):
             response = HttpResponse(reports.report_csv(batch.report), content_type="text/csv")
             response["Content-Disposition"] = f'attachment; filename="concordance-batch-{batch.pk}.csv"'
             return response
-        return Response(batch.report | {"computed_at": batch.report_computed_at})
+        report = reports.as_seen_by(batch.report, reader_visibility(request.user, batch.project))
+        return Response(report | {"computed_at": batch.report_computed_at})
 
     @extend_schema(request=None, responses={202: OpenApiResponse(description="The report job is queued.")})
     def post(self, request, project_pk, pk):

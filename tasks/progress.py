@@ -25,11 +25,10 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Sum, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
-from guardian.core import ObjectPermissionChecker
 
 from core.broadcast import broadcast_on_commit
 from core.models import Membership, Project
-from core.roles import READER_ROLE_TIERS, Perm, Tier
+from core.roles import READER_ROLE_TIERS, Tier
 from tasks.models import (
     Batch,
     Consensus,
@@ -42,6 +41,7 @@ from tasks.models import (
     TaskTallyDelta,
     UncountedConsensus,
 )
+from tasks.selectors import Naming, reader_visibility
 from tasks.states import ReadState, TaskState
 
 ETA_WINDOW_DAYS = 7
@@ -303,6 +303,12 @@ def _workforce_section(project: Project, *, named: bool, per_reader: bool) -> di
     return section
 
 
+def workforce_by_tier(project: Project) -> list[dict]:
+    """The workforce's calibration and gold status per reader tier (what clients see of readers)."""
+    by_tier = _workforce_section(project, named=False, per_reader=False)["by_tier"]
+    return [{"tier": tier, **figures} for tier, figures in by_tier.items()]
+
+
 def project_progress(project: Project, *, user) -> dict:
     """The progress document of ``project`` as ``user`` may see it (the REST endpoint's body).
 
@@ -314,9 +320,7 @@ def project_progress(project: Project, *, user) -> dict:
     tasks = _tasks_section(project)
     findings = dict(FindingTally.objects.filter(project=project, tasks__gt=0).values_list("finding_class", "tasks"))
     throughput, reads_per_day = _throughput_section(project, today)
-    perms = set(ObjectPermissionChecker(user).get_perms(project))
-    sees_reads = user.is_superuser or Perm.VIEW_READS in perms
-    named = user.is_superuser or Perm.VIEW_MEMBERS in perms
+    visibility = reader_visibility(user, project)  # the one rule of who sees which readers
     return {
         "project": project.pk,
         "as_of": timezone.now().isoformat(),
@@ -325,7 +329,8 @@ def project_progress(project: Project, *, user) -> dict:
         "tasks_without_findings": findings.get("", 0),
         "throughput": throughput,
         "eta": _eta(tasks["reads_left"], tasks["by_state"][TaskState.AWAITING_ADJUDICATION], reads_per_day, today),
-        "workforce": _workforce_section(project, named=named, per_reader=sees_reads),
+        "workforce": _workforce_section(project, named=visibility.naming == Naming.USERNAME,
+                                        per_reader=visibility.per_reader),
     }
 
 

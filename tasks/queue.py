@@ -34,10 +34,12 @@ from core.broadcast import broadcast_to_reader_on_commit
 from core.errors import Conflict, DomainError, NotFound
 from core.idempotency import checked_key
 from core.models import Project, User
+from core.roles import Perm
 from core.selectors import projects_visible_to
 from tasks.models import QueueSlot, Read, Task
 from tasks.progress import announce_progress
 from tasks.routing import Eligibility, digest_check, eligibility, eligibility_and_digest
+from tasks.selectors import holder_is_member, reader_membership_sql
 from tasks.states import LIVE_READ_STATES, ReadState, TaskState, check_read_transition, task_state_after_reads
 
 CLAIM_LOCK = 7301  # the advisory lock class of one reader's claims (bench/claims.py takes it too)
@@ -451,7 +453,8 @@ def _claim_portable(user, rules, leases, now) -> tuple[int, tuple[int, int] | No
 # --- operations on a held read -------------------------------------------------------------
 
 def get_read_for_update(read_id, user: User) -> Read:
-    """The caller's own read, locked; 404 for anybody else's (existence does not leak).
+    """The caller's own read, locked; 404 for anybody else's (existence does not leak), and for
+    their own once they hold no reader role on its project (tasks.selectors).
 
     Locks in this module take only the row itself, FOR NO KEY UPDATE (no key ever changes): a
     plain FOR UPDATE on joined rows made a concurrent claim's foreign-key check (KEY SHARE on
@@ -464,7 +467,7 @@ def get_read_for_update(read_id, user: User) -> Read:
         return read
     try:
         return (Read.objects.select_for_update(**ROW_LOCK).select_related("task__study", "task__protocol_version")
-                .get(pk=read_id, reader=user))
+                .get(holder_is_member(Perm.READ), pk=read_id, reader=user))
     except (Read.DoesNotExist, ValueError, TypeError):
         raise NotFound("No such read.") from None
 
@@ -500,7 +503,8 @@ def _locked_read_statement() -> tuple[tuple, str]:
     return models, f"""SELECT {", ".join(selected)}
         FROM tasks_read r JOIN tasks_task t ON t.id = r.task_id JOIN core_study st ON st.id = t.study_id
         JOIN core_protocolversion pv ON pv.id = t.protocol_version_id
-        WHERE r.id = %s::bigint AND r.reader_id = %s::bigint FOR NO KEY UPDATE OF r"""
+        WHERE r.id = %s::bigint AND r.reader_id = %s::bigint AND {reader_membership_sql("r")}
+        FOR NO KEY UPDATE OF r"""
 
 
 def _live_slot(read: Read) -> QueueSlot | None:

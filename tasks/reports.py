@@ -1,7 +1,11 @@
 """Concordance reports: per modality x finding class x metric, reader-vs-reader and
-reader-vs-consensus, each with n, the value and a 95% bootstrap interval over tasks; and per-reader
-scorecards; and model-vs-consensus rows from the current model's stored predictions
-(learning.concordance), kappa over the model's label classes.
+reader-vs-consensus, each with n, the value and a 95% bootstrap interval over tasks; scorecards
+per reader and per reader tier; and model-vs-consensus rows from the current model's stored
+predictions (learning.concordance), kappa over the model's label classes.
+
+Who sees which scorecards is tasks.selectors.reader_visibility's rule, applied by ``as_seen_by``
+to every report served (the live one and a batch's stored one): managers per reader by username,
+QA per reader by pseudonym, clients per tier only (``scorecards_by_tier``; no per-reader rows).
 
 Metrics by label kind: classification -> Cohen's kappa; ordinal grade -> quadratic-weighted
 kappa; mask -> mean Dice; boxes, polygons -> share of boxes matched at the protocol's IoU;
@@ -19,6 +23,7 @@ import numpy as np
 from django.core.cache import cache
 from django.db.models import Max
 
+from core.roles import Tier
 from tasks import metrics
 from tasks.consensus import agreement_rules, compare_pair, findings_of_label
 from tasks.models import Consensus, Read, Task
@@ -109,6 +114,9 @@ def concordance_report(project, *, since=None, until=None, named: bool = True, b
     samples: dict[tuple, dict[str, list]] = defaultdict(lambda: {"reader_vs_reader": [], "reader_vs_consensus": []})
     kinds: dict[tuple, str] = {}
     per_reader: dict[int, dict] = defaultdict(lambda: {"reads": 0, "agree": 0, "compared": 0, "active_seconds": 0.0})
+    # A read counts for the tier it was claimed at (Read.tier), so a tier's card is its work.
+    per_tier: dict[int, dict] = defaultdict(lambda: {"readers": set(), "reads": 0, "agree": 0, "compared": 0,
+                                                     "active_seconds": 0.0})
     rows = consensus.select_related("task__study", "task__protocol_version").order_by("id")
     for item in rows.iterator(chunk_size=500):
         task = item.task
@@ -124,15 +132,19 @@ def concordance_report(project, *, since=None, until=None, named: bool = True, b
             samples[group]["reader_vs_reader"] += rr
             samples[group]["reader_vs_consensus"] += rc
         for read in reads:
-            card = per_reader[read.reader_id]
-            card["reads"] += 1
-            card["active_seconds"] += read.active_seconds
+            card, tier_card = per_reader[read.reader_id], per_tier[read.tier]
             card["name"] = read.reader.username if named else read.reader.pseudonym
+            tier_card["readers"].add(read.reader_id)
+            for c in (card, tier_card):
+                c["reads"] += 1
+                c["active_seconds"] += read.active_seconds
             for spec in specs.values():
                 mine, ref = findings_of_label(read.findings, spec.key), findings_of_label(item.findings, spec.key)
                 if mine or ref:
-                    card["compared"] += 1
-                    card["agree"] += int(bool(mine and ref) and compare_pair(spec.kind, spec, mine, ref, rules)[0])
+                    agreed = int(bool(mine and ref) and compare_pair(spec.kind, spec, mine, ref, rules)[0])
+                    for c in (card, tier_card):
+                        c["compared"] += 1
+                        c["agree"] += agreed
     report_rows = []
     for (modality, label), comparisons in sorted(samples.items()):
         for comparison, pairs in comparisons.items():
@@ -146,16 +158,32 @@ def concordance_report(project, *, since=None, until=None, named: bool = True, b
                    pairs)
         if row is not None:
             report_rows.append({**row, "model_version": version.number})
-    scorecards = [{"reader": card["name"], "reads": card["reads"],
-                   "agreement_with_consensus": round(card["agree"] / card["compared"], 4) if card["compared"] else None,
-                   "mean_active_minutes": round(card["active_seconds"] / card["reads"] / 60, 2)}
+    scorecards = [{"reader": card["name"], **_card_figures(card)}
                   for card in sorted(per_reader.values(), key=lambda c: c["name"])]
+    by_tier = [{"tier": Tier(tier).label, "readers": len(card["readers"]), **_card_figures(card)}
+               for tier, card in sorted(per_tier.items())]
     report = {"project": project.pk, "batch": batch.pk if batch else None,
               "since": str(since) if since else None, "until": str(until) if until else None,
-              "tasks": rows.count(), "rows": report_rows, "scorecards": scorecards,
+              "tasks": rows.count(), "rows": report_rows, "scorecards": scorecards, "scorecards_by_tier": by_tier,
               "model_version": version.number if version else None}
     cache.set(key, report, 3600)
     return report
+
+
+def _card_figures(card: dict) -> dict:
+    return {"reads": card["reads"],
+            "agreement_with_consensus": round(card["agree"] / card["compared"], 4) if card["compared"] else None,
+            "mean_active_minutes": round(card["active_seconds"] / card["reads"] / 60, 2)}
+
+
+def as_seen_by(report: dict, visibility) -> dict:
+    """The report as a viewer with ``visibility`` (tasks.selectors.ReaderVisibility) may see it:
+    without per-reader visibility (clients) the per-reader scorecards go and the tiers' stay."""
+    if visibility.per_reader:
+        return report
+    # A batch report stored before tier scorecards existed has none: recomputing it adds them.
+    return {**{k: v for k, v in report.items() if k != "scorecards"},
+            "scorecards_by_tier": report.get("scorecards_by_tier", [])}
 
 
 def report_csv(report: dict) -> str:

@@ -30,8 +30,10 @@ def test_concordance_report_per_class_with_kappa_and_scorecards(cast, api):
     assert all(c["agreement_with_consensus"] == 1.0 for c in report["scorecards"])
 
     client_view = api(cast.client_viewer).get(f"/api/projects/{cast.project.pk}/reports/concordance/").json()
-    assert {c["reader"] for c in client_view["scorecards"]} == {cast.annotator.pseudonym,
-                                                                  cast.second_annotator.pseudonym}
+    assert "scorecards" not in client_view  # clients: per tier only
+    [tier] = client_view["scorecards_by_tier"]
+    assert tier | {"mean_active_minutes": None} == {"tier": "Annotator", "readers": 2, "reads": 8,
+                                                    "agreement_with_consensus": 1.0, "mean_active_minutes": None}
     download = api(cast.manager).get(f"/api/projects/{cast.project.pk}/reports/concordance/?output=csv")
     assert download["Content-Type"] == "text/csv"
     table = list(csv.DictReader(io.StringIO(download.content.decode())))
