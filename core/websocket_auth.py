@@ -4,15 +4,19 @@ Browsers cannot set an Authorization header on a websocket, so the token travels
 query string (``?token=<token>``) or as a subprotocol: the client offers ``["radqueue",
 "token.<token>"]`` and the server answers ``radqueue``. A presented token wins over the session; a
 presented but invalid or expired token leaves the connection anonymous (the consumer closes it
-with 4401) rather than falling back to a session cookie.
+with 4401) rather than falling back to a session cookie. ``current_user`` looks the same
+credentials up again later, so a socket outlives neither its token nor its session.
 """
 
+from importlib import import_module
+from types import SimpleNamespace
 from urllib.parse import parse_qs
 
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.security.websocket import OriginValidator
 from django.conf import settings
+from django.contrib.auth import get_user
 from django.contrib.auth.models import AnonymousUser
 from rest_framework.exceptions import AuthenticationFailed
 
@@ -40,6 +44,27 @@ def user_for_token(token: str):
     except (AuthenticationFailed, UnicodeError):
         return AnonymousUser()
     return user
+
+
+async def current_user(scope):
+    """Who the socket's credentials name now, looked up afresh: the presented token, or else the
+    session. A deleted or expired token, a session logged out or a deactivated account give
+    AnonymousUser (the feed re-checks its sockets with this; a socket's scope is set once)."""
+    token = presented_token(scope)
+    if token is not None:
+        return await user_for_token(token)
+    session = scope.get("session")
+    key = getattr(session, "session_key", None) if session is not None else None
+    if not key:
+        return AnonymousUser()
+    return await _session_user(key)
+
+
+@database_sync_to_async
+def _session_user(session_key: str):
+    engine = import_module(settings.SESSION_ENGINE)
+    # django.contrib.auth.get_user checks the account is active and the session's password hash.
+    return get_user(SimpleNamespace(session=engine.SessionStore(session_key=session_key)))
 
 
 class TokenAuthMiddleware:

@@ -8,6 +8,13 @@ holding both kinds of permission gets both. Members with neither (auditors, priv
 refused with 4403; somebody who cannot see the project at all gets 4404 (as the API's 404); an
 anonymous or badly authenticated socket gets 4401. Events naming a reader (``reader.suspended``,
 by pseudonym) go only to members who may see the project's members (managers).
+
+Authorisation holds for as long as the socket does, not only at connect: every socket checks its
+credentials and the subscription again every RECHECK_SECONDS (and before forwarding an event once
+its last check is that old), and at once when a membership of its user ends (``feed.recheck`` on
+``user.<id>``). A socket whose token or session is gone (or whose account was deactivated) closes
+with 4401; one whose roles no longer let it watch the project closes with 4403 or 4404; one that
+lost only some of its groups (one of two roles ended) leaves those and keeps the rest.
 """
 
 from dataclasses import dataclass, field
@@ -19,6 +26,7 @@ from core.selectors import projects_visible_to, user_has_perm
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+RECHECK_SECONDS = 5.0
 
 # Events that carry a reader pseudonym: only for members who may see who the members are.
 EVENT_PERMISSIONS = {"reader.suspended": Perm.VIEW_MEMBERS}
