@@ -22,7 +22,32 @@ Combined codes of the table resolve to the safest action that keeps links and IO
                         basic action
 
 Options override per their column of the table: K keeps, C cleans; when two active options
-disagree, K wins. Beyond the table:
+disagree, K wins.
+
+Attributes of the DICOM dictionary that Table E.1-1 does not list (StudyUpdateDateTime,
+EvaluatorName...) take an action from their dictionary VR, the same rules the table applies to its
+own rows of that VR:
+
+    VR                          action  why
+    PN LO SH ST LT UT UC UR     T       free text: removed (a dummy inside a D subtree), unless
+                                        RETAINED_OUTSIDE_TABLE names it, then kept and scrubbed
+    DA DT TM                    X / C   removed; with Retain Longitudinal Modified Dates, dates
+                                        shift by the patient's offset and times keep their clock
+    AE                          T / V   an AE title names a device: kept under Retain Device
+                                        Identity only
+    UI                                  replaced, as every UID (below)
+    SQ                                  kept, its items walked
+    any other (CS, DS, IS, US,  V       kept: codes, numbers and pixel descriptions are what
+      OB, ...)                          renders and routes an image; each value is checked
+                                        against its VR (PS3.5 6.2, 6.2-1: an IS of digits, a DA of
+                                        eight, binary values a whole number of words long) and a
+                                        malformed one is blanked, so no text hides in a number
+    none (not in the dictionary XN      a public attribute nobody can say anything about: removed
+      nor the table)
+
+Values kept by the table (K) and the times C keeps are checked the same way. Every blanked value
+and removed unknown attribute leaves a note naming its tag and VR, never its value
+(``DeidResult.notes``). Beyond the table:
 
 - Every UI value is replaced by ``replace_uid`` (HMAC-SHA256 under the project secret, as a 2.25
   UID) except well-known DICOM UIDs (pydicom's UID dictionary: SOP classes, transfer syntaxes,
@@ -43,7 +68,9 @@ disagree, K wins. Beyond the table:
 - Curves (50xx) go by the table; an overlay plane (60xx) goes whole with its Overlay Data; group
   lengths go; the file meta's source and destination AEs and addresses go.
 - A value that has to be read but cannot be decoded (wrong VR, bad bytes) is removed and counted
-  as X; values never inspected (pixel data, numbers) are written back as read.
+  as X; pixel data is written back as read.
+- The 128-byte File Preamble is zeroed (PS3.10 7.1: all 00H unless an application profile uses
+  it): it is outside the dataset, so no table reaches it, yet readers hand it on as received.
 """
 
 from __future__ import annotations
@@ -61,14 +88,14 @@ from pathlib import Path
 import pydicom
 from pydicom import config
 from pydicom._uid_dict import UID_dictionary
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import DicomDictionary, dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pydicom.valuerep import PersonName
+from pydicom.valuerep import IS, DSdecimal, DSfloat, PersonName
 
 PROFILE_VERSION = "radqueue-deid/1 (PS3.15 2024b Table E.1-1)"
 
@@ -88,11 +115,13 @@ CODE_SAFE_PRIVATE = ("113111", "Retain Safe Private Option")
 CODE_INSTITUTION_IDENTITY = ("113112", "Retain Institution Identity Option")
 
 DUMMY_TEXT = "ANONYMIZED"
-ACTION_KEYS = ("X", "Z", "D", "K", "C", "U", "shift", "private_removed", "scrubbed")
+ACTION_KEYS = ("X", "Z", "D", "K", "C", "U", "shift", "private_removed", "scrubbed", "unknown_removed", "blanked")
+ZERO_PREAMBLE = b"\0" * 128
 
 _TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN", "UR"})
 _STRING_VRS = _TEXT_VRS | {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
 _CLEANABLE_VRS = _TEXT_VRS | {"AE", "DA", "DT", "TM", "SQ"}
+_DATE_VRS = frozenset({"DA", "DT", "TM"})
 _BASIC_RESOLUTION = {"X": "X", "Z": "Z", "D": "D", "U": "U", "K": "K", "C": "C",
                      "X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "U*", "X/Z/U": "U*"}
 _DUMMIES = {
@@ -112,6 +141,52 @@ _ORIGINAL_KEYWORDS = ("PatientID", "PatientName", "StudyInstanceUID", "SeriesIns
 _META_ADDRESSES = (0x00020026, 0x00020027, 0x00020028, 0x00020100, 0x00020102)
 _META_AE_TITLES = (0x00020016, 0x00020017, 0x00020018)
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+# Free text outside Table E.1-1 that is kept (and scrubbed, as every kept text is): labels that
+# describe the equipment, the coding or the picture, never the patient, and that coded values,
+# rendering or routing need. Everything else of a free-text VR outside the table goes.
+RETAINED_OUTSIDE_TABLE: dict[str, tuple[str, ...]] = {
+    "Code Sequence Macro (PS3.3 8.8) and Coding Scheme Identification (PS3.3 C.12.1.1.8)": (
+        "CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning", "LongCodeValue",
+        "URNCodeValue", "MappingResourceName", "CodingSchemeURL", "CodingSchemeName",
+        "CodingSchemeResponsibleOrganization"),
+    "General Equipment Module (PS3.3 C.7.5.1): the model, not the device (its serial is in the table)": (
+        "Manufacturer", "ManufacturerModelName", "SoftwareVersions"),
+    "Modality LUT and VOI LUT Modules (PS3.3 C.11.1, C.11.2): how stored values become a picture": (
+        "RescaleType", "ModalityLUTType", "LUTExplanation", "WindowCenterWidthExplanation"),
+    "Frame of Reference Module (PS3.3 C.7.4.1): Type 2, an anatomical landmark": (
+        "PositionReferenceIndicator",),
+    "MR and CT acquisition technique (PS3.3 C.8.3.1, C.8.13.5, C.8.2.1): what the image shows": (
+        "SequenceName", "PulseSequenceName", "ImagedNucleus", "ReceiveCoilName", "TransmitCoilName",
+        "ConvolutionKernel", "FilterType"),
+    "Segment Description Macro (PS3.3 C.8.20.2): Type 1 in a Segmentation": (
+        "SegmentLabel", "SegmentAlgorithmName"),
+}
+
+# One value of each VR whose syntax PS3.5 Table 6.2-1 fixes; spaces around a value are padding.
+# Lower case is accepted in CS: common in the wild, and it carries nothing upper case could not.
+# No two parts of a pattern match the same characters, so a hostile value cannot make it backtrack.
+_VALUE_SYNTAX = {
+    "AS": r"\d{3}[DWMY]",
+    "CS": r"[A-Za-z0-9_][A-Za-z0-9_ ]{0,15}",
+    "DA": r"\d{8}|\d{4}\.\d{2}\.\d{2}",  # the second: ACR-NEMA's form (PS3.5 6.2, retired)
+    "DS": r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?",
+    "DT": r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?",
+    "IS": r"[+-]?\d{1,12}",
+    "TM": r"\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d{1,6})?)?)?",  # colons: ACR-NEMA's form
+}
+_VALUES_SYNTAX = {vr: rf" *(?:(?:{one}) *)?(?:\\ *(?:(?:{one}) *)?)*\0*" for vr, one in _VALUE_SYNTAX.items()}
+_SYNTAX_TEXT = {vr: re.compile(pattern) for vr, pattern in _VALUES_SYNTAX.items()}
+_SYNTAX_BYTES = {vr: re.compile(pattern.encode()) for vr, pattern in _VALUES_SYNTAX.items()}
+# Bytes per value of the binary VRs (PS3.5 Table 6.2-1); a value field is a whole number of them.
+_VALUE_SIZES = {"US": 2, "SS": 2, "OW": 2, "US or SS": 2, "US or OW": 2, "US or SS or OW": 2, "UL": 4, "SL": 4,
+                "FL": 4, "AT": 4, "OF": 4, "OL": 4, "FD": 8, "SV": 8, "UV": 8, "OD": 8, "OV": 8}
+# Per VR, whether raw bytes as read are a valid value: the walk's fast path for kept values.
+_VALID_BYTES = {vr: pattern.fullmatch for vr, pattern in _SYNTAX_BYTES.items()} | {
+    vr: (lambda value, size=size: not len(value) % size) for vr, size in _VALUE_SIZES.items()}
+_MAX_NOTES = 50
+# Values pydicom has already decoded: numbers from binary, IS and DS from text of valid syntax.
+_DECODED_NUMBERS = frozenset({int, float, IS, DSfloat, DSdecimal})
 
 
 @dataclass(frozen=True)
@@ -158,6 +233,7 @@ class DeidResult:
     patient_age_years: int | None
     burned_in_risk: str
     profile_version: str = PROFILE_VERSION
+    notes: list[str] = field(default_factory=list)  # values blanked, unknown attributes removed: tag and VR
 
 
 # Option field -> its column in Table E.1-1.
@@ -231,7 +307,8 @@ def _dict_vr_of_row(row: dict) -> str:
 
 @functools.cache
 def _resolved_actions(options_key: tuple[bool, ...]) -> tuple[dict[int, str], dict[int, str]]:
-    """Table actions under one combination of the option flags (see _options_key), cached."""
+    """Actions under one combination of the option flags (see _options_key), cached: the table's
+    rows, then every other attribute of the dictionary by its VR (Pixel Data aside: never touched)."""
     options = DeidOptions(*options_key)
     table = profile_table()
     rows = {tag: _resolve(row, options) for tag, row in table.rows.items()}
@@ -242,7 +319,36 @@ def _resolved_actions(options_key: tuple[bool, ...]) -> tuple[dict[int, str], di
         # Overlay Data is Type 1 in the Overlay Plane Module (PS3.3 C.9.2), which image IODs use as
         # U(ser optional): a plane without its data is invalid, no plane at all is valid.
         masks[_TAG_OVERLAY_DATA >> 24] = "X"
+    for tag, entry in DicomDictionary.items():
+        if tag not in rows and tag >> 24 not in masks and tag != _TAG_PIXEL_DATA:
+            rows[tag] = _unlisted_action(tag, entry[0], options)
     return rows, masks
+
+
+@functools.cache
+def _retained_tags() -> frozenset[int]:
+    return frozenset(tag_for_keyword(k) for keywords in RETAINED_OUTSIDE_TABLE.values() for k in keywords)
+
+
+def _unlisted_action(tag: int, vr: str, options: DeidOptions) -> str:
+    """The action for an attribute Table E.1-1 does not list, by its dictionary VR (module docstring)."""
+    if vr in _TEXT_VRS:
+        return "I" if tag in _retained_tags() else "T"
+    if vr == "AE":
+        return "V" if options.retain_device_identity else "T"
+    if vr in _DATE_VRS:
+        return "C" if options.retain_longitudinal_modified_dates else "X"
+    if vr == "SQ" or vr == "UI":
+        return "I"
+    return "V"
+
+
+@functools.lru_cache(maxsize=4096)
+def _outside_dictionary_action(tag: int, options_key: tuple[bool, ...]) -> str:
+    """The action for a public tag that is not an exact key of the dictionary: a repeating-group
+    attribute (PS3.5 7.6) goes by its VR; one the dictionary does not know at all goes (XN)."""
+    vr = _dict_vr(tag)
+    return "XN" if vr == "UN" else _unlisted_action(tag, vr, DeidOptions(*options_key))
 
 
 @functools.cache
@@ -549,7 +655,8 @@ class _Walker:
 
     def __init__(self, *, secret: bytes, options: DeidOptions, pseudonym: str, offset: int | None,
                  identifiers: re.Pattern | None):
-        self.table, self.masks = _resolved_actions(_options_key(options))
+        self.options_key = _options_key(options)
+        self.table, self.masks = _resolved_actions(self.options_key)
         self.secret = secret
         self.retain_ages = options.retain_patient_characteristics
         self.allowlist = frozenset(c.strip() for c in options.private_creator_allowlist)
@@ -557,6 +664,13 @@ class _Walker:
         self.offset = offset
         self.identifiers = identifiers
         self.actions: dict[str, int] = dict.fromkeys(ACTION_KEYS, 0)
+        self.notes: dict[str, None] = {}  # ordered and distinct
+
+    def note(self, tag, vr: str | None, what: str) -> None:
+        """Say what happened to an attribute by its tag and VR: never its value, which may be PHI."""
+        if len(self.notes) < _MAX_NOTES:
+            key = int(tag)
+            self.notes[f"({key >> 16:04X},{key & 0xFFFF:04X}) {vr or 'UN'}: {what}"] = None
 
     def walk(self, ds: Dataset, dummy_subtree: bool = False) -> None:
         table, masks, actions = self.table, self.masks, self.actions
@@ -575,7 +689,17 @@ class _Walker:
             if action is None:
                 if key == _TAG_PIXEL_DATA:
                     continue
-                action = masks.get(key >> 24)
+                action = masks.get(key >> 24) or _outside_dictionary_action(key, self.options_key)
+            elif action == "V":
+                # The common case of a kept value, checked here without the cost of a call to _apply.
+                value = elem.value
+                if value.__class__ in _DECODED_NUMBERS:
+                    continue
+                if value.__class__ is bytes:
+                    vr = elem.VR
+                    valid = _VALID_BYTES.get(_dict_vr(key) if vr is None or vr == "UN" else vr)
+                    if valid is not None and valid(value):
+                        continue
             try:
                 self._apply(ds, tag, elem, action, dummy_subtree)
             except Exception:
@@ -583,19 +707,41 @@ class _Walker:
                 if tag in ds:
                     del ds[tag]
                 actions["X"] += 1
+                self.note(tag, elem.VR or _dict_vr(key), "undecodable value removed")
 
     def _apply(self, ds: Dataset, tag, elem, action: str | None, dummy_subtree: bool) -> None:
         actions = self.actions
-        if action == "X":
+        if action == "X" or (action == "T" and not dummy_subtree):
             del ds[tag]
             actions["X"] += 1
+            return
+        if action == "XN":
+            del ds[tag]
+            actions["unknown_removed"] += 1
+            self.note(tag, elem.VR, "attribute unknown to the DICOM dictionary and Table E.1-1 removed")
             return
         if elem.value is None and getattr(elem, "length", 0):
             elem = ds.get_item(tag)  # read with defer_size: load it, or it would pass unchecked
         vr = elem.VR
         if vr is None or vr == "UN":
             vr = _dict_vr(tag)
-        if action is None:
+        if action == "V" and vr not in _TEXT_VRS:
+            if vr == "UI":  # a file may give a tag another VR than the dictionary's
+                self._uid(ds, tag, elem)
+            elif vr == "SQ":
+                self._recurse(ds[tag], dummy_subtree)
+            else:
+                self._check(ds, tag, elem, vr)
+            return
+        if action == "T" or action == "V":  # free text where the dictionary expects none: removed
+            if dummy_subtree and vr in _TEXT_VRS:
+                self._set(ds, tag, vr, DUMMY_TEXT)
+                actions["D"] += 1
+            else:
+                del ds[tag]
+                actions["X"] += 1
+            return
+        if action == "I":
             if vr in _TEXT_VRS:
                 if dummy_subtree:
                     self._set(ds, tag, vr, DUMMY_TEXT)
@@ -606,6 +752,8 @@ class _Walker:
                 self._uid(ds, tag, elem)
             elif vr == "SQ":
                 self._recurse(ds[tag], dummy_subtree)
+            else:
+                self._check(ds, tag, elem, vr)
             return
         if action == "Z":
             self._set(ds, tag, vr, Sequence() if vr == "SQ" else "" if vr in _STRING_VRS else None)
@@ -639,7 +787,10 @@ class _Walker:
                 self._scrub(ds, tag, elem, patterns=True)
             elif vr == "SQ":
                 self._recurse(ds[tag], dummy_subtree)
-            elif vr != "TM":  # times keep their clock; anything else cannot be cleaned
+            elif vr == "TM":  # times keep their clock: a shift is whole days
+                if self._check(ds, tag, elem, vr):
+                    return
+            else:  # anything else cannot be cleaned
                 del ds[tag]
                 actions["X"] += 1
                 return
@@ -662,12 +813,21 @@ class _Walker:
             self._uid(ds, tag, elem)
         elif vr == "SQ":
             self._recurse(ds[tag], dummy_subtree)
-        elif vr == "AS" and self.retain_ages:
+        elif not self._check(ds, tag, elem, vr) and vr == "AS" and self.retain_ages:
             converted = ds[tag]
             if isinstance(converted.value, str) and converted.value:
                 capped = _capped_age(converted.value)
                 if capped != converted.value:
                     converted.value = capped
+
+    def _check(self, ds: Dataset, tag, elem, vr: str) -> bool:
+        """Blank a kept value that breaks its VR's syntax (PS3.5 6.2); True when blanked."""
+        if not _malformed(elem.value, vr):
+            return False
+        self._set(ds, tag, vr, "" if vr in _STRING_VRS else None)
+        self.actions["blanked"] += 1
+        self.note(tag, vr, "malformed value blanked")
+        return True
 
     def _recurse(self, elem: DataElement, dummy_subtree: bool) -> None:
         for item in elem.value or ():
@@ -728,9 +888,12 @@ class _Walker:
         if not value:
             return
         shift = _shift_date if vr == "DA" else _shift_datetime
-        shifted = [s for s in (shift(v, self.offset) for v in _strings_of(value) if v.strip()) if s is not None]
+        given = [v for v in _strings_of(value) if v.strip()]
+        shifted = [s for s in (shift(v, self.offset) for v in given) if s is not None]
         self._set(ds, tag, vr, shifted[0] if len(shifted) == 1 else (shifted or ""))
         self.actions["shift" if shifted else "Z"] += 1
+        if len(shifted) < len(given):
+            self.note(tag, vr, "value that cannot be shifted by days removed")
 
     def _kept_private_blocks(self, ds: Dataset) -> set[tuple[int, int]]:
         kept = set()
@@ -769,6 +932,26 @@ class _Walker:
                 return
         del ds[tag]
         self.actions["private_removed"] += 1
+
+
+def _malformed(value, vr: str) -> bool:
+    """Whether a value breaks its VR's syntax: raw bytes as read, or pydicom's decoded value."""
+    if value is None or value.__class__ in _DECODED_NUMBERS:
+        return False
+    syntax = _SYNTAX_TEXT.get(vr)
+    if syntax is not None:
+        if isinstance(value, str):
+            return syntax.fullmatch(value) is None
+        if isinstance(value, bytes):
+            return _SYNTAX_BYTES[vr].fullmatch(value) is None
+        if isinstance(value, MultiValue | list | tuple):
+            # pydicom decodes a valid IS or DS to a number and keeps an invalid one as its text.
+            for item in value:
+                if item.__class__ is str and syntax.fullmatch(item) is None:
+                    return True
+        return False
+    size = _VALUE_SIZES.get(vr)
+    return size is not None and isinstance(value, bytes | bytearray) and len(value) % size != 0
 
 
 def _strings_of(value) -> list[str]:
@@ -838,6 +1021,8 @@ def deidentify_dataset(ds: Dataset, *, secret: bytes, options: DeidOptions = Dei
     # PS3.15 E.3.6: say whether dates are shifted (MODIFIED) or gone (REMOVED).
     _put(ds, 0x00280303, "CS", "MODIFIED" if offset is not None else "REMOVED")
 
+    if getattr(ds, "preamble", None) is not None:
+        ds.preamble = ZERO_PREAMBLE  # what a reader found there (a name, an MRN) would be written back
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         if "SOPInstanceUID" in ds:
@@ -847,7 +1032,14 @@ def deidentify_dataset(ds: Dataset, *, secret: bytes, options: DeidOptions = Dei
                 del meta[tag]
 
     return DeidResult(dataset=ds, actions=walker.actions, original=original, patient_pseudonym=pseudonym,
-                      patient_age_years=age, burned_in_risk=risk)
+                      patient_age_years=age, burned_in_risk=risk, notes=list(walker.notes))
+
+
+def zero_preamble(data: bytes) -> bytes:
+    """Part 10 bytes with a zero File Preamble (PS3.10 7.1); anything else, or a zero one, as given."""
+    if len(data) >= 132 and data[128:132] == b"DICM" and data[:128] != ZERO_PREAMBLE:
+        return ZERO_PREAMBLE + data[128:]
+    return data
 
 
 class NotDicomError(ValueError):

@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 
 from audit.recorder import AuditedViewMixin
 from core.dicom import selectors
+from core.dicom.deid import zero_preamble
 from core.dicom.ingest import IngestItem, ingest_files
 from core.dicom.models import Instance, Series, Study
 from core.dicom.storage import get_store
@@ -432,7 +433,8 @@ def _multipart(parts: Iterable[tuple[str, bytes]], part_type: str) -> StreamingH
 
 
 def _instance_bytes(instance: Instance) -> bytes:
-    return get_store().read_bytes(instance.storage_name)
+    # Objects ingested before preambles were zeroed may still hold what the sender put there.
+    return zero_preamble(get_store().read_bytes(instance.storage_name))
 
 
 def _dicom_parts(instances: Iterable[Instance], base: str) -> Iterator[tuple[str, bytes]]:

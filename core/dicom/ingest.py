@@ -60,6 +60,7 @@ class FileReport:
     series_uid: str = ""
     quarantined: bool = False
     code: str = ""  # machine-readable refusal: study_mismatch, ...
+    notes: list[str] = field(default_factory=list)  # de-identification's: values blanked, by tag and VR
 
 
 @dataclass
@@ -148,20 +149,25 @@ class _Batch:
         self.only_study_uids: set[str] | None = None
         self.group = _GroupCommit(self)
 
-    def record_deidentified(self, records: list[DeidRecord]) -> None:
-        """One audit event per study for the instances this group de-identified, in its transaction."""
-        by_study: dict[str, list[DeidRecord]] = {}
-        for record in records:
-            by_study.setdefault(record.instance.series.study.study_uid, []).append(record)
+    def record_deidentified(self, records: list[tuple[DeidRecord, list[str]]]) -> None:
+        """One audit event per study for the instances this group de-identified (each with its
+        de-identification notes), in its transaction."""
+        by_study: dict[str, list[tuple[DeidRecord, list[str]]]] = {}
+        for record, notes in records:
+            by_study.setdefault(record.instance.series.study.study_uid, []).append((record, notes))
         for study_uid, group in by_study.items():
             actions: dict[str, int] = {}
-            for record in group:
+            notes: dict[str, None] = {}
+            for record, record_notes in group:
                 for action, count in record.actions.items():
                     actions[action] = actions.get(action, 0) + count
+                notes.update(dict.fromkeys(record_notes))
+            extra = {"profile": group[0][0].profile_version, "instances": len(group), "actions": actions,
+                     "quarantined": sum(1 for r, _ in group if r.instance.is_quarantined)}
+            if notes:
+                extra["notes"] = list(notes)  # tags and VRs only: what was blanked or removed, never a value
             record_event("deidentify", actor=self.by, project=self.project, object_type="core.study",
-                         study_uid=study_uid,
-                         extra={"profile": group[0].profile_version, "instances": len(group), "actions": actions,
-                                "quarantined": sum(1 for r in group if r.instance.is_quarantined)})
+                         study_uid=study_uid, extra=extra)
 
 
 @dataclass
@@ -221,7 +227,8 @@ class _GroupCommit:
                                       options=batch.options.as_dict(), actions=p.prep.actions)
                            for p, instance in indexed]
                 DeidRecord.objects.bulk_create(records)
-                batch.record_deidentified(records)
+                batch.record_deidentified([(record, p.prep.notes)
+                                           for record, (p, _) in zip(records, indexed, strict=True)])
                 store.sync([p.name for p, _ in indexed])
         except BaseException:
             for name in written:
@@ -380,7 +387,7 @@ def _ingest_prepared(batch: _Batch, item: IngestItem, prep) -> FileReport:
     study_uid, series_uid = prep.uids["StudyInstanceUID"], prep.uids["SeriesInstanceUID"]
     sop_uid = prep.uids["SOPInstanceUID"]
     report = FileReport(item.name, "accepted", sop_class_uid=prep.meta["sop_class_uid"], sop_instance_uid=sop_uid,
-                        study_uid=study_uid, series_uid=series_uid)
+                        study_uid=study_uid, series_uid=series_uid, notes=list(prep.notes))
     if batch.only_study_uids is not None and study_uid not in batch.only_study_uids:
         report.status, report.code = "rejected", "study_mismatch"
         report.reason = "the instance belongs to another study than the one named in the request"

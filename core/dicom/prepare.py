@@ -1,13 +1,15 @@
 """The CPU-bound half of ingest, free of Django so it can run in worker processes: parse and fully
 decode a file, read its non-identifying index metadata, de-identify it, serialise the result.
 
-Takes bytes, returns a ``Prepared`` (or a ``Rejection`` with the reason); stores nothing.
+Takes bytes, returns a ``Prepared`` (or a ``Rejection`` with the reason); stores nothing. A reason
+names attributes and error types, never a value: the value may be the PHI that made it fail.
 """
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pydicom
+from pydicom.datadict import keyword_for_tag
 from pydicom.errors import InvalidDicomError
 
 from core.dicom import deid
@@ -36,6 +38,7 @@ class Prepared:
     actions: dict
     profile_version: str
     original: dict
+    notes: list = field(default_factory=list)  # core.dicom.deid's: values blanked, unknown attributes removed
     sealed: object = None  # core.dicom.storage.Sealed: the data encrypted for its object, once sealed
 
 
@@ -43,8 +46,21 @@ class _Refused(Exception):
     pass
 
 
-def _tag_name(elem) -> str:
-    return f"({elem.tag.group:04X},{elem.tag.element:04X}) {elem.keyword or 'private'}"
+def _tag_name(tag, vr) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword_for_tag(tag) or 'private'} {vr or 'UN'}"
+
+
+def _decode_all(ds) -> None:
+    """Decode every element at every depth now (parsing is lazy), so a malformed value is reported
+    by its tag and VR instead of being stored."""
+    for tag in list(ds.keys()):
+        try:
+            elem = ds[tag]
+        except Exception as exc:  # noqa: BLE001 - any decode failure is a malformed value
+            raise _Refused(f"malformed value in {_tag_name(tag, ds.get_item(tag).VR)} ({type(exc).__name__})") from None
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _decode_all(item)
 
 
 def parse(reader, size: int | None, max_bytes: int) -> pydicom.Dataset:
@@ -58,13 +74,8 @@ def parse(reader, size: int | None, max_bytes: int) -> pydicom.Dataset:
     except InvalidDicomError:
         raise _Refused("not a DICOM file (no 'DICM' prefix after the 128-byte preamble)") from None
     except (EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
-        raise _Refused(f"unreadable DICOM ({type(exc).__name__}: {exc})") from None
-    # Parsing is lazy: decode every element now so a malformed value is reported, not stored.
-    for elem in ds.iterall():
-        try:
-            elem.value  # noqa: B018 - forces conversion of a raw element
-        except Exception as exc:  # noqa: BLE001 - any decode failure is a malformed value
-            raise _Refused(f"malformed value in {_tag_name(elem)}: {exc}") from None
+        raise _Refused(f"unreadable DICOM ({type(exc).__name__})") from None
+    _decode_all(ds)
     missing = [k for k in REQUIRED_UIDS if not str(ds.get(k, "")).strip()]
     if missing:
         raise _Refused(f"missing required attribute(s): {', '.join(missing)}")
@@ -84,8 +95,9 @@ def _check_pixel_length(ds) -> None:
         rows, cols = int(ds.Rows), int(ds.Columns)
         expected = (rows * cols * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.get("SamplesPerPixel", 1))
                     * int(ds.BitsAllocated) + 7) // 8
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise _Refused(f"pixel data without a valid image description ({exc})") from None
+    except (AttributeError, TypeError, ValueError):
+        raise _Refused("pixel data without a valid image description (Rows, Columns, NumberOfFrames, "
+                       "SamplesPerPixel, BitsAllocated)") from None
     if len(ds.PixelData) < expected:
         raise _Refused(f"truncated pixel data: {len(ds.PixelData)} bytes, {expected} expected")
 
@@ -132,7 +144,7 @@ def prepare(data: bytes, *, secret: bytes, options: "deid.DeidOptions", max_byte
     except _Refused as exc:
         return Rejection(str(exc))
     except Exception as exc:  # noqa: BLE001 - a file that breaks the pipeline is refused, the batch goes on
-        return Rejection(f"could not process ({type(exc).__name__}: {exc})")
+        return Rejection(f"could not process ({type(exc).__name__})")
     return Prepared(
         data=out, meta=meta,
         uids={"StudyInstanceUID": str(ds.StudyInstanceUID), "SeriesInstanceUID": str(ds.SeriesInstanceUID),
@@ -144,5 +156,5 @@ def prepare(data: bytes, *, secret: bytes, options: "deid.DeidOptions", max_byte
                "SeriesDescription": str(ds.get("SeriesDescription", "") or "")[:200]},
         patient_pseudonym=result.patient_pseudonym, patient_age_years=result.patient_age_years,
         burned_in_risk=result.burned_in_risk, actions=dict(result.actions), profile_version=result.profile_version,
-        original=dict(result.original),
+        original=dict(result.original), notes=list(result.notes),
     )

@@ -330,7 +330,7 @@ def test_enhanced_multiframe_functional_groups_are_walked():
     content = Dataset()
     content.FrameAcquisitionDateTime = "20040826185059"
     content.FrameComments = "JOHN DOE"
-    content.FrameLabel = "phase 2 DOE 555-123-4567"  # not in Table E.1-1: kept, so scrubbed
+    content.FrameLabel = "phase 2 DOE 555-123-4567"  # LO outside Table E.1-1, not retained: removed
     frame.FrameContentSequence = Sequence([content])
     frame.add_new(0x00291010, "LO", "private and nested")
     ds.PerFrameFunctionalGroupsSequence = Sequence([frame, copy.deepcopy(frame)])
@@ -345,7 +345,7 @@ def test_enhanced_multiframe_functional_groups_are_walked():
         assert ref.SourceImageSequence[0].ReferencedSOPInstanceUID == replace_uid(source_uid, SECRET)
         assert "DerivationDescription" not in ref
         assert "FrameComments" not in item.FrameContentSequence[0]
-        assert item.FrameContentSequence[0].FrameLabel == "phase 2"
+        assert "FrameLabel" not in item.FrameContentSequence[0]
         assert not any(e.tag.is_private for e in item)
     assert ds.SharedFunctionalGroupsSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID == (
         replace_uid(source_uid, SECRET))
