@@ -78,8 +78,16 @@ def get_adjudication_for_update(adjudication_id, user: User) -> Adjudication:
     if adjudication is None:
         raise NotFound("No such adjudication.")
     if adjudication.state != Adjudication.State.CLAIMED:
-        raise Conflict(f"This adjudication is {adjudication.state}.", code=f"adjudication_{adjudication.state}")
+        detail = _NOT_CLAIMED.get(adjudication.state, f"This adjudication is {adjudication.state}.")
+        raise Conflict(detail, code=f"adjudication_{adjudication.state}")
     return adjudication
+
+
+_NOT_CLAIMED = {
+    Adjudication.State.CANCELLED: "This adjudication was cancelled: its task was cancelled or got its final "
+                                  "label another way, so there is nothing left to resolve.",
+    Adjudication.State.RESOLVED: "This adjudication has already been resolved.",
+}
 
 
 def resolve_adjudication(adjudication_id, user: User, *, resolution: str, rationale: str, read_id=None,

@@ -252,7 +252,7 @@ def on_reads_complete(task: Task) -> None:
     if agreement["agree"]:
         consensus = rows.insert(Consensus, task_id=task.pk, method=Consensus.Method.AGREED,
                                 findings=derive_consensus(task, reads), agreement=agreement, adjudication_id=None,
-                                created_at=timezone.now())
+                                imported_by_id=None, created_at=timezone.now())
         _set_task_state(task, TaskState.CONSENSUS)
         record_event("consensus", actor=None, project_id=task.project_id, obj=consensus,
                      study_uid=task.study.study_uid, protocol_version=task.protocol_version.number,

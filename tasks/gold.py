@@ -13,6 +13,9 @@ read agrees with the reference under the protocol's agreement rules (tasks.conse
 - Calibration: where the project requires it, a reader's first claims are the calibration set;
   once every calibration task is read, a mean score of at least ``calibration_threshold``
   calibrates the reader; below it the reader is suspended until a manager reinstates them.
+- Nobody is served a check whose reference they read, adjudicated or imported (``_unread``).
+- A check read is leased, heartbeats, expires (the sweep), is released and reassigned exactly as
+  a production read is, with the same answers and events: only its missing slot differs.
 """
 
 import random
@@ -20,7 +23,7 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 from django.db import transaction
-from django.db.models import Avg
+from django.db.models import Avg, Q
 from django.utils import timezone
 
 from audit.trail import record_event
@@ -30,8 +33,8 @@ from core.models import Membership, Project, User
 from core.roles import READER_ROLE_TIERS
 from tasks.consensus import compute_agreement
 from tasks.models import Consensus, Read, Task
-from tasks.queue import ROW_LOCK
-from tasks.states import ReadState, TaskState
+from tasks.queue import ROW_LOCK, end_task_work, lock_task_work
+from tasks.states import LIVE_READ_STATES, ReadState, TaskState, check_reference_import
 
 MIN_GOLD_CHECKS = 3
 
@@ -43,20 +46,24 @@ def references(project_id: int, kind: str):
 
 @transaction.atomic
 def import_reference(task: Task, findings, *, by: User) -> Consensus:
-    """A manager's reference for a gold or calibration task (validated like a read)."""
+    """A manager's reference for a gold or calibration task (validated like a read). The task's
+    open work ends (tasks.queue.end_task_work): radiologists need not read it any more, and an
+    adjudication of its reads has nothing left to settle."""
     from tasks.submission_service import validate_for_task
 
-    task = Task.objects.select_for_update(**ROW_LOCK).get(pk=task.pk)
+    work = lock_task_work(task.pk)
+    task = Task.objects.select_for_update(**ROW_LOCK).select_related("study", "protocol_version").get(pk=task.pk)
     if task.kind == Task.Kind.PRODUCTION:
         raise DomainError("Only gold and calibration tasks take a reference.", code="not_gold")
     if hasattr(task, "consensus"):
         raise DomainError("This task already has its reference.", code="reference_exists", status=409)
+    check_reference_import(task.state)
     normalised, _ = validate_for_task(task, findings)
-    consensus = Consensus.objects.create(task=task, method=Consensus.Method.GOLD_REFERENCE, findings=normalised)
-    from tasks.queue import QueueSlot
-
-    QueueSlot.objects.filter(task=task).delete()  # radiologists need not read it any more
-    Task.objects.filter(pk=task.pk).update(state=TaskState.CONSENSUS, completed_at=timezone.now())
+    consensus = Consensus.objects.create(task=task, method=Consensus.Method.GOLD_REFERENCE, findings=normalised,
+                                         imported_by=by)
+    end_task_work(work, by=by, reason="task_settled")
+    Task.objects.filter(pk=task.pk).update(state=TaskState.CONSENSUS, completed_at=timezone.now(),
+                                           updated_at=timezone.now())
     record_event("create", actor=by, project_id=task.project_id, obj=consensus, study_uid=task.study.study_uid,
                  extra={"task": task.pk, "reference": "imported"})
     from tasks.consensus import _consensus_stored
@@ -66,12 +73,30 @@ def import_reference(task: Task, findings, *, by: User) -> Consensus:
 
 
 def _unread(user: User, project_id: int, kind: str):
-    read = Read.objects.filter(reader=user, task__project_id=project_id, task__kind=kind).values("task_id")
-    return references(project_id, kind).exclude(pk__in=read).order_by("id")
+    """The reference tasks the user may still be served as checks, oldest first.
+
+    Never one whose reference they had a hand in or saw: read for the reference (any read of the
+    task that is no check, finished or not), adjudicated (the adjudication's holder, whatever its
+    state) or imported. A check they read (or hold) is not served again; one they gave back,
+    that expired or was moved to another reader may be, as a production task may be claimed again.
+    """
+    seen = (Read.objects.filter(reader=user, task__project_id=project_id, task__kind=kind)
+            .filter(Q(is_check=False) | Q(state__in=LIVE_READ_STATES)).values("task_id"))
+    return (references(project_id, kind).exclude(pk__in=seen).exclude(adjudication__adjudicator=user)
+            .exclude(consensus__imported_by=user).order_by("id"))
+
+
+def may_take_check(user: User, task: Task, rule) -> bool:
+    """Whether a claim on ``rule`` (tasks.routing.Eligibility) could serve ``task`` to ``user`` as a
+    check: calibration checks while calibrating, gold checks after, and only one _unread allows."""
+    if (task.kind == Task.Kind.CALIBRATION) != rule.needs_calibration:
+        return False
+    return _unread(user, task.project_id, task.kind).filter(pk=task.pk).exists()
 
 
 def claim_check(user: User, project_id: int, kind: str, tier: int, lease_seconds: int) -> Read | None:
-    """A check read of a reference task the user has not read yet (no queue slot); None if none."""
+    """A check read of a reference task the user may be served (_unread; no queue slot); None if none.
+    Leased like any read: the sweep expires it (tasks.queue.sweep_expired_leases)."""
     task = _unread(user, project_id, kind).first()
     if task is None:
         return None

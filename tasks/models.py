@@ -166,6 +166,10 @@ class Read(models.Model):
             # The claim's open-read limit counts these under the reader's lock: a tiny index that
             # matches the count exactly, so no planner (stale statistics included) walks all live reads.
             models.Index(fields=["reader", "project"], condition=Q(state="claimed"), name="read_open_per_reader"),
+            # Check reads hold no queue slot, so the sweep finds their lapsed leases here; production
+            # reads never enter this index (no write on the claim path).
+            models.Index(fields=["lease_expires_at"], condition=Q(state="claimed", is_check=True),
+                         name="read_check_leased"),
         ]
 
     def __str__(self) -> str:
@@ -260,6 +264,8 @@ class Consensus(models.Model):
     agreement = models.JSONField(default=dict)
     adjudication = models.OneToOneField(Adjudication, null=True, blank=True, on_delete=models.PROTECT,
                                         related_name="consensus")
+    imported_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                                    help_text="Who imported a gold reference: never served it as a check.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

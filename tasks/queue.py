@@ -30,13 +30,13 @@ from django.utils import timezone
 from audit.trail import EmbeddedEvent, embedded_event, record_event
 from audit.trail import is_enabled as audit_enabled
 from core import rows
-from core.broadcast import broadcast_to_reader_on_commit
+from core.broadcast import broadcast_on_commit, broadcast_to_reader_on_commit
 from core.errors import Conflict, DomainError, NotFound
 from core.idempotency import checked_key
 from core.models import Project, User
 from core.roles import Perm
 from core.selectors import projects_visible_to
-from tasks.models import QueueSlot, Read, Task
+from tasks.models import Adjudication, QueueSlot, Read, Task
 from tasks.progress import announce_progress
 from tasks.routing import Eligibility, digest_check, eligibility, eligibility_and_digest
 from tasks.selectors import holder_is_member, reader_membership_sql
@@ -733,26 +733,47 @@ def sweep_expired_leases(now=None) -> int:
                     .filter(pk=slot_id, reader__isnull=False, lease_expires_at__lt=now).first())
             if slot is None or slot.read is None:
                 continue
-            read = slot.read
-            _free_slot(slot, read, ReadState.EXPIRED)
-            record_event("expire", actor=None, project_id=read.project_id, obj=read,
-                         study_uid=read.task.study.study_uid)
-            broadcast_to_reader_on_commit(read.reader_id, read.project_id, "read.expired", {"read": read.pk})
+            _expire(slot, slot.read)
+            swept += 1
+    # Check reads (gold, calibration) hold no slot: their lease is the read's own. They end as a
+    # production read does, so nobody learns from a lease that never ran out that they hold a check.
+    lapsed = Read.objects.filter(is_check=True, state=ReadState.CLAIMED, lease_expires_at__lt=now)
+    for read_id in lapsed.values_list("id", flat=True):
+        with transaction.atomic():
+            read = (Read.objects.select_for_update(skip_locked=True, **ROW_LOCK).select_related("task__study")
+                    .filter(pk=read_id, state=ReadState.CLAIMED, lease_expires_at__lt=now).first())
+            if read is None:
+                continue
+            _expire(None, read)
             swept += 1
     return swept
 
 
+def _expire(slot: QueueSlot | None, read: Read) -> None:
+    _free_slot(slot, read, ReadState.EXPIRED)
+    record_event("expire", actor=None, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid)
+    broadcast_to_reader_on_commit(read.reader_id, read.project_id, "read.expired", {"read": read.pk})
+
+
 @transaction.atomic
 def reassign_read(read_id, to_user: User, *, by: User) -> Read:
-    """Move a claimed read to another eligible reader (a manager's action); the lease restarts."""
+    """Move a claimed read, a check read too, to another eligible reader (a manager's action); the
+    lease restarts and the former holder hears ``read.cancelled``."""
     read = Read.objects.select_for_update(**ROW_LOCK).select_related("task__study").filter(pk=read_id).first()
     if read is None:
         raise NotFound("No such read.")
     check_read_transition(read.state, ReadState.CANCELLED)
     rules = eligibility(to_user, [read.project_id])
-    slot = QueueSlot.objects.select_for_update(**ROW_LOCK).get(read=read)
-    if not rules or slot.tier not in rules[0].tiers or (slot.subspecialty and slot.subspecialty not in
-                                                         rules[0].subspecialties):
+    slot = None
+    if read.is_check:  # no slot: the check goes only to somebody the claim could have served it to
+        from tasks.gold import may_take_check
+
+        eligible = bool(rules) and may_take_check(to_user, read.task, rules[0])
+    else:
+        slot = QueueSlot.objects.select_for_update(**ROW_LOCK).get(read=read)
+        eligible = bool(rules) and slot.tier in rules[0].tiers and (
+            not slot.subspecialty or slot.subspecialty in rules[0].subspecialties)
+    if not eligible:
         raise DomainError("That person is not eligible for this read (tier, sub-specialty, calibration or "
                           "suspension).", code="not_eligible", errors={"reader": ["Not eligible."]})
     if Read.objects.filter(task_id=read.task_id, reader=to_user, state__in=LIVE_READ_STATES).exists():
@@ -762,30 +783,92 @@ def reassign_read(read_id, to_user: User, *, by: User) -> Read:
     try:
         with transaction.atomic():
             new = Read.objects.create(project_id=read.project_id, task_id=read.task_id, reader=to_user,
-                                      tier=rules[0].reader_tier, claimed_at=now,
+                                      tier=rules[0].reader_tier, claimed_at=now, is_check=read.is_check,
                                       lease_expires_at=now + timedelta(seconds=_lease_seconds(read.project_id)))
     except IntegrityError:
         raise Conflict("That person already reads this task.", code="already_reading") from None
-    QueueSlot.objects.filter(pk=slot.pk).update(reader=to_user, read=new, lease_expires_at=new.lease_expires_at)
+    if slot is not None:
+        QueueSlot.objects.filter(pk=slot.pk).update(reader=to_user, read=new, lease_expires_at=new.lease_expires_at)
     record_event("reassign", actor=by, project_id=read.project_id, obj=new, study_uid=read.task.study.study_uid,
                  extra={"from_read": read.pk, "to": to_user.pseudonym})
+    broadcast_to_reader_on_commit(read.reader_id, read.project_id, "read.cancelled",
+                                  {"read": read.pk, "task": read.task_id, "reason": "reassigned"})
+    broadcast_to_reader_on_commit(to_user.pk, read.project_id, "read.claimed", {
+        "read": new.pk, "task": new.task_id, "lease_expires_at": new.lease_expires_at.isoformat()})
     return new
 
 
 @transaction.atomic
 def cancel_task(task_id, *, by: User, project: Project) -> Task:
-    task = Task.objects.select_for_update(**ROW_LOCK).filter(pk=task_id, project=project).first()
-    if task is None:
+    """Cancel a task: its claimed reads end, its slots go and its adjudication closes (end_task_work)."""
+    if not Task.objects.filter(pk=task_id, project=project).exists():
         raise NotFound("No such task.")
+    work = lock_task_work(task_id)
+    task = Task.objects.select_for_update(**ROW_LOCK).select_related("study").get(pk=task_id)
     from tasks.states import check_task_transition
 
     check_task_transition(task.state, TaskState.CANCELLED)
-    now = timezone.now()
-    Read.objects.filter(task=task, state=ReadState.CLAIMED).update(state=ReadState.CANCELLED, ended_at=now)
-    QueueSlot.objects.filter(task=task).delete()
+    end_task_work(work, by=by, reason="task_cancelled")
     if task.kind == Task.Kind.PRODUCTION:
         announce_progress(task.project_id, **{task.state: -1, TaskState.CANCELLED: 1})
     task.state = TaskState.CANCELLED
     task.save(update_fields=["state", "updated_at"])
     record_event("cancel", actor=by, project=project, obj=task, study_uid=task.study.study_uid)
     return task
+
+
+# --- what hangs off a task that leaves reading ---------------------------------------------
+
+@dataclass
+class TaskWork:
+    """A task's open work, locked: its claimed reads, its queue slots, its open or claimed adjudication."""
+
+    task_id: int
+    reads: list[Read]
+    slot_ids: list[int]
+    adjudication: Adjudication | None
+
+
+def lock_task_work(task_id: int) -> TaskWork:
+    """Lock a task's open work before the task itself, in the order a heartbeat or submit (read,
+    slot, then task) and a resolution (adjudication, then task) take theirs, each kind in
+    primary-key order, so a state change of the task never waits on them while they wait on it."""
+    def claimed_reads():
+        return list(Read.objects.select_for_update(**ROW_LOCK).select_related("task__study")
+                    .filter(task_id=task_id, state=ReadState.CLAIMED).order_by("pk"))
+
+    reads = claimed_reads()
+    # Slots are deleted, so they take the full row lock. Once they are held no claim can take one.
+    slot_ids = list(QueueSlot.objects.select_for_update(of=("self",)).filter(task_id=task_id)
+                    .order_by("pk").values_list("pk", flat=True))
+    if slot_ids:
+        reads = claimed_reads()  # a claim that committed in between
+    adjudication = (Adjudication.objects.select_for_update(**ROW_LOCK)
+                    .filter(task_id=task_id, state__in=[Adjudication.State.OPEN, Adjudication.State.CLAIMED])
+                    .first())
+    return TaskWork(task_id, reads, slot_ids, adjudication)
+
+
+def end_task_work(work: TaskWork, *, by: User | None, reason: str) -> None:
+    """End what hangs off a task that leaves reading (``reason``: task_cancelled, task_settled):
+    each claimed read is cancelled (its reader hears ``read.cancelled``; DICOMweb access and the
+    open-read place end with it), the slots go, and an open or claimed adjudication is cancelled
+    (a later resolution answers 409). Each end is audited."""
+    now = timezone.now()
+    for read in work.reads:
+        Read.objects.filter(pk=read.pk).update(state=ReadState.CANCELLED, ended_at=now)
+        read.state, read.ended_at = ReadState.CANCELLED, now
+        record_event("cancel", actor=by, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid,
+                     extra={"task": read.task_id, "reason": reason})
+        broadcast_to_reader_on_commit(read.reader_id, read.project_id, "read.cancelled",
+                                      {"read": read.pk, "task": read.task_id, "reason": reason})
+    QueueSlot.objects.filter(pk__in=work.slot_ids).delete()
+    adjudication = work.adjudication
+    if adjudication is not None:
+        Adjudication.objects.filter(pk=adjudication.pk).update(state=Adjudication.State.CANCELLED,
+                                                               lease_expires_at=None)
+        adjudication.state = Adjudication.State.CANCELLED
+        record_event("cancel", actor=by, project_id=adjudication.project_id, obj=adjudication,
+                     extra={"task": work.task_id, "reason": reason})
+        broadcast_on_commit(adjudication.project_id, "adjudication.cancelled",
+                            {"adjudication": adjudication.pk, "task": work.task_id, "reason": reason})

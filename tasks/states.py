@@ -55,6 +55,17 @@ def check_task_transition(current: str, target: str) -> None:
         raise Conflict(f"A task cannot go from {current} to {target}.", code="illegal_transition")
 
 
+# A gold or calibration task takes an imported reference from any state before its consensus:
+# the import ends whatever reading or adjudication is under way (tasks.gold.import_reference).
+REFERENCE_IMPORT_STATES = {TaskState.QUEUED, TaskState.IN_READING, TaskState.READS_COMPLETE,
+                           TaskState.AWAITING_ADJUDICATION, TaskState.FLAGGED}
+
+
+def check_reference_import(current: str) -> None:
+    if current not in REFERENCE_IMPORT_STATES:
+        raise Conflict(f"A {current} task takes no reference.", code="illegal_transition")
+
+
 def check_read_transition(current: str, target: str) -> None:
     if target not in READ_TRANSITIONS[current]:
         messages = {
