@@ -1,10 +1,11 @@
-"""Pre-annotations: the current model's answer for each open task, offered to readers as a
-suggestion where the project allows it (never when blind-to-model; see learning.exposure)."""
+"""Pre-annotations: the current model's answer for each open task and each gold or calibration
+check (learning.scoring.served_tasks), offered to readers as a suggestion where the project allows
+it (never when blind-to-model; see learning.exposure)."""
 
 from core.errors import DomainError
 from learning import registry, runs
 from learning.models import LearningJob, Suggestion
-from learning.scoring import PREDICT_CHUNK, _chunks, queue_tasks
+from learning.scoring import PREDICT_CHUNK, _chunks, served_tasks
 from learning.volumes import volume_of
 
 
@@ -20,7 +21,7 @@ def preannotate(job: LearningJob, predictor) -> None:
     if version is None:
         raise DomainError("This project has no current model: train one first.", code="no_model")
     weights = registry.load_weights(version)
-    tasks = list(queue_tasks(job.project_id))
+    tasks = served_tasks(job.project_id)
     created = 0
     for done, chunk in enumerate(_chunks(tasks, PREDICT_CHUNK), start=1):
         readable, volumes = [], []

@@ -39,6 +39,17 @@ def queue_tasks(project_id: int):
             .select_related("study", "series").order_by("id"))
 
 
+def served_tasks(project_id: int) -> list[Task]:
+    """What the model looks at: the open production work, then the gold and calibration tasks with
+    a reference, which readers are served as hidden checks. A check's claim must show the model's
+    view exactly as a production claim does (learning.exposure), so checks are scored and
+    pre-annotated with the queue; their priority orders nothing (checks are injected by rate)."""
+    checks = (Task.objects.filter(project_id=project_id, kind__in=[Task.Kind.GOLD, Task.Kind.CALIBRATION],
+                                  consensus__isnull=False)
+              .select_related("study", "series").order_by("id"))
+    return [*queue_tasks(project_id), *checks]
+
+
 def _chunks(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -56,7 +67,7 @@ def compute_scores(job: LearningJob, predictor) -> tuple[list[TaskScore], list[s
                           "mc_dropout would sample nothing: retrain with model_spec.dropout above 0 or choose "
                           "another strategy.", code="no_dropout")
     w = priority.weights(config.priority_weights)
-    tasks = list(queue_tasks(job.project_id))
+    tasks = served_tasks(job.project_id)
     outstanding = dict(QueueSlot.objects.filter(task__in=[t.pk for t in tasks]).values("task_id")
                        .annotate(n=Count("id")).values_list("task_id", "n"))
     now, modality = timezone.now(), version.input_spec.get("modality", "")

@@ -18,7 +18,7 @@ def test_train_then_score_from_the_command_line_with_a_progress_bar(learning_pro
     assert ModelVersion.objects.get(project=project).is_current
     call_command("score_queue", project=project.pk, stdout=out, stderr=err)
     job = LearningJob.objects.get(kind="score")
-    assert job.trigger == "command" and job.state == "succeeded" and job.result["scored"] == 3
+    assert job.trigger == "command" and job.state == "succeeded" and job.result["scored"] == 4  # with the gold check
 
 
 def test_a_failing_command_says_why(learning_project):

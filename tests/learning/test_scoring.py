@@ -87,7 +87,8 @@ def test_a_job_whose_worker_died_while_applying_is_reverted_and_failed_by_the_sw
     LearningJob.objects.filter(pk=job.pk).update(state="applying", heartbeat_at=timezone.now() - timedelta(hours=1))
     assert runs.sweep_stale_jobs() == 1
     job.refresh_from_db()
-    assert job.state == "failed" and "no heartbeat" in job.error and "3 task priorities restored" in job.error
+    # The three queued tasks and the gold check (scored too: learning.scoring.served_tasks).
+    assert job.state == "failed" and "no heartbeat" in job.error and "4 task priorities restored" in job.error
     assert _priorities(queued) == before
     assert runs.sweep_stale_jobs() == 0
 
@@ -106,7 +107,7 @@ def test_the_django_side_scores_the_queue_without_importing_torch(trained, monke
     job = runs.start_job(trained["project"], "score", by=None, enqueue=False)
     job = runs.run_job(job.pk)  # with the predictor the setting names
     assert job.state == "succeeded", job.error
-    assert TaskScore.objects.filter(job=job).count() == 3
+    assert TaskScore.objects.filter(job=job).count() == 4  # the three queued tasks and the gold check
     assert sys.modules["torch"] is None
 
 
@@ -138,7 +139,7 @@ def test_mc_dropout_scoring_orders_the_queue_by_epistemic_uncertainty(trained, p
     queued = trained["queued"]
     LearningConfig.objects.filter(project=trained["project"]).update(strategy="mc_dropout")
     # The deterministic probabilities say task 0 is the least sure; dropout sampling says task 2 is.
-    StandInPredictor.epistemics, StandInPredictor.passes_asked = [0.1, 0.4, 0.9], []
+    StandInPredictor.epistemics, StandInPredictor.passes_asked = [0.1, 0.4, 0.9, 0.5], []  # the gold check last
     job = _score(trained["project"], predictor, [HIGH, MID, LOW])
     assert job.state == "succeeded", job.error
     assert StandInPredictor.passes_asked == [scoring.MC_DROPOUT_PASSES]
