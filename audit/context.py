@@ -26,11 +26,20 @@ def current() -> RequestContext | None:
 
 
 def client_ip_of(meta: dict) -> str | None:
-    """REMOTE_ADDR, unless a trusted proxy header is configured: then its left-most valid address."""
+    """The client's address: REMOTE_ADDR, or, behind trusted proxies, the entry the outermost one added.
+
+    Proxies append to X-Forwarded-For, so everything left of what our own proxies wrote is whatever
+    the client sent (spoofable). With ``TRUSTED_PROXY_HOPS`` proxies in front of us, the client is
+    the hops-th entry from the right; a shorter list means every entry came from our proxies, and
+    the left-most is the client. An entry that is not an address falls back to REMOTE_ADDR.
+    """
     header = settings.TRUSTED_PROXY_IP_HEADER
     candidates = []
     if header:
-        candidates = [part.strip() for part in meta.get(header, "").split(",")]
+        entries = [part.strip() for part in meta.get(header, "").split(",") if part.strip()]
+        if entries:
+            hops = max(1, settings.TRUSTED_PROXY_HOPS)
+            candidates.append(entries[-min(hops, len(entries))])
     candidates.append(meta.get("REMOTE_ADDR", ""))
     for value in candidates:
         try:

@@ -236,6 +236,11 @@ _proxy_header = env.str("SECURE_PROXY_SSL_HEADER", default="HTTP_X_FORWARDED_PRO
 SECURE_PROXY_SSL_HEADER = (_proxy_header, "https") if _proxy_header else None
 # Client IPs are taken from this header only when it is set (the trusted reverse proxy's).
 TRUSTED_PROXY_IP_HEADER = env.str("TRUSTED_PROXY_IP_HEADER", default="")
+# How many proxies of ours stand in front and append to that header: the client is that many
+# entries from the right (the entries left of it are the client's own, and spoofable).
+TRUSTED_PROXY_HOPS = env.int("TRUSTED_PROXY_HOPS", default=1)
+if TRUSTED_PROXY_HOPS < 1:
+    raise ImproperlyConfigured("TRUSTED_PROXY_HOPS is the number of trusted proxies: 1 or more.")
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
