@@ -74,7 +74,24 @@ def test_healthz_and_readyz(client):
 def test_readyz_is_503_naming_the_broken_dependency(client, monkeypatch):
     from core import health
 
-    monkeypatch.setattr(health, "_channel_layer_ok", lambda: (False, "ConnectionError: refused"))
+    monkeypatch.setattr(health, "_channel_layer_ok", lambda: False)
     response = client.get("/readyz")
     assert response.status_code == 503
-    assert response.json()["checks"]["channel_layer"] == "ConnectionError: refused"
+    assert response.json()["checks"] == {"database": "ok", "channel_layer": "unavailable"}
+
+
+def test_readyz_logs_the_failure_and_answers_no_exception_text(client, monkeypatch, caplog):
+    from core import health
+
+    class Broken:
+        def new_channel(self, prefix):
+            raise ConnectionError("redis://:hunter2@10.1.2.3:6379 refused")
+
+    monkeypatch.setattr(health, "get_channel_layer", lambda: Broken())
+    with caplog.at_level("ERROR", logger="core.health"):
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert b"hunter2" not in response.content and b"10.1.2.3" not in response.content
+    assert b"ConnectionError" not in response.content
+    assert response.json()["checks"]["channel_layer"] == "unavailable"
+    assert "hunter2" in caplog.text  # the operator still sees why, in the server log
