@@ -30,7 +30,7 @@ def is_recorded(request, response) -> bool:
 
 
 def record_request(request, response, *, action: str, object_type: str, object_id="", project_id=None,
-                   study_uid: str = "") -> None:
+                   study_uid: str = "", protocol_version: int | None = None) -> None:
     """Record a read access, or a refusal or failure of any request."""
     status = response.status_code
     if not is_recorded(request, response):
@@ -49,7 +49,7 @@ def record_request(request, response, *, action: str, object_type: str, object_i
         project_id = None
     record_event(
         action, actor=user, project_id=project_id, object_type=object_type, object_id=object_id,
-        study_uid=study_uid, outcome=outcome_for(status), reason=reason,
+        study_uid=study_uid, protocol_version=protocol_version, outcome=outcome_for(status), reason=reason,
         extra={"method": request.method, "path": request.path[:200], "status": status},
     )
 
@@ -78,11 +78,16 @@ class AuditedViewMixin:
         object_id = kwargs.get(getattr(self, "lookup_url_kwarg", None) or getattr(self, "lookup_field", "pk"), "")
         return kwargs.get(self.audit_project_kwarg), object_id, ""
 
+    def audit_protocol_version(self) -> int | None:
+        """The protocol version the request is served under, where it is served under one."""
+        return None
+
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
         if not is_recorded(request, response):
             return response  # nor its target looked up (a view's may parse the body)
         project_id, object_id, study_uid = self.audit_target()
         record_request(request, response, action=self.audit_action(request), object_type=self.audit_object_type,
-                       object_id=object_id, project_id=project_id, study_uid=study_uid)
+                       object_id=object_id, project_id=project_id, study_uid=study_uid,
+                       protocol_version=self.audit_protocol_version())
         return response

@@ -11,3 +11,9 @@ class TasksConfig(AppConfig):
 
         # core cannot import tasks: the release of a departed member's work plugs in here.
         on_membership_ended(release_work_of_departed_member)
+
+        # Nor can core's DICOMweb ask the queue directly which studies a reader holds.
+        from core.dicom.selectors import register_held_studies
+        from tasks import selectors
+
+        register_held_studies(selectors)

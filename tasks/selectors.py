@@ -26,7 +26,7 @@ from core.dicom.models import Study
 from core.models import Membership
 from core.roles import ROLE_PERMISSIONS, Perm
 from core.selectors import projects_visible_to
-from tasks.models import Read, Task
+from tasks.models import Adjudication, Read, Task
 from tasks.states import ReadState
 
 
@@ -128,9 +128,27 @@ def open_reads_of(user) -> QuerySet[Read]:
     return Read.objects.filter(holder_is_member(Perm.READ), reader=user, state=ReadState.CLAIMED)
 
 
+def claimed_adjudications_of(user) -> QuerySet:
+    """The adjudications ``user`` has claimed and may still resolve (an adjudicating role on the project)."""
+    return Adjudication.objects.filter(holder_is_member(Perm.ADJUDICATE, "adjudicator"), adjudicator=user,
+                                       state=Adjudication.State.CLAIMED)
+
+
 def study_ids_held_by(user) -> QuerySet:
-    """Studies of the reads the user holds open (what DICOMweb lets a reader retrieve)."""
-    return Study.objects.filter(pk__in=open_reads_of(user).values("task__study_id")).values("pk")
+    """Studies of the reads and adjudications the user holds open (what DICOMweb lets them retrieve)."""
+    return Study.objects.filter(Q(pk__in=open_reads_of(user).values("task__study_id"))
+                                | Q(pk__in=claimed_adjudications_of(user).values("task__study_id"))).values("pk")
+
+
+def protocol_version_served(user, study_id: int) -> int | None:
+    """The protocol version number of the read or adjudication under which ``user`` is served the
+    study: the audit trail names it on every view and download (who saw what, under which rules)."""
+    number = (open_reads_of(user).filter(task__study_id=study_id).order_by("-claimed_at")
+              .values_list("task__protocol_version__number", flat=True).first())
+    if number is None:
+        number = (claimed_adjudications_of(user).filter(task__study_id=study_id)
+                  .values_list("task__protocol_version__number", flat=True).first())
+    return number
 
 
 def reader_membership_sql(read_alias: str) -> str:

@@ -212,13 +212,17 @@ class DicomwebView(AuditedViewMixin, APIView):
     def audit_action(self, request):
         return self.audit_verb
 
+    def audit_protocol_version(self):
+        study = getattr(self, "_audit_study", None)
+        return None if study is None else selectors.protocol_version_served(self.request.user, study)
+
     audit_verb = "view"
 
     def study(self, uid) -> Study:
         study = selectors.studies_visible_to(self.request.user).filter(study_uid=uid).first()
         if study is None:
             raise NotFound("No such study.")
-        self._audit_project_id = study.project_id
+        self._audit_project_id, self._audit_study = study.project_id, study
         return study
 
     def series_of(self, study: Study, uid) -> Series:

@@ -6,6 +6,8 @@ privacy officers get no pixels. Quarantined instances (burned-in text risk) are 
 those who can clear the quarantine.
 """
 
+from typing import Protocol
+
 from django.db.models import Q, QuerySet
 
 from core.dicom.models import Instance, Series, Study
@@ -19,13 +21,35 @@ def _full_access_project_ids(user) -> list[int]:
     return sorted(ids)
 
 
+class HeldStudies(Protocol):
+    """What the reading queue tells DICOMweb: the studies a person holds open work on, and the
+    protocol version that work is under. core cannot import tasks, so tasks registers it at start-up."""
+
+    def study_ids_held_by(self, user) -> QuerySet: ...
+
+    def protocol_version_served(self, user, study_id: int) -> int | None: ...
+
+
+_held: HeldStudies | None = None
+
+
+def register_held_studies(provider: HeldStudies) -> None:
+    global _held
+    _held = provider
+
+
 def _held_study_ids(user) -> QuerySet:
-    """Studies of the reads the user holds open; the reading queue (tasks app) provides them."""
-    try:
-        from tasks.selectors import study_ids_held_by
-    except ImportError:
+    if _held is None:
         return Study.objects.none().values("pk")
-    return study_ids_held_by(user)
+    return _held.study_ids_held_by(user)
+
+
+def protocol_version_served(user, study: Study) -> int | None:
+    """The protocol version of the read or adjudication the study is served to ``user`` under; None
+    for project-wide access (managers, QA, ingest), which is under no one read."""
+    if _held is None or not user.is_authenticated:
+        return None
+    return _held.protocol_version_served(user, study.pk)
 
 
 def studies_visible_to(user) -> QuerySet[Study]:
