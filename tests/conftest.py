@@ -121,3 +121,12 @@ def token_client(user) -> APIClient:
 @pytest.fixture
 def api():
     return token_client
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """The live-feed messages sent, as (group, event, data), once their transaction commits."""
+    messages = []
+    monkeypatch.setattr("core.broadcast._send", lambda group, message: messages.append(
+        (group, message.get("event"), message.get("data"))))
+    return messages

@@ -726,12 +726,7 @@ class _Walker:
         if vr is None or vr == "UN":
             vr = _dict_vr(tag)
         if action == "V" and vr not in _TEXT_VRS:
-            if vr == "UI":  # a file may give a tag another VR than the dictionary's
-                self._uid(ds, tag, elem)
-            elif vr == "SQ":
-                self._recurse(ds[tag], dummy_subtree)
-            else:
-                self._check(ds, tag, elem, vr)
+            self._keep_structured(ds, tag, elem, vr, dummy_subtree)  # a file may give a tag another VR
             return
         if action == "T" or action == "V":  # free text where the dictionary expects none: removed
             if dummy_subtree and vr in _TEXT_VRS:
@@ -748,12 +743,8 @@ class _Walker:
                     actions["D"] += 1
                 else:
                     self._scrub(ds, tag, elem, patterns=True)
-            elif vr == "UI":
-                self._uid(ds, tag, elem)
-            elif vr == "SQ":
-                self._recurse(ds[tag], dummy_subtree)
             else:
-                self._check(ds, tag, elem, vr)
+                self._keep_structured(ds, tag, elem, vr, dummy_subtree)
             return
         if action == "Z":
             self._set(ds, tag, vr, Sequence() if vr == "SQ" else "" if vr in _STRING_VRS else None)
@@ -819,6 +810,15 @@ class _Walker:
                 capped = _capped_age(converted.value)
                 if capped != converted.value:
                     converted.value = capped
+
+    def _keep_structured(self, ds: Dataset, tag, elem, vr: str, dummy_subtree: bool) -> None:
+        """A kept value that is not free text: UIDs remapped, sequences walked, the rest checked against its VR."""
+        if vr == "UI":
+            self._uid(ds, tag, elem)
+        elif vr == "SQ":
+            self._recurse(ds[tag], dummy_subtree)
+        else:
+            self._check(ds, tag, elem, vr)
 
     def _check(self, ds: Dataset, tag, elem, vr: str) -> bool:
         """Blank a kept value that breaks its VR's syntax (PS3.5 6.2); True when blanked."""

@@ -21,15 +21,6 @@ pytestmark = pytest.mark.django_db
 FINDING = {"label": "finding_laterality", "value": "left"}
 
 
-@pytest.fixture
-def sent(monkeypatch):
-    """The live-feed messages sent, as (group, event, data), once their transaction commits."""
-    messages = []
-    monkeypatch.setattr("core.broadcast._send", lambda group, message: messages.append(
-        (group, message.get("event"), message.get("data"))))
-    return messages
-
-
 def _reference(api, manager, project, task, value="left"):
     response = api(manager).post(f"/api/projects/{project.pk}/tasks/{task.pk}/reference/",
                                  {"findings": [{"label": "finding_laterality", "value": value}]}, format="json")

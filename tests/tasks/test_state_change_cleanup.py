@@ -15,15 +15,6 @@ from tests.tasks.conftest import add_ct_studies
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def sent(monkeypatch):
-    """The live-feed messages sent, as (group, event, data), once their transaction commits."""
-    messages = []
-    monkeypatch.setattr("core.broadcast._send", lambda group, message: messages.append(
-        (group, message.get("event"), message.get("data"))))
-    return messages
-
-
 def _claim(client):
     response = client.post("/api/queue/next/", {}, format="json")
     assert response.status_code == 200, response.content
