@@ -474,9 +474,18 @@ def verify_shard(shard: int) -> tuple[int, Break | None]:
             return count, Break(shard, row["id"], row["seq"], recomputed, row["hash"], "event hash")
         expected_prev, expected_seq = row["hash"], expected_seq + 1
     head = AuditChainHead.objects.filter(shard=shard).first()
-    if head is not None and (head.seq != expected_seq - 1 or head.hash != expected_prev):
+    if head is None:
+        # Only a flushed test database has a shard with neither events nor a head; a shard that has
+        # events (or an anchor) and no head had its head deleted, which hides a truncated end.
+        if expected_seq > 1:
+            return count, Break(shard, None, None, f"head at seq {expected_seq - 1} {expected_prev}",
+                                "no head row", "chain head missing (events removed from the end?)")
+        return count, None
+    if head.seq != expected_seq - 1 or head.hash != expected_prev:
+        what = ("chain head ahead of the newest event (events removed from the end?)"
+                if head.seq >= expected_seq - 1 else "chain head behind the newest event (head rewound?)")
         return count, Break(shard, None, head.seq, f"head at seq {expected_seq - 1} {expected_prev}",
-                            f"head at seq {head.seq} {head.hash}", "chain head (events removed from the end?)")
+                            f"head at seq {head.seq} {head.hash}", what)
     return count, None
 
 
