@@ -105,7 +105,7 @@ def _write_archive(shard: int, after_seq: int, last_seq: int, archive_dir: Path,
 
 def _delete_prefix(shard: int, after_seq: int, last_seq: int) -> int:
     # The model and queryset refuse deletes, and the PostgreSQL trigger allows them only while
-    # this transaction-local setting is on; nothing else in radqueue sets it.
+    # this transaction-local setting is on and only to a member of radqueue_retention.
     table = connection.ops.quote_name(AuditEvent._meta.db_table)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
@@ -152,12 +152,30 @@ def retain_shard(shard: int, cutoff: datetime, archive_dir: Path, now: datetime)
     return ShardRetention(shard, after_seq + 1, last_seq, removed, archive, checksum)
 
 
+RETENTION_ROLE = "radqueue_retention"
+
+
+def _check_retention_role() -> None:
+    """Fail before archiving anything where the database would refuse the deletes: on PostgreSQL
+    only a member of the retention role (audit migration 0004) may remove events and move anchors,
+    so the application's own credentials cannot cut the trail (docs/audit.md)."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_user, pg_has_role(current_user, %s, 'MEMBER')", [RETENTION_ROLE])
+        user, member = cursor.fetchone()
+    if not member:
+        raise RetentionError(f"the database role {user!r} is not a member of {RETENTION_ROLE}; run audit_retain "
+                             f"with the retention credentials (DATABASE_URL of a role granted {RETENTION_ROLE}).")
+
+
 def apply_retention(older_than_days: int | None = None, archive_dir: str | Path | None = None,
                     shards=None) -> list[ShardRetention]:
     """Archive and remove every shard's events older than ``older_than_days`` (default the setting)."""
     days = settings.AUDIT_RETENTION_DAYS if older_than_days is None else older_than_days
     if days < 0:
         raise RetentionError("older_than_days cannot be negative.")
+    _check_retention_role()
     directory = Path(archive_dir) if archive_dir is not None else Path(settings.DATA_DIR) / "audit-archive"
     directory.mkdir(parents=True, exist_ok=True)
     now = timezone.now()

@@ -74,3 +74,103 @@ def test_verify_passes_an_untouched_trail_with_heads():
     ok, text = _verify()
     assert ok, text
     assert AuditEvent.objects.filter(shard=5).count() == 3
+
+
+# --- the head table's trigger ---------------------------------------------------------------
+
+@postgres_only
+@pytest.mark.parametrize("statement", [
+    f"DELETE FROM {HEADS} WHERE shard = 5",
+    f"UPDATE {HEADS} SET seq = seq - 1 WHERE shard = 5",
+    f"UPDATE {HEADS} SET seq = seq + 2, prev_hash = hash WHERE shard = 5",
+    f"UPDATE {HEADS} SET seq = seq + 1 WHERE shard = 5",  # a move that does not link to the old hash
+])
+def test_head_trigger_refuses_rewinding_or_deleting_a_head(statement):
+    _events(3)
+    with pytest.raises(Exception, match="only moves forward"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(statement)
+    head = AuditChainHead.objects.get(shard=5)
+    assert head.seq == 3
+    ok, text = _verify()
+    assert ok, text
+
+
+@postgres_only
+def test_appends_still_move_the_head_past_its_trigger():
+    _events(3)
+    # Both append paths: the one-statement PostgreSQL append and the portable one.
+    with mock.patch("audit.trail._append_postgresql", return_value=None):
+        _events(2)
+    assert AuditChainHead.objects.get(shard=5).seq == 5
+    ok, text = _verify()
+    assert ok, text
+
+
+# --- the retention switch needs the retention role ------------------------------------------
+
+APP_ROLE = "rq_anchor_tamper_app"
+
+
+@pytest.fixture
+def app_role_cursor(transactional_db):
+    """A psycopg2 cursor of an ordinary (not superuser) login role with the application's table rights."""
+    import psycopg2
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP OWNED BY {APP_ROLE}" if _role_exists() else "SELECT 1")
+        cursor.execute(f"DROP ROLE IF EXISTS {APP_ROLE}")
+        cursor.execute(f"CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER")
+        cursor.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO {APP_ROLE}")
+        cursor.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE}")
+    params = connection.get_connection_params()
+    conn = psycopg2.connect(dbname=params["dbname"], host=params.get("host"), port=params.get("port"),
+                            user=APP_ROLE, password=None)
+    conn.autocommit = True
+    try:
+        yield conn.cursor()
+    finally:
+        conn.close()
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP OWNED BY {APP_ROLE}")
+            cursor.execute(f"DROP ROLE {APP_ROLE}")
+
+
+def _role_exists():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE])
+        return cursor.fetchone() is not None
+
+
+@postgres_only
+@pytest.mark.parametrize("setting,statement", [
+    ("audit_retention", f"DELETE FROM {TABLE} WHERE shard = 5 AND seq > 2"),
+    ("audit_retention", f"DELETE FROM {HEADS} WHERE shard = 5"),
+    ("audit_retention", f"UPDATE {HEADS} SET seq = 2 WHERE shard = 5"),
+    ("audit_allow_truncate", f"TRUNCATE {TABLE}"),
+    ("audit_allow_truncate", f"TRUNCATE {HEADS}"),
+    ("audit_retention", "INSERT INTO audit_auditanchor (shard, seq, hash, archive, signature, created_at) "
+                        "VALUES (5, 2, 'x', 'x', 'x', now())"),
+])
+def test_an_ordinary_role_cannot_switch_retention_on(app_role_cursor, setting, statement):
+    import psycopg2
+
+    _events(4)
+    app_role_cursor.execute(f"SET radqueue.{setting} = 'on'")
+    with pytest.raises(psycopg2.Error) as exc:
+        app_role_cursor.execute(statement)
+    assert exc.value.pgcode == "42501"  # insufficient_privilege, raised by the trigger
+    assert AuditEvent.objects.filter(shard=5).count() == 4
+    assert AuditChainHead.objects.get(shard=5).seq == 4
+    ok, text = _verify()
+    assert ok, text
+
+
+@postgres_only
+def test_audit_retain_stops_before_archiving_without_the_retention_role(tmp_path):
+    _events(2)
+    with connection.cursor() as cursor:  # rolled back with the test: roles are transactional
+        cursor.execute("CREATE ROLE rq_anchor_not_retention NOLOGIN")
+        cursor.execute("SET LOCAL ROLE rq_anchor_not_retention")
+    with pytest.raises(CommandError, match="'rq_anchor_not_retention' is not a member of radqueue_retention"):
+        call_command("audit_retain", "--older-than-days", "0", "--archive-dir", str(tmp_path), stdout=io.StringIO())
+    assert not list(tmp_path.iterdir())
