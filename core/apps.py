@@ -14,3 +14,10 @@ class CoreConfig(AppConfig):
         # record the audit events and nothing else.
         user_logged_in.connect(auth.on_user_logged_in, dispatch_uid="radqueue-login")
         user_login_failed.connect(auth.on_user_login_failed, dispatch_uid="radqueue-login-failed")
+
+        # pydicom's read-time validation logs the offending value ("Invalid value for VR IS: ...")
+        # and that value may be a name: de-identification checks every kept value against its VR
+        # itself and reports it by tag only (core.dicom.deid), so pydicom's own check stays silent.
+        from pydicom import config as pydicom_config
+
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE

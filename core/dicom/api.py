@@ -64,6 +64,10 @@ class FileReportSerializer(serializers.Serializer):
     study_uid = serializers.CharField()
     series_uid = serializers.CharField()
     quarantined = serializers.BooleanField()
+    notes = serializers.ListField(
+        child=serializers.CharField(), required=False,
+        help_text="Attributes de-identification removed or blanked beyond the profile, by tag and VR "
+                  "(never by value), e.g. `(0020,0013) IS: malformed value blanked`.")
 
 
 class IngestReportSerializer(serializers.Serializer):
