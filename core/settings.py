@@ -137,6 +137,7 @@ CELERY_BEAT_SCHEDULE = {
     "learning-sweep-stale-jobs": {"task": "learning.sweep_stale_jobs", "schedule": 300.0},
     "learning-scheduled-training": {"task": "learning.start_scheduled_training", "schedule": 600.0},
     "fail-stale-batch-builds": {"task": "tasks.fail_stale_batch_builds", "schedule": 600.0},
+    "audit-anchor-heads": {"task": "audit.anchor_heads", "schedule": 3600.0},
 }
 # Seconds a batch's delivery build (report and exports) may take from being asked for, or taken by a
 # worker, before it counts as lost and is marked failed (tasks.batches). The build job's own time
@@ -281,6 +282,16 @@ if not _storage_key:
         )
     _storage_key = "dev:" + base64.b64encode(b"radqueue-dev-storage-key-32bytes").decode()
 RADQUEUE_STORAGE_KEYS = _storage_key
+
+# --- Audit head anchors ----------------------------------------------------------------------
+# audit_anchor signs a file of every chain head with this key (HMAC-SHA256) so audit_verify
+# --anchor can tell a truncated or rewound chain from an intact one; keep the key and the files
+# off the database host (docs/audit.md). Only DEBUG has a default; without DEBUG, anchoring and
+# checking an anchor refuse to run until it is set (the web process does not need it to start).
+# RADQUEUE_AUDIT_ANCHOR_DIR: where the hourly beat job writes anchors (unset: the job does nothing).
+RADQUEUE_AUDIT_ANCHOR_KEY = env.str("RADQUEUE_AUDIT_ANCHOR_KEY", default="") or (
+    "radqueue-dev-audit-anchor-key" if DEBUG else "")
+RADQUEUE_AUDIT_ANCHOR_DIR = env.str("RADQUEUE_AUDIT_ANCHOR_DIR", default="")
 
 # --- I18N / static --------------------------------------------------------------------------
 LANGUAGE_CODE = "en-gb"

@@ -5,6 +5,7 @@ the retention setting on in their session and delete the newest events of a chai
 """
 
 import io
+import json
 from unittest import mock
 
 import pytest
@@ -174,3 +175,98 @@ def test_audit_retain_stops_before_archiving_without_the_retention_role(tmp_path
     with pytest.raises(CommandError, match="'rq_anchor_not_retention' is not a member of radqueue_retention"):
         call_command("audit_retain", "--older-than-days", "0", "--archive-dir", str(tmp_path), stdout=io.StringIO())
     assert not list(tmp_path.iterdir())
+
+
+# --- head anchors outside the database ------------------------------------------------------
+
+def _anchor(path):
+    call_command("audit_anchor", "--out", str(path), stdout=io.StringIO())
+    return path
+
+
+def _rewind(shard, keep):
+    """As an attacker able to cut a chain: remove events after ``keep`` and move the head back to it,
+    so the database alone shows an intact, shorter chain."""
+    kept = AuditEvent.objects.get(shard=shard, seq=keep)
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL radqueue.audit_retention = 'on'")
+            cursor.execute(f"ALTER TABLE {HEADS} DISABLE TRIGGER USER")  # SQLite has none
+        cursor.execute(f"DELETE FROM {TABLE} WHERE shard = %s AND seq > %s", [shard, keep])
+        cursor.execute(f"UPDATE {HEADS} SET seq = %s, hash = %s, prev_hash = %s WHERE shard = %s",
+                       [keep, kept.hash, kept.prev_hash, shard])
+        if connection.vendor == "postgresql":
+            cursor.execute(f"ALTER TABLE {HEADS} ENABLE TRIGGER USER")
+
+
+def test_verify_against_an_untouched_anchor_passes_as_the_trail_grows(tmp_path):
+    _events(3)
+    anchor = _anchor(tmp_path / "heads.json")
+    _events(2)
+    _events(1, shard=6)
+    ok, text = _verify("--anchor", str(anchor))
+    assert ok, text
+
+
+@postgres_only
+def test_verify_against_an_anchor_finds_a_truncated_chain_the_database_alone_does_not(tmp_path):
+    _events(4)
+    anchor = _anchor(tmp_path / "heads.json")
+    _rewind(5, keep=2)
+    assert _verify()[0]  # what the anchor exists for: the rewound chain is consistent by itself
+    ok, text = _verify("--anchor", str(anchor))
+    assert not ok
+    assert "shard 5: chain behind its head anchor" in text
+    assert "head at seq 2" in text
+
+
+@postgres_only
+def test_verify_against_an_anchor_finds_the_anchored_event_replaced(tmp_path):
+    _events(4)
+    anchor = _anchor(tmp_path / "heads.json")
+    _rewind(5, keep=2)
+    _events(2)  # forged seq 3 and 4, linked correctly
+    assert _verify()[0]
+    ok, text = _verify("--anchor", str(anchor))
+    assert not ok
+    assert "(shard 5, seq 4): anchored event replaced" in text
+
+
+def test_verify_refuses_a_tampered_anchor_file(tmp_path):
+    events = _events(4)
+    anchor = _anchor(tmp_path / "heads.json")
+    doc = json.loads(anchor.read_text())
+    doc["heads"]["5"] = {"seq": 2, "hash": events[1].hash}  # as if the chain had been shorter
+    anchor.write_text(json.dumps(doc))
+    ok, text = _verify("--anchor", str(anchor))
+    assert not ok
+    assert "the signature is wrong" in text
+
+
+def test_verify_refuses_an_anchor_signed_with_another_key(tmp_path, settings):
+    _events(2)
+    settings.RADQUEUE_AUDIT_ANCHOR_KEY = "another key"
+    anchor = _anchor(tmp_path / "heads.json")
+    settings.RADQUEUE_AUDIT_ANCHOR_KEY = "the real key"
+    ok, text = _verify("--anchor", str(anchor))
+    assert not ok and "the signature is wrong" in text
+
+
+def test_anchor_refuses_to_run_without_a_key(tmp_path, settings):
+    settings.RADQUEUE_AUDIT_ANCHOR_KEY = ""
+    with pytest.raises(CommandError, match="RADQUEUE_AUDIT_ANCHOR_KEY is not set"):
+        _anchor(tmp_path / "heads.json")
+    assert not (tmp_path / "heads.json").exists()
+
+
+def test_the_beat_job_writes_a_signed_anchor_into_the_anchor_dir(tmp_path, settings):
+    from audit.head_anchor import load_anchor
+    from audit.jobs import anchor_heads_job
+
+    assert settings.CELERY_BEAT_SCHEDULE["audit-anchor-heads"]["task"] == "audit.anchor_heads"
+    events = _events(3)
+    settings.RADQUEUE_AUDIT_ANCHOR_DIR = ""
+    assert anchor_heads_job() is None
+    settings.RADQUEUE_AUDIT_ANCHOR_DIR = str(tmp_path / "anchors")
+    written = anchor_heads_job()
+    assert load_anchor(written)[5] == (3, events[2].hash)
