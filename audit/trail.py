@@ -26,10 +26,12 @@ import hashlib
 import hmac
 import itertools
 import json
+import logging
 import os
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC
 
@@ -40,6 +42,8 @@ from django.utils import timezone
 from audit import context
 from audit.models import AuditAnchor, AuditChainHead, AuditEvent
 from core import rows
+
+logger = logging.getLogger(__name__)
 
 SHARD_COUNT = 64
 GENESIS = "0" * 64
@@ -193,18 +197,41 @@ def _event_values(db, action, *, actor, project, project_id, obj, object_type, o
 
 
 def _append(shard: int, values: dict) -> AuditEvent:
-    """Lock the shard's head, link and insert the event, move the head (three statements; creates a
-    missing head, which only a flushed test database lacks)."""
-    head = AuditChainHead.objects.select_for_update().filter(shard=shard).first()
-    if head is None:
-        AuditChainHead.objects.get_or_create(shard=shard, defaults={"seq": 0, "hash": GENESIS})
-        head = AuditChainHead.objects.select_for_update().get(shard=shard)
+    """Lock the shard's head, link and insert the event, move the head (three statements). A missing
+    head is created at genesis where the shard holds nothing (a flushed test database); where the
+    shard has events, the event goes to the next shard that has a head (_head_for_writer)."""
+    head = _head_for_writer(shard)
+    shard = head.shard
     values.update(shard=shard, seq=head.seq + 1, prev_hash=head.hash)
     values["hash"] = event_hash(values)
     event = AuditEvent.objects.create(**values)
     AuditChainHead.objects.filter(shard=shard).update(seq=values["seq"], hash=values["hash"],
                                                       prev_hash=values["prev_hash"])
     return event
+
+
+def _head_for_writer(shard: int) -> AuditChainHead:
+    """The locked head to append to: the writer's shard's, else (its head is gone) the next shard's
+    that has one. A head at genesis on a shard with events would hand out seq 1 again and every
+    append there would fail on the (shard, seq) key; the shard stays as it was instead, for
+    audit_verify to report and audit_restore_head to repair."""
+    head = AuditChainHead.objects.select_for_update().filter(shard=shard).first()
+    if head is not None:
+        return head
+    if not (AuditEvent.objects.filter(shard=shard).exists() or AuditAnchor.objects.filter(shard=shard).exists()):
+        AuditChainHead.objects.get_or_create(shard=shard, defaults={"seq": 0, "hash": GENESIS})
+        return AuditChainHead.objects.select_for_update().get(shard=shard)
+    # A writer that created the head since committed it with its first event: look once more.
+    head = AuditChainHead.objects.select_for_update().filter(shard=shard).first()
+    if head is not None:
+        return head
+    for step in range(1, SHARD_COUNT):
+        head = AuditChainHead.objects.select_for_update().filter(shard=(shard + step) % SHARD_COUNT).first()
+        if head is not None:
+            logger.error("audit chain head of shard %s is missing while the shard has events; appending to "
+                         "shard %s (run audit_verify, then audit_restore_head)", shard, head.shard)
+            return head
+    raise RuntimeError("No audit chain head exists on any shard that holds events; run audit_restore_head.")
 
 
 # --- the one-statement append on PostgreSQL ---------------------------------------------------
@@ -452,8 +479,25 @@ def _rows(shard: int, after_seq: int, chunk: int = 5000) -> Iterator[dict]:
     return qs.iterator(chunk_size=chunk)
 
 
+@contextmanager
+def _one_snapshot():
+    """The events and the head read in one snapshot (outside a caller's transaction): an append
+    committing between reading the last event and the head would look like a head ahead of its chain."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        yield
+        return
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
+
+
 def verify_shard(shard: int) -> tuple[int, Break | None]:
     """Recompute one shard's chain; the count checked and the first broken link, if any."""
+    with _one_snapshot():
+        return _verify_shard(shard)
+
+
+def _verify_shard(shard: int) -> tuple[int, Break | None]:
     anchor = AuditAnchor.objects.filter(shard=shard).first()
     expected_prev, expected_seq = GENESIS, 1
     if anchor is not None:
@@ -482,8 +526,12 @@ def verify_shard(shard: int) -> tuple[int, Break | None]:
                                 "no head row", "chain head missing (events removed from the end?)")
         return count, None
     if head.seq != expected_seq - 1 or head.hash != expected_prev:
-        what = ("chain head ahead of the newest event (events removed from the end?)"
-                if head.seq >= expected_seq - 1 else "chain head behind the newest event (head rewound?)")
+        if head.seq > expected_seq - 1:
+            what = "chain head ahead of the newest event (events removed from the end?)"
+        elif head.seq < expected_seq - 1:
+            what = "chain head behind the newest event (head rewound?)"
+        else:
+            what = "chain head does not match the newest event (event replaced?)"
         return count, Break(shard, None, head.seq, f"head at seq {expected_seq - 1} {expected_prev}",
                             f"head at seq {head.seq} {head.hash}", what)
     return count, None
@@ -499,3 +547,55 @@ def verify_chains(shards: Iterable[int] | None = None) -> VerifyResult:
             breaks.append(brk)
     return VerifyResult(events=total, shards=len(shards), breaks=breaks)
 
+
+
+# --- restoring a lost head ------------------------------------------------------------------
+
+class RestoreError(RuntimeError):
+    pass
+
+
+@dataclass
+class HeadRestore:
+    shard: int
+    from_seq: int | None  # None: the head row was missing
+    to_seq: int
+    hash: str
+
+
+def chain_end(shard: int) -> tuple[int, str]:
+    """(seq, hash) where the shard's chain ends now: its newest event, else its retention anchor, else genesis."""
+    newest = AuditEvent.objects.filter(shard=shard).order_by("-seq").values_list("seq", "hash").first()
+    if newest is not None:
+        return newest
+    anchor = AuditAnchor.objects.filter(shard=shard).values_list("seq", "hash").first()
+    return anchor if anchor is not None else (0, GENESIS)
+
+
+def restore_head(shard: int) -> HeadRestore | None:
+    """Put a missing or lagging head back on the shard's newest event, recording an
+    ``audit_head_restored`` event; None where the head is already there. Only the retention role
+    may move a head other than by one append (audit migration 0004). A head ahead of the newest
+    event is left alone: events after it were removed, and moving it back would hide that."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SET LOCAL radqueue.audit_retention = 'on'")
+            head = AuditChainHead.objects.select_for_update().filter(shard=shard).first()
+            seq, hash_ = chain_end(shard)
+            if head is not None and (head.seq, head.hash) == (seq, hash_):
+                return None
+            if head is not None and head.seq > seq:
+                raise RestoreError(f"Shard {shard}: the head is at seq {head.seq}, past the newest event (seq {seq}): "
+                                   "events after it were removed; the head stays where it is, as evidence.")
+            if head is None:
+                AuditChainHead.objects.create(shard=shard, seq=seq, hash=hash_, prev_hash="")
+            else:
+                AuditChainHead.objects.filter(shard=shard).update(seq=seq, hash=hash_, prev_hash="")
+            if connection.vendor == "postgresql":
+                cursor.execute("SET LOCAL radqueue.audit_retention = 'off'")
+        restored = HeadRestore(shard, head.seq if head is not None else None, seq, hash_)
+        record_event("audit_head_restored", object_type="audit.auditchainhead", object_id=shard, extra={
+            "shard": shard, "from_seq": restored.from_seq, "from_hash": head.hash if head is not None else None,
+            "to_seq": seq, "hash": hash_})
+    return restored
