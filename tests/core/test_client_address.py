@@ -50,3 +50,21 @@ def test_a_spoofed_entry_cannot_lock_out_another_address(cast):
         _login(client, name, "wrong-password", "192.0.2.50, 203.0.113.7")
     # 192.0.2.50 itself, arriving through the proxy, is not throttled by what 203.0.113.7 did.
     assert _login(client, "radiologist", PASSWORD, "192.0.2.50").status_code == 200
+
+
+@pytest.mark.parametrize("proxied", [True, False])
+def test_the_login_request_rate_is_per_client_address_not_per_forwarded_header(cast, monkeypatch, settings, proxied):
+    from core.auth import LoginRateThrottle
+
+    # DRF keyed this rate on the whole X-Forwarded-For: a new spoofed entry per try was a new bucket.
+    monkeypatch.setattr(LoginRateThrottle, "THROTTLE_RATES", {"login": "3/min"})
+    settings.LOGIN_THROTTLE_ATTEMPTS = 100
+    settings.TRUSTED_PROXY_IP_HEADER = "HTTP_X_FORWARDED_FOR" if proxied else ""
+    client = APIClient()
+    for n in range(3):
+        assert _login(client, f"a{n}", "wrong-password", f"198.51.100.{n}, 203.0.113.7").status_code == 400
+    assert _login(client, "radiologist", PASSWORD, "198.51.100.99, 203.0.113.7").status_code == 429
+    # Another client behind the same proxy (or, unproxied, another peer) has its own bucket.
+    other = client.post("/api/auth/token/", {"username": "radiologist", "password": PASSWORD}, format="json",
+                        HTTP_X_FORWARDED_FOR="192.0.2.8", REMOTE_ADDR="10.0.0.1" if proxied else "10.0.0.2")
+    assert other.status_code == 200
