@@ -204,6 +204,7 @@ def reset_queue(project) -> None:
                        "WHERE project_id = %s AND state <> 'queued'", [project.pk])
         cursor.execute("SET LOCAL radqueue.audit_allow_truncate = 'on'")
         cursor.execute("TRUNCATE audit_auditevent")
+        cursor.execute("SET LOCAL radqueue.audit_retention = 'on'")  # heads move back only for the retention role
         AuditChainHead.objects.update(seq=0, hash=GENESIS)
     vacuum()
 
