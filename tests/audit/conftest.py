@@ -3,11 +3,12 @@
 from contextlib import contextmanager
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
-from audit.models import AuditEvent
+from audit.models import AuditChainHead, AuditEvent
 
 TABLE = AuditEvent._meta.db_table
+HEADS = AuditChainHead._meta.db_table
 ROW_TRIGGER = "audit_event_no_update_delete"
 
 
@@ -34,3 +35,13 @@ def tampering():
         finally:
             if connection.vendor == "postgresql":
                 cursor.execute(f"ALTER TABLE {TABLE} ENABLE TRIGGER {ROW_TRIGGER}")
+
+
+def cut_chain_end(shard, *, keep, head=True):
+    """As a holder of the retention role would: remove the events after seq ``keep`` and (``head``)
+    the shard's head row; what an attacker with those rights does to hide the newest events."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL radqueue.audit_retention = 'on'")
+        cursor.execute(f"DELETE FROM {TABLE} WHERE shard = %s AND seq > %s", [shard, keep])
+        if head:
+            cursor.execute(f"DELETE FROM {HEADS} WHERE shard = %s", [shard])

@@ -13,10 +13,9 @@ from django.db import connection, transaction
 
 from audit.models import AuditChainHead, AuditEvent
 from audit.trail import record_event, verify_chains
-from tests.audit.conftest import TABLE, postgres_only
+from tests.audit.conftest import HEADS, cut_chain_end, postgres_only
 
 pytestmark = pytest.mark.django_db
-HEADS = AuditChainHead._meta.db_table
 
 
 def _events(n, shard=5):
@@ -24,19 +23,10 @@ def _events(n, shard=5):
         return [record_event("view", object_type="core.project", object_id=i) for i in range(n)]
 
 
-def _cut(shard, *, keep, head=True):
-    """As the retention role would: remove the events after seq ``keep`` and (``head``) the head row."""
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL radqueue.audit_retention = 'on'")
-        cursor.execute(f"DELETE FROM {TABLE} WHERE shard = %s AND seq > %s", [shard, keep])
-        if head:
-            cursor.execute(f"DELETE FROM {HEADS} WHERE shard = %s", [shard])
-
-
 @postgres_only
 def test_a_shard_whose_head_is_gone_still_takes_events_on_another_shard():
     _events(3)
-    _cut(5, keep=3)
+    cut_chain_end(5, keep=3)
     # Before: the head came back at genesis and the append collided with seq 1 on every write.
     moved = _events(2)
     assert [(e.shard, e.seq) for e in moved] == [(6, 1), (6, 2)]
@@ -48,7 +38,7 @@ def test_a_shard_whose_head_is_gone_still_takes_events_on_another_shard():
 @postgres_only
 def test_restore_head_puts_a_missing_head_on_the_newest_event_and_records_it():
     events = _events(4)
-    _cut(5, keep=2)
+    cut_chain_end(5, keep=2)
     assert not verify_chains([5]).ok
     out = io.StringIO()
     call_command("audit_restore_head", "--shard", "5", stdout=out)
@@ -75,7 +65,7 @@ def test_restore_head_moves_a_lagging_head_forward():
 @postgres_only
 def test_restore_head_leaves_a_head_past_its_newest_event_as_evidence():
     events = _events(3)
-    _cut(5, keep=2, head=False)
+    cut_chain_end(5, keep=2, head=False)
     err = io.StringIO()
     with pytest.raises(CommandError, match="ahead of their chain"):
         call_command("audit_restore_head", stdout=io.StringIO(), stderr=err)

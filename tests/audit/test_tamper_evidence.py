@@ -14,10 +14,9 @@ from django.db import connection, transaction
 
 from audit.models import AuditChainHead, AuditEvent
 from audit.trail import record_event
-from tests.audit.conftest import TABLE, postgres_only
+from tests.audit.conftest import HEADS, TABLE, cut_chain_end, postgres_only
 
 pytestmark = pytest.mark.django_db
-HEADS = AuditChainHead._meta.db_table
 
 
 def _events(n, shard=5):
@@ -34,21 +33,12 @@ def _verify(*args):
     return True, out.getvalue() + err.getvalue()
 
 
-def _truncate_end(shard, keep, *, delete_head=True):
-    """As a superuser with the retention switch on: remove the events after seq ``keep`` and the head."""
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL radqueue.audit_retention = 'on'")
-        cursor.execute(f"DELETE FROM {TABLE} WHERE shard = %s AND seq > %s", [shard, keep])
-        if delete_head:
-            cursor.execute(f"DELETE FROM {HEADS} WHERE shard = %s", [shard])
-
-
 # --- verification ---------------------------------------------------------------------------
 
 @postgres_only
 def test_verify_fails_when_the_newest_events_and_the_head_are_deleted():
     _events(4)
-    _truncate_end(5, keep=2)
+    cut_chain_end(5, keep=2)
     ok, text = _verify()
     assert not ok
     assert "shard 5: chain head missing" in text
