@@ -9,11 +9,12 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from core.websocket_auth import AllowedHostsBrowserOriginValidator, FeedAuthStack  # noqa: E402
+from core.websocket_auth import BrowserOriginValidator, FeedAuthStack  # noqa: E402
 from tasks.websocket_urls import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter({
     "http": django_asgi_app,
-    # Only pages served from ALLOWED_HOSTS may open a socket; token clients without Origin may too.
-    "websocket": AllowedHostsBrowserOriginValidator(FeedAuthStack(URLRouter(websocket_urlpatterns))),
+    # Only the site's own pages (scheme, host and port) may open a socket; token clients without
+    # Origin may too.
+    "websocket": BrowserOriginValidator(FeedAuthStack(URLRouter(websocket_urlpatterns))),
 })

@@ -1,23 +1,26 @@
 """Websocket authentication with the API's knox tokens (or the browser's Django session).
 
-Browsers cannot set an Authorization header on a websocket, so the token travels either in the
-query string (``?token=<token>``) or as a subprotocol: the client offers ``["radqueue",
-"token.<token>"]`` and the server answers ``radqueue``. A presented token wins over the session; a
-presented but invalid or expired token leaves the connection anonymous (the consumer closes it
-with 4401) rather than falling back to a session cookie. ``current_user`` looks the same
-credentials up again later, so a socket outlives neither its token nor its session.
+Browsers cannot set an Authorization header on a websocket, so the token travels as a subprotocol:
+the client offers ``["radqueue", "token.<token>"]`` and the server answers ``radqueue``. Never in
+the URL: a token in the query string (``?token=``) is refused like a bad one, because URLs are
+written to access logs (nginx's, uvicorn's), and a token lives for hours (core.log_redaction
+blanks it there anyway). A presented token wins over the session; a presented but invalid or
+expired token leaves the connection anonymous (the consumer closes it with 4401) rather than
+falling back to a session cookie. ``current_user`` looks the same credentials up again later, so a
+socket outlives neither its token nor its session.
 """
 
 from importlib import import_module
 from types import SimpleNamespace
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
-from channels.security.websocket import OriginValidator
+from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.models import AnonymousUser
+from django.http.request import split_domain_port, validate_host
 from rest_framework.exceptions import AuthenticationFailed
 
 SUBPROTOCOL = "radqueue"
@@ -25,10 +28,10 @@ TOKEN_PREFIX = "token."
 
 
 def presented_token(scope) -> str | None:
-    """The token from the query string or the offered subprotocols; None when none was given."""
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    if query.get("token"):
-        return query["token"][0]
+    """The token from the offered subprotocols; None when none was given, and "" (which no user
+    has) when the URL carries one: that socket stays anonymous whatever its session says."""
+    if "token" in parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+        return ""
     for protocol in scope.get("subprotocols") or []:
         if protocol.startswith(TOKEN_PREFIX):
             return protocol[len(TOKEN_PREFIX):]
@@ -39,6 +42,8 @@ def presented_token(scope) -> str | None:
 def user_for_token(token: str):
     from core.authentication import TokenAuthentication
 
+    if not token:
+        return AnonymousUser()
     try:
         user, _ = TokenAuthentication().authenticate_credentials(token.encode("utf-8"))
     except (AuthenticationFailed, UnicodeError):
@@ -85,18 +90,81 @@ def FeedAuthStack(app):  # noqa: N802 (named like channels' AuthMiddlewareStack)
     return AuthMiddlewareStack(TokenAuthMiddleware(app))
 
 
-class BrowserOriginValidator(OriginValidator):
+class BrowserOriginValidator:
     """Refuses sockets opened by pages of other sites (cross-site websocket hijacking of a session).
 
-    Browsers always send ``Origin`` on a websocket, so a foreign one is refused. A client that sends
-    none is not a browser page and carries no ambient credentials (scripts present a token), so it
-    is let through, unlike channels' AllowedHostsOriginValidator.
+    Browsers always send ``Origin`` on a websocket, and it must be the site itself (``same_origin``)
+    or the handshake is refused (403). A client that sends none is not a browser page and carries
+    no ambient credentials (scripts present a token), so it is let through, unlike channels'
+    AllowedHostsOriginValidator. Channels' validators compare the host alone, so a page served
+    over plain http, or by another service on another port of the same host, could ride the
+    session; this compares scheme, host and port, as Django's CSRF check compares a form's Origin.
     """
 
-    def valid_origin(self, parsed_origin):
-        return parsed_origin is None or self.validate_origin(parsed_origin)
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":
+            headers = _headers(scope)
+            if "origin" in headers and not same_origin(scope, headers["origin"]):
+                return await WebsocketDenier()(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
-def AllowedHostsBrowserOriginValidator(app):  # noqa: N802 (named like channels' validators)
-    hosts = settings.ALLOWED_HOSTS or (["localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else [])
-    return BrowserOriginValidator(app, hosts)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _headers(scope) -> dict[str, str]:
+    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
+
+
+def _origin(scheme: str, netloc: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) with the scheme's default port filled in; None when it is not one."""
+    try:
+        parsed = urlsplit(f"{scheme}://{netloc}")
+        port = parsed.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        return None
+    if not parsed.hostname or port is None or parsed.path or parsed.query or parsed.username is not None:
+        return None
+    return scheme, parsed.hostname.lower(), port
+
+
+def socket_scheme(scope, headers: dict[str, str]) -> str:
+    """``https`` or ``http``: what the page that may open this socket was served over.
+
+    The proxy's header decides when it is present, as for Django's ``request.is_secure()``
+    (SECURE_PROXY_SSL_HEADER); otherwise the server's own scheme (uvicorn sets ``wss`` from
+    X-Forwarded-Proto of a trusted proxy, too)."""
+    if settings.SECURE_PROXY_SSL_HEADER:
+        header, secure_value = settings.SECURE_PROXY_SSL_HEADER
+        value = headers.get(header.removeprefix("HTTP_").replace("_", "-").lower())
+        if value is not None:
+            return "https" if value.split(",", 1)[0].strip() == secure_value else "http"
+    return "https" if scope.get("scheme") in ("wss", "https") else "http"
+
+
+def same_origin(scope, origin: str) -> bool:
+    """Whether a browser page of ``origin`` may open this socket: the socket's own scheme, host
+    (one of ALLOWED_HOSTS) and port, or one of CSRF_TRUSTED_ORIGINS (``*.`` wildcards as Django's)."""
+    headers = _headers(scope)
+    scheme, _, netloc = origin.partition("://")
+    presented = _origin(scheme.lower(), netloc)
+    if presented is None:  # "null" (a sandboxed page or file://) and anything malformed
+        return False
+    host = headers.get("host", "")
+    domain, _ = split_domain_port(host)
+    allowed_hosts = settings.ALLOWED_HOSTS or ([".localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else [])
+    if domain and validate_host(domain, allowed_hosts) and presented == _origin(socket_scheme(scope, headers), host):
+        return True
+    for trusted in settings.CSRF_TRUSTED_ORIGINS:
+        trusted_scheme, _, trusted_netloc = trusted.partition("://")
+        if trusted_netloc.startswith("*."):
+            wildcard = _origin(trusted_scheme.lower(), trusted_netloc[1:].lstrip("."))
+            if wildcard is not None and (presented[0], presented[2]) == (wildcard[0], wildcard[2]) \
+                    and (presented[1] == wildcard[1] or presented[1].endswith("." + wildcard[1])):
+                return True
+        elif presented == _origin(trusted_scheme.lower(), trusted_netloc):
+            return True
+    return False

@@ -18,7 +18,8 @@ from tests.tasks.conftest import add_ct_studies
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the consumer looks permissions up on its own connection
 
-ORIGIN = (b"origin", b"http://testserver")
+# A browser's page of the site itself: same scheme, host and port (core.websocket_auth).
+SITE = [(b"host", b"testserver"), (b"origin", b"http://testserver")]
 
 
 def _token(user) -> str:
@@ -26,8 +27,10 @@ def _token(user) -> str:
 
 
 def _communicator(project_id, *, token=None, subprotocols=None, headers=()):
-    path = f"/ws/projects/{project_id}/" + (f"?token={token}" if token else "")
-    return WebsocketCommunicator(application, path, headers=[ORIGIN, *headers], subprotocols=subprotocols)
+    if token:
+        subprotocols = ["radqueue", f"token.{token}"]
+    return WebsocketCommunicator(application, f"/ws/projects/{project_id}/", headers=[*SITE, *headers],
+                                 subprotocols=subprotocols)
 
 
 async def _open(project_id, user):
@@ -86,8 +89,9 @@ def test_a_socket_from_a_foreign_origin_is_refused(cast):
     token = _token(cast.manager)
 
     async def scenario():
-        communicator = WebsocketCommunicator(application, f"/ws/projects/{cast.project.pk}/?token={token}",
-                                             headers=[(b"origin", b"https://evil.example")])
+        communicator = WebsocketCommunicator(application, f"/ws/projects/{cast.project.pk}/",
+                                             headers=[(b"host", b"testserver"), (b"origin", b"https://evil.example")],
+                                             subprotocols=["radqueue", f"token.{token}"])
         connected, _ = await communicator.connect()
         return connected
 
@@ -98,7 +102,8 @@ def test_a_token_client_that_sends_no_origin_is_accepted(cast):
     token = _token(cast.manager)
 
     async def scenario():
-        communicator = WebsocketCommunicator(application, f"/ws/projects/{cast.project.pk}/?token={token}")
+        communicator = WebsocketCommunicator(application, f"/ws/projects/{cast.project.pk}/",
+                                             subprotocols=["radqueue", f"token.{token}"])
         connected, _ = await communicator.connect()
         greeting = await communicator.receive_json_from(timeout=5)
         await communicator.disconnect()
@@ -256,7 +261,23 @@ def test_ingest_finished_is_announced_with_counts(cast):
                                                      "rejected": 0, "quarantined": 0}
 
 
-def test_the_token_may_travel_as_a_subprotocol_and_the_session_is_accepted(cast):
+def test_a_token_in_the_url_is_refused_even_beside_a_valid_session(cast):
+    """URLs are written to access logs: a token there is refused (4401), so clients keep it out."""
+    token = _token(cast.manager)
+    browser = Client()
+    browser.force_login(cast.manager)
+    cookie = f"sessionid={browser.cookies['sessionid'].value}".encode()
+
+    async def scenario():
+        in_url = WebsocketCommunicator(application, f"/ws/projects/{cast.project.pk}/?token={token}", headers=SITE)
+        with_session = WebsocketCommunicator(application, f"/ws/projects/{cast.project.pk}/?token={token}",
+                                             headers=[*SITE, (b"cookie", cookie)])
+        return await _close_code(in_url), await _close_code(with_session)
+
+    assert async_to_sync(scenario)() == (4401, 4401)
+
+
+def test_the_token_travels_as_a_subprotocol_and_the_session_is_accepted(cast):
     token = _token(cast.client_viewer)
     browser = Client()
     browser.force_login(cast.manager)

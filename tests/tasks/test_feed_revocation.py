@@ -25,13 +25,13 @@ from tests.tasks.test_feed_redis import _next_event, _quiet, _redis_unavailable
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the consumer looks permissions up on its own connection
 
-ORIGIN = (b"origin", b"http://testserver")
+SITE = [(b"host", b"testserver"), (b"origin", b"http://testserver")]  # a page of the site itself
 
 
 async def _open(project_id, *, token=None, cookie=None):
-    path = f"/ws/projects/{project_id}/" + (f"?token={token}" if token else "")
-    headers = [ORIGIN] + ([(b"cookie", cookie)] if cookie else [])
-    communicator = WebsocketCommunicator(application, path, headers=headers)
+    headers = SITE + ([(b"cookie", cookie)] if cookie else [])
+    communicator = WebsocketCommunicator(application, f"/ws/projects/{project_id}/", headers=headers,
+                                         subprotocols=["radqueue", f"token.{token}"] if token else None)
     connected, _ = await communicator.connect()
     assert connected
     assert (await communicator.receive_json_from(timeout=5))["event"] == "feed.ready"
