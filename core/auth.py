@@ -55,8 +55,11 @@ class TooManyAttempts(DomainError):
 
 
 def _too_many() -> TooManyAttempts:
+    # Retry-After: the whole window, the longest the counter can still refuse (Django's cache API
+    # cannot tell how much of it is left).
     return TooManyAttempts(
-        f"Too many failed logins; try again in {settings.LOGIN_THROTTLE_WINDOW // 60} minutes."
+        f"Too many failed logins; try again in {settings.LOGIN_THROTTLE_WINDOW // 60} minutes.",
+        retry_after=settings.LOGIN_THROTTLE_WINDOW,
     )
 
 

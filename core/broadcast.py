@@ -16,19 +16,38 @@ thread would start a fresh event loop per call, and channels_redis keeps its con
 so every event paid a new Redis connection (3.5 ms of CPU per send, measured here; 0.3 ms through
 the thread, its own work included). Order is kept per process; events still queued when a process exits are lost, as any
 best-effort feed message may be.
+
+What the feed promises: at most once. An event reaches the sockets open when it is sent, in commit
+order per process, or not at all: while the channel layer (Redis) is unreachable, events are
+dropped (the outage is logged once when it starts and once when it ends, with how many were
+dropped; core.outages), and a socket whose layer failed closes with 1013 (tasks.consumers).
+Nothing is replayed: a client that reconnects reads the current state from the progress endpoint
+(``GET /api/projects/<id>/progress/``) or its worklist and then follows the feed again. A
+request whose events are dropped still succeeds: its write has committed.
 """
 
 import asyncio
 import logging
 import os
 import threading
+import time
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import transaction
 from django.utils import timezone
 
+from core import outages
+
 log = logging.getLogger(__name__)
+
+
+# Events queued in a process beyond this are dropped: a Redis that hangs instead of refusing
+# must not grow the web process's memory without bound.
+QUEUE_LIMIT = 10_000
+# While the layer is down, one event a second tries it; the others are dropped without waiting for
+# a connection that is likely to fail (a hung Redis makes each try wait its connect timeout).
+RETRY_SECONDS = 1.0
 
 
 class _SenderThread:
@@ -43,7 +62,14 @@ class _SenderThread:
 
     def submit(self, layer, group: str, message: dict) -> None:
         loop, queue = self._running()
-        loop.call_soon_threadsafe(queue.put_nowait, (layer, group, message))
+        loop.call_soon_threadsafe(self._put, queue, (layer, group, message))
+
+    @staticmethod
+    def _put(queue: asyncio.Queue, item: tuple) -> None:
+        try:
+            queue.put_nowait(item)
+        except asyncio.QueueFull:
+            outages.channel_layer.failed(None)
 
     def _running(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Queue]:
         with self._lock:
@@ -57,18 +83,27 @@ class _SenderThread:
 
     def _run(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
         asyncio.set_event_loop(loop)
-        self._queue = asyncio.Queue()
+        self._queue = asyncio.Queue(maxsize=QUEUE_LIMIT)
         ready.set()
         loop.run_until_complete(self._drain(self._queue))
 
     @staticmethod
     async def _drain(queue: asyncio.Queue) -> None:
+        retry_at = 0.0
         while True:
             layer, group, message = await queue.get()
+            if outages.channel_layer.down and time.monotonic() < retry_at:
+                outages.channel_layer.failed(None)
+                continue
             try:
                 await layer.group_send(group, message)
+            except outages.REDIS_UNREACHABLE as exc:  # logged once per outage, not per event
+                outages.channel_layer.failed(exc)
+                retry_at = time.monotonic() + RETRY_SECONDS
             except Exception:  # the feed is best effort; the write it reports has committed
                 log.exception("live feed: could not send %s to %s", message.get("event"), group)
+            else:
+                outages.channel_layer.succeeded()
 
 
 _sender = _SenderThread()

@@ -20,11 +20,12 @@ class DomainError(Exception):
     default_code = "invalid"
 
     def __init__(self, detail: str, *, code: str | None = None, errors: dict | None = None,
-                 status: int | None = None):
+                 status: int | None = None, retry_after: int | None = None):
         super().__init__(detail)
         self.detail = detail
         self.code = code or self.default_code
         self.errors = errors or {}
+        self.retry_after = retry_after  # seconds, sent as Retry-After (a 429 or 503 says when to come back)
         if status is not None:
             self.status_code = status
 
@@ -77,7 +78,8 @@ def exception_handler(exc, context):
                                    "moment; nothing of this request was stored. Retry it."),
                         status=409, headers={"Retry-After": "1"})
     if isinstance(exc, DomainError):
-        return Response(error_body(exc.code, exc.detail, exc.errors), status=exc.status_code)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return Response(error_body(exc.code, exc.detail, exc.errors), status=exc.status_code, headers=headers)
     if isinstance(exc, DjangoValidationError):
         errors = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         return Response(error_body("invalid", "Invalid input.", errors), status=400)

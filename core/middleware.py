@@ -1,6 +1,7 @@
-"""Request id and audit context for every HTTP request."""
+"""Request id and audit context for every HTTP request; 503 while a backing service is down."""
 
 from audit import context
+from core import outages
 
 
 class RequestIdMiddleware:
@@ -19,3 +20,33 @@ class RequestIdMiddleware:
             context.leave(token)
         response["X-Request-ID"] = ctx.request_id
         return response
+
+
+class OutageMiddleware:
+    """Answers a view that met an unreachable database or cache with 503 and Retry-After
+    (core.outages), in the API's JSON error format, on every path: DRF hands such errors on
+    (its handler, core.errors, answers only what the API decides), and so does the token check,
+    which runs inside the view. The outage is logged once when it starts and once when it ends."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        # Only the login views use the cache: it is back when one of those that failed answers.
+        self._cache_paths: set[str] = set()
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if self._cache_paths and request.path in self._cache_paths and response.status_code != 503:
+            self._cache_paths.clear()
+            outages.cache.succeeded()
+        return response
+
+    def process_exception(self, request, exc):
+        service = outages.unavailable_service(exc)
+        if service is None:
+            return None
+        if service == outages.DATABASE:
+            outages.database.failed(exc)
+        else:
+            self._cache_paths.add(request.path)
+            outages.cache.failed(exc)
+        return outages.unavailable_response(service)

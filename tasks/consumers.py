@@ -1,16 +1,36 @@
 """The live feed socket: authenticate, join the caller's groups, forward their events (tasks.feed),
-and keep checking that the caller may still watch (tasks.feed: RECHECK_SECONDS, feed.recheck)."""
+and keep checking that the caller may still watch (tasks.feed: RECHECK_SECONDS, feed.recheck).
+
+A socket whose channel layer (Redis) or database becomes unreachable closes with 1013 (try again
+later) and no traceback: the outage is logged once per process (core.outages). The client
+reconnects after a pause and resyncs from the progress endpoint, as after any reconnect: the feed
+is at most once (core.broadcast)."""
 
 import asyncio
+import contextlib
 import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from core import outages
 from core.broadcast import user_group
 from core.websocket_auth import SUBPROTOCOL, current_user
 from tasks import feed
 from tasks.feed import CLOSE_UNAUTHENTICATED, FeedSubscription, feed_subscription
+
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455, section 7.4.1: a service the server needs is unavailable
+
+
+def _note_outage(exc: Exception) -> bool:
+    """Log the outage ``exc`` shows (once per outage) and say so; False for any other error."""
+    if isinstance(exc, outages.REDIS_UNREACHABLE):
+        outages.channel_layer.failed(exc, lost=0)
+    elif outages.unavailable_service(exc) == outages.DATABASE:
+        outages.database.failed(exc)
+    else:
+        return False
+    return True
 
 
 class ProjectFeedConsumer(AsyncJsonWebsocketConsumer):
@@ -25,6 +45,11 @@ class ProjectFeedConsumer(AsyncJsonWebsocketConsumer):
     async def __call__(self, scope, receive, send):
         try:
             await super().__call__(scope, receive, send)
+        except Exception as exc:
+            if not _note_outage(exc):
+                raise
+            with contextlib.suppress(OSError, RuntimeError):  # unless the socket has closed already
+                await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
         finally:  # however the socket ends (a disconnect, the server cancelling it), the watch stops
             if self._watch is not None:
                 self._watch.cancel()
@@ -41,6 +66,7 @@ class ProjectFeedConsumer(AsyncJsonWebsocketConsumer):
         self.user_id, self.checked_at, self._checking = user.pk, time.monotonic(), asyncio.Lock()
         for group in (*subscription.groups, user_group(user.pk)):
             await self.channel_layer.group_add(group, self.channel_name)
+        outages.channel_layer.succeeded()
         self.subscription = subscription
         self._watch = asyncio.create_task(self._recheck_periodically())
         await self.send_json({"event": "feed.ready", "project": subscription.project_id,
@@ -66,10 +92,18 @@ class ProjectFeedConsumer(AsyncJsonWebsocketConsumer):
         await self._recheck()
 
     async def _recheck_periodically(self):
-        while self.subscription is not None:
-            await asyncio.sleep(max(0.0, self.checked_at + feed.RECHECK_SECONDS - time.monotonic()))
-            if time.monotonic() - self.checked_at >= feed.RECHECK_SECONDS:
-                await self._recheck()
+        try:
+            while self.subscription is not None:
+                await asyncio.sleep(max(0.0, self.checked_at + feed.RECHECK_SECONDS - time.monotonic()))
+                if time.monotonic() - self.checked_at >= feed.RECHECK_SECONDS:
+                    await self._recheck()
+        except Exception as exc:
+            if not _note_outage(exc):
+                raise
+            # The socket's groups cannot be left without the layer; Redis drops them with its data
+            # or after channels_redis' group expiry.
+            self.subscription = None
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
 
     async def _recheck(self):
         """Look the credentials and the subscription up again; close, or follow changed groups."""

@@ -53,12 +53,13 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def asgi_servers(count: int, log_dir: Path):
+def asgi_servers(count: int, log_dir: Path, env: dict | None = None):
     """``count`` uvicorn processes of core.asgi:application; yields their ports. With REDIS_URL set
-    they share the Redis channel layer; without it each has its own in-memory layer."""
+    they share the Redis channel layer; without it each has its own in-memory layer. ``env``
+    overrides their environment (another DATABASE_URL or REDIS_URL)."""
     # core.settings_test: the same settings the test process uses (its password hasher, too)
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="core.settings_test", DATABASE_URL=shared_database_url(), DEBUG="1",
-               ALLOWED_HOSTS="127.0.0.1,localhost")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "core.settings_test", "DATABASE_URL": shared_database_url(),
+           "DEBUG": "1", "ALLOWED_HOSTS": "127.0.0.1,localhost", **(env or {})}
     ports, processes = [_free_port() for _ in range(count)], []
     try:
         for port in ports:
@@ -77,13 +78,13 @@ def asgi_servers(count: int, log_dir: Path):
 
 
 @contextmanager
-def gunicorn_api_server(log_dir: Path, workers: int = 2):
+def gunicorn_api_server(log_dir: Path, workers: int = 2, env: dict | None = None):
     """The API as deploy/systemd/radqueue-api.service serves it (core.wsgi, --preload, sync
-    workers, persistent database connections); yields its port."""
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="core.settings_test", DATABASE_URL=shared_database_url(),
-               DEBUG="0", SECRET_KEY=secrets.token_urlsafe(64), ALLOWED_HOSTS="127.0.0.1",
-               RADQUEUE_TEST_SERVER_CONN_MAX_AGE="600",
-               SECURE_SSL_REDIRECT="0", RADQUEUE_STORAGE_KEY=settings.RADQUEUE_STORAGE_KEYS)
+    workers, persistent database connections); yields its port. ``env`` overrides its environment."""
+    env = {**dict(os.environ, DJANGO_SETTINGS_MODULE="core.settings_test", DATABASE_URL=shared_database_url(),
+                  DEBUG="0", SECRET_KEY=secrets.token_urlsafe(64), ALLOWED_HOSTS="127.0.0.1",
+                  RADQUEUE_TEST_SERVER_CONN_MAX_AGE="600",
+                  SECURE_SSL_REDIRECT="0", RADQUEUE_STORAGE_KEY=settings.RADQUEUE_STORAGE_KEYS), **(env or {})}
     port = _free_port()
     log_path = log_dir / f"gunicorn-{port}.log"
     with open(log_path, "wb") as log:

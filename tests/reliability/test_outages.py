@@ -1,0 +1,203 @@
+"""Outages of PostgreSQL and Redis against real servers (uvicorn, and gunicorn as deploy/ runs it),
+each on a PostgreSQL and a Redis of the test's own that the test stops and starts again.
+
+PostgreSQL down: every path (the API, the token check, the login, DICOMweb) answers 503 in the API's
+JSON error format with Retry-After, and the same server answers again as soon as PostgreSQL is
+back, persistent connections included. Redis down: the API keeps working and publishing events,
+logins answer 503 (their counters live in the cache), the feed's sockets close with 1013 and its
+events are dropped with one log line for the outage and one for its end."""
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from core.management.commands.seed_demo import DEMO_PASSWORD
+from tests.reliability.services import PrivatePostgres, PrivateRedis, postgres_bin, prepare_database
+from tests.servers import asgi_servers, gunicorn_api_server
+
+pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="needs PostgreSQL's programs (initdb, pg_ctl): "
+                                                               "install Debian's `postgresql` package (.ci/run does)")
+
+OUTAGE_LINE = "is unreachable"
+BACK_LINE = "is reachable again"
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    pg = PrivatePostgres()
+    try:
+        prepare_database(pg.url)
+        yield pg
+    finally:
+        pg.close()
+
+
+@pytest.fixture
+def redis(tmp_path):
+    server = PrivateRedis(tmp_path / "redis")
+    yield server
+    server.close()
+
+
+def _token(http: httpx.Client, username: str) -> str:
+    response = http.post("/api/auth/token/", json={"username": username, "password": DEMO_PASSWORD})
+    assert response.status_code == 200, response.text
+    return response.json()["token"]
+
+
+def _paths(http: httpx.Client, token: str) -> dict[str, httpx.Response]:
+    """One request on each kind of path: token-authenticated API, DICOMweb, and the login."""
+    auth = {"Authorization": f"Token {token}"}
+    return {
+        "me": http.get("/api/me/", headers=auth),
+        "projects": http.get("/api/projects/", headers=auth),
+        "dicomweb": http.get("/dicomweb/studies", headers=auth),
+        "login": http.post("/api/auth/token/", json={"username": "manager", "password": DEMO_PASSWORD}),
+    }
+
+
+def _assert_unavailable(response: httpx.Response, code: str) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"code": code, "detail": response.json()["detail"], "errors": {}}
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def _log(folder) -> str:
+    return "\n".join(path.read_text() for path in sorted(folder.glob("*.log")))
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+def test_postgres_down_is_503_with_retry_after_on_every_path_and_the_server_recovers_alone(
+        postgres, server, tmp_path):
+    env = {"DATABASE_URL": postgres.url, "REDIS_URL": ""}
+    # gunicorn as deploy/ runs it: two workers holding persistent connections (CONN_MAX_AGE 600)
+    started = asgi_servers(1, tmp_path, env=env) if server == "uvicorn" else gunicorn_api_server(tmp_path, env=env)
+    with started as ports:
+        port = ports[0] if server == "uvicorn" else ports
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            token = _token(http, "manager")
+            for _ in range(4):  # every worker opens (and keeps) its connection
+                assert {name: r.status_code for name, r in _paths(http, token).items()} == dict.fromkeys(
+                    ("me", "projects", "dicomweb", "login"), 200)
+
+            postgres.stop()
+            try:
+                for _ in range(3):
+                    for response in _paths(http, token).values():
+                        _assert_unavailable(response, "database_unavailable")
+                assert http.get("/healthz").status_code == 200  # the process itself is fine
+            finally:
+                postgres.start()
+
+            # back at once: no request after PostgreSQL returns fails, on any worker
+            for _ in range(4):
+                assert {name: r.status_code for name, r in _paths(http, token).items()} == dict.fromkeys(
+                    ("me", "projects", "dicomweb", "login"), 200)
+
+            # a restart while nobody asked: every worker's persistent connection is dead unnoticed
+            postgres.stop()
+            postgres.start()
+            for _ in range(4):
+                assert {name: r.status_code for name, r in _paths(http, token).items()} == dict.fromkeys(
+                    ("me", "projects", "dicomweb", "login"), 200)
+
+    log = _log(tmp_path)
+    workers = 1 if server == "uvicorn" else 2
+    # once per process and outage, not once per refused request (twelve of them)
+    assert 1 <= log.count(f"PostgreSQL {OUTAGE_LINE}") <= workers, log
+    assert 1 <= log.count(f"PostgreSQL {BACK_LINE}") <= workers, log
+    # the first error's traceback (psycopg2's, and Django's that wraps it), and no other
+    assert log.count("Traceback") == 2 * log.count(f"PostgreSQL {OUTAGE_LINE}"), log
+
+
+async def _closed_code(ws, timeout: float) -> int:
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout=timeout)
+    except ConnectionClosed:
+        return ws.close_code
+
+
+async def _next_event(ws, name: str, timeout=10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), timeout=max(0.1, deadline - time.monotonic())))
+        if message["event"] == name:
+            return message
+
+
+def test_redis_down_keeps_the_api_serving_and_the_feed_logs_the_outage_once(postgres, redis, tmp_path):
+    from websockets.asyncio.client import connect
+
+    env = {"DATABASE_URL": postgres.url, "REDIS_URL": redis.url}
+
+    async def scenario(port: int):
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            tokens = {}
+            for name in ("manager", "annotator"):
+                response = await http.post("/api/auth/token/", json={"username": name, "password": DEMO_PASSWORD})
+                assert response.status_code == 200, response.text
+                tokens[name] = response.json()["token"]
+            project = (await http.get("/api/projects/", headers={"Authorization": f"Token {tokens['manager']}"})
+                       ).json()["results"][0]["id"]
+            reader = {"Authorization": f"Token {tokens['annotator']}"}
+
+            def socket_for(name):
+                return connect(f"ws://127.0.0.1:{port}/ws/projects/{project}/", origin=base,
+                               subprotocols=["radqueue", f"token.{tokens[name]}"])
+
+            async def claim_and_release() -> int:
+                claimed = await http.post("/api/queue/next/", json={}, headers=reader)
+                assert claimed.status_code == 200, claimed.text
+                read = claimed.json()["read"]
+                released = await http.post(f"/api/reads/{read}/release/", headers=reader)
+                assert released.status_code == 200, released.text
+                return read
+
+            async with socket_for("manager") as watching:
+                await _next_event(watching, "feed.ready")
+                redis.stop()
+                try:
+                    # the socket whose layer went away closes, asking the client to come back later
+                    assert await _closed_code(watching, timeout=20) == 1013
+                    # requests that publish events succeed, their events are dropped
+                    for _ in range(15):
+                        await claim_and_release()
+                    assert (await http.get("/api/me/", headers=reader)).status_code == 200
+                    # the login counters live in the cache: closed, with Retry-After
+                    _assert_unavailable(await http.post("/api/auth/token/", json={
+                        "username": "manager", "password": DEMO_PASSWORD}), "cache_unavailable")
+                    # a socket opened meanwhile is closed the same way
+                    async with socket_for("manager") as late:
+                        assert await _closed_code(late, timeout=20) == 1013
+                finally:
+                    redis.start()
+
+            # back: logins, and the feed carries events again
+            deadline = time.monotonic() + 20
+            while (await http.post("/api/auth/token/", json={"username": "manager", "password": DEMO_PASSWORD})
+                   ).status_code != 200:
+                assert time.monotonic() < deadline, "logins did not come back with Redis"
+                await asyncio.sleep(0.5)
+            async with socket_for("annotator") as own:
+                await _next_event(own, "feed.ready")
+                read = await claim_and_release()
+                assert (await _next_event(own, "read.claimed"))["data"]["read"] == read
+
+    with asgi_servers(1, tmp_path, env=env) as (port,):
+        asyncio.run(scenario(port))
+
+    log = _log(tmp_path)
+    assert log.count(f"Redis (the live feed's channel layer) {OUTAGE_LINE}") == 1, log
+    assert log.count(f"Redis (the live feed's channel layer) {BACK_LINE}") == 1, log
+    assert log.count(f"Redis (the cache) {OUTAGE_LINE}") == 1, log
+    # the first error's traceback per outage logged (the layer's, the cache's; with what each wraps),
+    # not one per dropped event (thirty)
+    assert log.count("Traceback") <= 4, log
