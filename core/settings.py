@@ -117,8 +117,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # A socket's receive is a BZPOPMIN that Redis answers after 5 s (channels_redis' brpop_timeout)
+    # when nothing came; redis-py 8 stops reading a socket after 5 s by default, so every idle feed
+    # socket failed with "Timeout reading from" and dropped (django/channels_redis#422). The read
+    # timeout must outlast the pop; finite, so that a Redis that stopped answering is still noticed.
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                    "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}]}}
     }
     CELERY_BROKER_URL = REDIS_URL
     CELERY_RESULT_BACKEND = REDIS_URL
