@@ -8,7 +8,7 @@ class CoreConfig(AppConfig):
     def ready(self) -> None:
         from django.contrib.auth.signals import user_logged_in, user_login_failed
 
-        from core import auth, schema  # noqa: F401 - schema registers the OpenAPI extensions
+        from core import auth, checks, schema  # noqa: F401 - schema registers the OpenAPI extensions; checks the deploy checks
 
         # Django's login signals are the only hook into the admin's session login; they
         # record the audit events and nothing else.
