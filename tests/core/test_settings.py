@@ -22,8 +22,13 @@ def _manage(*args, env):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_check_deploy_passes_with_no_warnings_in_production_mode():
-    result = _manage("check", "--deploy", "--fail-level", "WARNING", env=PROD)
+def test_check_deploy_passes_with_no_warnings_in_production_mode_once_static_files_are_collected(tmp_path):
+    env = {**PROD, "RADQUEUE_DATA_DIR": str(tmp_path)}
+    missing = _manage("check", "--deploy", "--fail-level", "WARNING", env=env)
+    assert missing.returncode != 0 and "collectstatic" in missing.stderr + missing.stdout
+    collected = _manage("collectstatic", "--noinput", env=env)
+    assert collected.returncode == 0, collected.stderr
+    result = _manage("check", "--deploy", "--fail-level", "WARNING", env=env)
     assert result.returncode == 0, result.stderr + result.stdout
     assert "no issues" in result.stdout
 
