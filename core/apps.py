@@ -21,3 +21,7 @@ class CoreConfig(AppConfig):
         from pydicom import config as pydicom_config
 
         pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+
+        from core import log_redaction
+
+        log_redaction.install()
