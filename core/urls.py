@@ -1,18 +1,18 @@
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.routers import SimpleRouter
 
 from core import auth, health
 from core.api import views
+from core.url_ids import IdRouter
 
-router = SimpleRouter()
+router = IdRouter()
 router.register("organizations", views.OrganizationViewSet, basename="organization")
 router.register("users", views.UserViewSet, basename="user")
 router.register("projects", views.ProjectViewSet, basename="project")
 router.register("schema-templates", views.SchemaTemplateViewSet, basename="schema-template")
 
-nested = SimpleRouter()
+nested = IdRouter()
 nested.register("memberships", views.MembershipViewSet, basename="membership")
 nested.register("protocol-versions", views.ProtocolVersionViewSet, basename="protocol-version")
 
@@ -21,9 +21,9 @@ from core.dicom import api as dicom_api  # noqa: E402
 project_dicom = [
     path("studies/upload/", dicom_api.StudyUploadView.as_view(), name="study-upload"),
     path("studies/", dicom_api.StudyListView.as_view(), name="study-list"),
-    path("studies/<int:pk>/", dicom_api.StudyDetailView.as_view(), name="study-detail"),
+    path("studies/<id:pk>/", dicom_api.StudyDetailView.as_view(), name="study-detail"),
     path("quarantine/", dicom_api.QuarantineListView.as_view(), name="quarantine-list"),
-    path("instances/<int:pk>/clear-quarantine/", dicom_api.ClearQuarantineView.as_view(), name="quarantine-clear"),
+    path("instances/<id:pk>/clear-quarantine/", dicom_api.ClearQuarantineView.as_view(), name="quarantine-clear"),
     path("ingest-batches/", dicom_api.IngestBatchListView.as_view(), name="ingest-batch-list"),
     path("pseudonyms/", dicom_api.PseudonymLookupView.as_view(), name="pseudonym-lookup"),
 ]
@@ -33,8 +33,8 @@ api = [
     path("auth/token/revoke/", auth.RevokeTokenView.as_view(), name="token-revoke"),
     path("auth/token/revoke-all/", auth.RevokeAllTokensView.as_view(), name="token-revoke-all"),
     path("me/", views.MeView.as_view(), name="me"),
-    path("projects/<int:project_pk>/", include(nested.urls)),
-    path("projects/<int:project_pk>/", include(project_dicom)),
+    path("projects/<id:project_pk>/", include(nested.urls)),
+    path("projects/<id:project_pk>/", include(project_dicom)),
     path("audit/", include("audit.urls")),
     path("", include("tasks.urls")),
     path("", include("learning.urls")),

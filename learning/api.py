@@ -51,6 +51,8 @@ class LearningConfigSerializer(serializers.ModelSerializer):
         return attrs
 
     def validate_priority_weights(self, value):
+        if not isinstance(value, dict):  # null (a form's "null" too) is no set of weights: the column is NOT NULL
+            raise serializers.ValidationError("An object of priority weights (send {} for the defaults).")
         try:
             priority.weights(value)
         except (ValueError, TypeError) as exc:

@@ -1,5 +1,6 @@
 """The reading queue over REST: claim, heartbeat, release, draft, submit; managers' queue views."""
 
+from datetime import timedelta
 from functools import lru_cache
 
 import django_filters
@@ -657,9 +658,16 @@ class ConcordanceView(AuditedViewMixin, APIView):
         bounds = {}
         for name in ("since", "until"):
             if value := request.query_params.get(name):
-                parsed = parse_datetime(value)
+                try:
+                    parsed = parse_datetime(value)
+                except ValueError:  # well-formed, but no such date, time or offset (+25:00)
+                    parsed = None
                 if parsed is None:
                     raise DomainError(f"{name} must be an ISO 8601 date-time.", errors={name: ["Not a date-time."]})
+                # PostgreSQL takes offsets up to 15:59 only (Python up to 23:59): a larger one was a 500
+                if parsed.utcoffset() is not None and abs(parsed.utcoffset()) >= timedelta(hours=16):
+                    raise DomainError(f"{name}'s time-zone offset must be within -15:59 and +15:59.",
+                                      errors={name: ["Time-zone offset out of range."]})
                 bounds[name] = parsed
         visibility = selectors.reader_visibility(request.user, project)
         report = reports.concordance_report(project, named=visibility.naming == selectors.Naming.USERNAME, **bounds)

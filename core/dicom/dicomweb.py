@@ -186,11 +186,20 @@ def _paged(request, qs: QuerySet) -> QuerySet:
     return qs[offset:offset + min(limit, 5000)]
 
 
+_HEADER_SAFE_KEY = re.compile(r"[A-Za-z0-9.]{1,64}")
+
+
 def _qido_response(items: list[dict], unsupported: list[str]) -> HttpResponse:
     response = JsonResponse(items, safe=False, content_type=DICOM_JSON)
     if unsupported:
-        response["Warning"] = f"299 radqueue \"The following attributes are not supported for matching: " \
-                              f"{', '.join(unsupported)}\""
+        # A header carries only what a header may: a query key is client input, so only keys shaped like
+        # a DICOM keyword or tag (letters, digits, dots) are named, the rest counted. Echoing a key with a
+        # newline or control character in it made the response unsendable (a 500, or a dropped connection).
+        named = [key for key in unsupported if _HEADER_SAFE_KEY.fullmatch(key)]
+        others = len(unsupported) - len(named)
+        listed = ", ".join(named) + (", " if named and others else "") + (
+            f"{others} other parameter{'s' if others != 1 else ''}" if others else "")
+        response["Warning"] = f"299 radqueue \"The following attributes are not supported for matching: {listed}\""
     if not items:
         response.status_code = 200
     return response

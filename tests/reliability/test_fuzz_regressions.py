@@ -1,0 +1,62 @@
+"""One fast test per server error the API fuzzing (test_api_fuzz.py) found, through the API."""
+
+import pytest
+
+from tests.conftest import token_client
+
+BEYOND_BIGINT = 9223372036854775808  # 2**63: one past what a PostgreSQL bigint holds
+
+
+def test_qido_never_echoes_a_query_key_with_control_characters_into_the_warning_header(cast):
+    client = token_client(cast.manager)
+    for key in ("%0A", "%04", "%0D%0AX-Injected:%201"):
+        response = client.get(f"/dicomweb/studies?{key}=1&PatientSex=F")
+        assert response.status_code == 200, (key, response.status_code)
+        warning = response["Warning"]
+        assert "\n" not in warning and "\r" not in warning and "\x04" not in warning
+        assert "1 other parameter" in warning and "X-Injected" not in response
+    plain = client.get("/dicomweb/studies?FancyKeyword=1")
+    assert "FancyKeyword" in plain["Warning"]
+
+
+@pytest.mark.parametrize("path", [
+    "/api/projects/{big}/",
+    "/api/projects/{big}/settings/",
+    "/api/projects/{big}/workforce/",
+    "/api/projects/{project}/memberships/{big}/",
+    "/api/projects/{project}/protocol-versions/{big}/",
+    "/api/projects/{project}/learning/jobs/{big}/",
+    "/api/projects/{project}/batches/{big}/report/",
+    "/api/projects/{project}/studies/{big}/",
+    "/api/projects/{project}/tasks/{big}/",
+    "/api/reads/{big}/",
+    "/api/adjudications/{big}/",
+    "/api/organizations/{big}/",
+    "/api/users/{big}/",
+    "/api/audit/events/{big}/",
+])
+def test_ids_beyond_bigint_are_not_found(cast, path):
+    response = token_client(cast.manager).get(path.format(big=BEYOND_BIGINT, project=cast.project.pk))
+    assert response.status_code == 404, response.content
+
+
+@pytest.mark.parametrize("offset", ["+16:00", "-23:59", "+25:00"])
+@pytest.mark.parametrize("endpoint", ["/api/projects/{project}/reports/concordance/", "/api/audit/events/"])
+def test_time_zone_offsets_postgresql_cannot_hold_are_a_400_that_names_the_parameter(cast, endpoint, offset):
+    client = token_client(cast.manager)
+    for name in ("since", "until"):
+        response = client.get(endpoint.format(project=cast.project.pk), {name: f"2026-01-01T00:00:00{offset}"})
+        assert response.status_code == 400, (name, response.content)
+        assert name in response.json()["errors"]
+    assert client.get(endpoint.format(project=cast.project.pk), {"since": "2026-01-01T00:00:00+15:59"}).status_code \
+        == 200
+
+
+def test_priority_weights_null_as_a_form_field_is_a_400(cast):
+    client = token_client(cast.manager)
+    response = client.patch(f"/api/projects/{cast.project.pk}/learning/", {"priority_weights": "null"},
+                            format="multipart")
+    assert response.status_code == 400, response.content
+    assert "priority_weights" in response.json()["errors"]
+    json_null = client.patch(f"/api/projects/{cast.project.pk}/learning/", {"priority_weights": None}, format="json")
+    assert json_null.status_code == 400, json_null.content
