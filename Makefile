@@ -19,9 +19,19 @@ install: $(STAMP)
 migrate: install
 	$(BIN)/python manage.py migrate --noinput
 
+# With REDIS_URL set, jobs go through Redis: honcho runs the Procfile (the server, a Celery worker and
+# beat), prefixes their output and stops all three when one exits or on Ctrl-C. Without it, jobs run
+# in the server's process as they are asked for (Celery eager) and nothing runs the schedule.
 run: migrate
 	$(BIN)/python manage.py seed_demo
-	$(BIN)/uvicorn core.asgi:application --host $(HOST) --port $(PORT)
+	@mkdir -p var
+	@if [ -n "$$REDIS_URL" ]; then \
+	  echo "make run: REDIS_URL is set: serving http://$(HOST):$(PORT)/ with a Celery worker (queues celery, learning) and beat (lease sweep, token purge, stale jobs) beside it; Ctrl-C stops all three"; \
+	  HOST=$(HOST) exec $(BIN)/honcho start -f Procfile -p $(PORT); \
+	else \
+	  echo "make run: no REDIS_URL: serving http://$(HOST):$(PORT)/ with jobs run in-process (Celery eager) and no beat: expired leases are swept by claims, expired tokens refused but not purged"; \
+	  exec $(BIN)/uvicorn core.asgi:application --host $(HOST) --port $(PORT); \
+	fi
 
 test: install
 	$(BIN)/python manage.py makemigrations --check --dry-run
