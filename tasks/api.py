@@ -23,7 +23,7 @@ from audit.recorder import AuditedViewMixin
 from core import idempotency
 from core.api.pagination import paginated_response
 from core.api.serializers import LabelEntrySerializer
-from core.errors import DomainError, Forbidden, NotFound
+from core.errors import DomainError, Forbidden, NotFound, error_body
 from core.models import ProtocolVersion, User
 from core.roles import READER_ROLE_TIERS, Perm
 from core.selectors import get_project_for, projects_visible_to
@@ -88,6 +88,8 @@ class ClaimSerializer(serializers.Serializer):
     study_uid = serializers.CharField(source="task.study.study_uid")
     series_uid = serializers.SerializerMethodField()
     dicomweb = serializers.SerializerMethodField()
+    resumed = serializers.BooleanField(help_text="True when this is a read you already held (a claim whose answer "
+                                                 "you may not have received), handed back; false for a new one.")
     # Claims carry no such attribute, so DRF leaves the key out; to_representation adds it.
     model = ModelBlockSerializer(source="model_block", read_only=True, required=False,
                                  help_text="The current model's view: only when the project is not "
@@ -119,7 +121,7 @@ def claim_representation(claim, request) -> dict:
             "lease_expires_at": _DATETIME.to_representation(claim.read.lease_expires_at),
             "protocol_version": protocol_schema(task.protocol_version), "study_uid": task.study.study_uid,
             "series_uid": task.series.series_uid if task.series else None,
-            "dicomweb": _dicomweb(request, task, claim.study_series)}
+            "dicomweb": _dicomweb(request, task, claim.study_series), "resumed": claim.resumed}
     if claim.readers_see_model and (block := model_block_for_reader(claim.task)) is not None:
         data["model"] = block
     return data
@@ -185,6 +187,26 @@ class ManagedReadSerializer(ReadSerializer):
 
 class ClaimRequestSerializer(serializers.Serializer):
     project = serializers.IntegerField(required=False, help_text="Claim only from this project.")
+    another = serializers.BooleanField(
+        default=False, help_text="Take a new read even though you hold some (up to the project's open-read "
+                                 "limit). Without it a claim first hands back the oldest read still leased to you.")
+
+
+class HeldReadSerializer(serializers.Serializer):
+    read = serializers.IntegerField()
+    project = serializers.IntegerField()
+    lease_expires_at = serializers.DateTimeField()
+
+
+class OpenReadLimitSerializer(serializers.Serializer):
+    """The 409 of a claim: the API's error body, with the reads you hold where the limit is why."""
+
+    code = serializers.ChoiceField(["open_read_limit", "concurrent_change"])
+    detail = serializers.CharField()
+    errors = serializers.DictField()
+    held_reads = HeldReadSerializer(many=True, required=False, help_text=(
+        "open_read_limit only: your open reads on the projects at their limit, oldest first. A lease in "
+        "the past is ended by the next sweep (about a minute) or by releasing the read."))
 
 
 class SubmitSerializer(serializers.Serializer):
@@ -203,7 +225,14 @@ def _empty_claim_body(request) -> bool:
 
 
 class QueueNextView(AuditedViewMixin, APIView):
-    """Claim the next read you may take: 200 with the work and its lease, 204 when there is none."""
+    """Claim a read: the oldest one still leased to you on the projects you may claim from (the
+    project named, else all of them), marked `"resumed": true`, or else a new one; `"another": true`
+    takes a new one whatever you hold. A claim whose answer was lost is recovered by claiming again.
+
+    200 with the work and its lease, resumed or new. 204: nothing to read. 409 `open_read_limit`:
+    you hold the most open reads a project allows (`max_open_reads`, 3 unless the project says
+    otherwise) and nothing else could be claimed; the body lists them (`held_reads`): submit or
+    release one, or claim without `another`."""
 
     audit_object_type = "tasks.read"
 
@@ -218,22 +247,47 @@ class QueueNextView(AuditedViewMixin, APIView):
         return data.get("project") if isinstance(data, dict) else None, "", ""
 
     @extend_schema(request=ClaimRequestSerializer, responses={
-        200: ClaimSerializer, 204: OpenApiResponse(description="Nothing to claim."),
-        409: OpenApiResponse(description="code concurrent_change: met another transaction head-on (rare); "
-                                         "nothing was claimed, retry after Retry-After seconds")})
+        200: OpenApiResponse(ClaimSerializer, description="A read: resumed (one you held) or new."),
+        204: OpenApiResponse(description="Nothing to read: no work you may take (not the open-read limit)."),
+        409: OpenApiResponse(OpenReadLimitSerializer, description=(
+            "code open_read_limit: you hold the most open reads a project allows and nothing else could be "
+            "claimed (held_reads lists them). code concurrent_change: met another transaction head-on "
+            "(rare); nothing was claimed, retry after Retry-After seconds."))})
     def post(self, request):
-        project_id = None
+        project_id, another = None, False
         # Most claims send nothing or an empty JSON object: no parser and no serializer to run for
         # them. Anything else, a JSON list or null included, is parsed and validated (and refused
         # with a 400 or 415).
         if not _empty_claim_body(request):
             data = ClaimRequestSerializer(data=request.data)
             data.is_valid(raise_exception=True)
-            project_id = data.validated_data.get("project")
-        claim = queue.claim_next_read(request.user, project_id=project_id)
+            project_id, another = data.validated_data.get("project"), data.validated_data["another"]
+        try:
+            claim = queue.claim_for_reader(request.user, project_id=project_id, another=another)
+        except queue.OpenReadLimit as limit:
+            # The API's error body, and the reads held (the one error that names objects to act on).
+            body = {**error_body(limit.code, limit.detail, limit.errors),
+                    "held_reads": HeldReadSerializer(limit.held, many=True).data}
+            return Response(body, status=limit.status_code)
         if claim is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(claim_representation(claim, request))
+
+
+class HeldReadsView(AuditedViewMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """The reads you hold open (claimed, not yet submitted or released), oldest first, each with its
+    lease's end: a claim whose answer never arrived shows here at once. Only your own reads, on
+    projects where you still hold a reader role; a lease already past ends at the next sweep."""
+
+    serializer_class = ReadSerializer
+    audit_object_type = "tasks.read"
+    queryset = Read.objects.none()
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Read.objects.none()
+        return selectors.open_reads_of(self.request.user).select_related(
+            "task__study", "task__series").order_by("claimed_at", "id")
 
 
 class ReadFilter(django_filters.FilterSet):

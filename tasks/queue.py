@@ -61,6 +61,7 @@ class Claim:
     started: bool = False  # this claim moved the task from queued to in reading
     readers_see_model: bool = False  # the project shows readers the model's output (routing.Eligibility)
     recorded: bool = False  # the claim statement appended the claim's audit event itself
+    resumed: bool = False  # a read the reader already held, handed back (claim_next_read's ``resume``)
 
 
 def _open_counts(user) -> dict[int, int]:
@@ -68,15 +69,20 @@ def _open_counts(user) -> dict[int, int]:
     return {row["project_id"]: row["n"] for row in rows}
 
 
-def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | None:
-    """Claim the most urgent read slot the user may take (None when there is none)."""
+def claim_next_read(user: User, *, project_id: int | None = None, resume: bool = False) -> Claim | None:
+    """Claim the most urgent read slot the user may take (None when there is none).
+
+    ``resume``: where the reader already holds an unexpired read on the projects this claim could
+    take from, hand back the oldest of them (``Claim.resumed``) instead of taking another; decided
+    under the reader's claim lock, so a claim retried while its lost first try commits still gets
+    that one read."""
     if project_id is not None and not projects_visible_to(user).filter(pk=project_id).exists():
         raise NotFound("No such project.")
     now = timezone.now()
     postgresql = connection.vendor == "postgresql"
     # A reader role is what grants read_studies (core.roles), so the memberships say it all.
     projects = None if project_id is None else [project_id]
-    if postgresql and (claim := _claim_on_known_rules(user, projects, now)) is not None:
+    if postgresql and (claim := _claim_on_known_rules(user, projects, now, resume)) is not None:
         _announce_claim(user, claim, None, progress=True)
         return claim
     if not postgresql:  # before the transaction: SQLite's IMMEDIATE transactions take the write lock
@@ -93,10 +99,15 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
             if not rules:
                 return None
         shows_model = {r.project_id for r in rules if r.readers_see_model}
+        in_scope = [r.project_id for r in rules]
         check = None
         # PostgreSQL's claim statement checks the open-read limit itself (its snapshot is taken
         # after the lock above); a check read (calibration, gold) is picked here, so needs it first.
+        # So does a read to resume; PostgreSQL's claim statement otherwise claims only where there
+        # is none (holding_none), and the lookup follows only where it claimed nothing.
         if not postgresql or any(r.needs_calibration or r.gold_rate > 0 for r in rules):
+            if resume and (resumed := _resume_held(user, in_scope, now, shows_model)) is not None:
+                return resumed
             counts = _open_counts(user)
             rules = [r for r in rules if counts.get(r.project_id, 0) < r.max_open_reads]
             if not rules:
@@ -110,7 +121,9 @@ def claim_next_read(user: User, *, project_id: int | None = None) -> Claim | Non
         else:
             leases = {r.project_id: r.lease_seconds for r in rules}
             if postgresql:
-                claimed = _claim_postgresql(user, rules, leases, now)
+                claimed = _claim_postgresql(user, rules, leases, now, holding_none=resume)
+                if claimed is None and resume:
+                    return _resume_held(user, in_scope, now, shows_model)
             else:
                 claimed = _claim_portable(user, rules, leases, now)
                 if claimed is not None:
@@ -140,7 +153,61 @@ def _remember_rules(user, projects, rules: list[Eligibility], digest: str) -> No
     _KNOWN_RULES[connection.alias, user.pk, None if projects is None else tuple(projects)] = rules, digest
 
 
-def _claim_on_known_rules(user, projects, now) -> Claim | None:
+def _oldest_held_read(user, project_ids: list[int], now) -> int | None:
+    """The id of the oldest read ``user`` holds on these projects whose lease has not run out."""
+    return (Read.objects.filter(reader=user, state=ReadState.CLAIMED, project_id__in=project_ids,
+                                lease_expires_at__gt=now)
+            .order_by("claimed_at", "id").values_list("id", flat=True).first())
+
+
+def _resume_held(user, project_ids: list[int], now, shows_model: set[int]) -> Claim | None:
+    """The oldest read ``user`` still holds on these projects, as its claim gave it (None: none).
+    Audited as a claim, marked resumed; nothing changed, so nothing is broadcast."""
+    held = _oldest_held_read(user, project_ids, now)
+    if held is None:
+        return None
+    claim = _fetch_claim(held)
+    claim.resumed, claim.readers_see_model = True, claim.read.project_id in shows_model
+    read, task = claim.read, claim.task
+    record_event("claim", actor=user, project_id=read.project_id, obj=read, study_uid=task.study.study_uid,
+                 protocol_version=task.protocol_version.number,
+                 extra={"task": read.task_id, "lease_expires_at": read.lease_expires_at.isoformat(),
+                        "resumed": True})
+    return claim
+
+
+class OpenReadLimit(Conflict):
+    """The reader holds the most open reads a project allows and nothing else could be claimed;
+    ``held``: their open reads there (id, project, lease end), oldest first."""
+
+    def __init__(self, held: list[dict]):
+        super().__init__("You hold the most open reads this project allows (its max_open_reads); held_reads "
+                         "lists them. Submit or release one (POST /api/reads/{id}/submit/ or .../release/), or "
+                         "claim without \"another\" to get back the oldest one still leased to you; a read "
+                         "whose lease has passed ends at the next sweep, within about a minute.",
+                         code="open_read_limit")
+        self.held = held
+
+
+def claim_for_reader(user: User, *, project_id: int | None = None, another: bool = False) -> Claim | None:
+    """What POST /api/queue/next/ does: the oldest read the reader still holds there (resumed),
+    else a new one (``another``: a new one whatever they hold); None when there is nothing to read;
+    OpenReadLimit where the open-read limit, not an empty queue, is why nothing was claimed."""
+    claim = claim_next_read(user, project_id=project_id, resume=not another)
+    if claim is not None:
+        return claim
+    rules = eligibility(user, None if project_id is None else [project_id])
+    counts = _open_counts(user)
+    full = [r.project_id for r in rules if counts.get(r.project_id, 0) >= r.max_open_reads]
+    if full:
+        held = (Read.objects.filter(reader=user, state=ReadState.CLAIMED, project_id__in=full)
+                .order_by("claimed_at", "id").values_list("id", "project_id", "lease_expires_at"))
+        raise OpenReadLimit([{"read": pk, "project": project, "lease_expires_at": lease}
+                             for pk, project, lease in held])
+    return None
+
+
+def _claim_on_known_rules(user, projects, now, resume: bool = False) -> Claim | None:
     """The common claim in one round trip (PostgreSQL): the reader's claim lock and the claim
     statement in one message, on the rules this process derived at the reader's last claim, which
     the statement checks are still what the memberships and projects say (routing.digest_check,
@@ -150,8 +217,9 @@ def _claim_on_known_rules(user, projects, now) -> Claim | None:
     None where that does not apply, and so nothing was claimed: no rules known yet, rules on
     several projects (the claim's audit event is then appended apart) or with calibration or gold
     checks to hand out, rules that changed, a lapsed lease at the head of the queue (its end is
-    recorded by the full path), or nothing to claim. The caller then takes the full path, which
-    learns the rules afresh."""
+    recorded by the full path), ``resume`` with a read still leased to the reader there (the full
+    path hands it back), or nothing to claim. The caller then takes the full path, which learns
+    the rules afresh."""
     known = _KNOWN_RULES.get((connection.alias, user.pk, None if projects is None else tuple(projects)))
     if known is None or not _ONE_MESSAGE_DRIVER.get(connection.Database.__name__, False):
         return None
@@ -160,7 +228,8 @@ def _claim_on_known_rules(user, projects, now) -> Claim | None:
         return None
     expression, params = digest_check(user.pk, projects)
     claimed = _claim_postgresql(user, rules, {rules[0].project_id: rules[0].lease_seconds}, now,
-                                unchanged=(expression, params, digest), lock=(CLAIM_LOCK, user.pk))
+                                unchanged=(expression, params, digest), lock=(CLAIM_LOCK, user.pk),
+                                holding_none=resume)
     if claimed is None:
         return None
     claim, _expired = claimed  # never a lapsed lease (unchanged)
@@ -274,10 +343,11 @@ def _case(rules: list[Eligibility], values: dict[int, object], params: list, cas
 
 
 def _claim_postgresql(user, rules, leases, now, *, unchanged: tuple[str, list, str] | None = None,
-                      lock: tuple[int, int] | None = None) -> tuple[Claim, tuple[int, int] | None] | None:
+                      lock: tuple[int, int] | None = None,
+                      holding_none: bool = False) -> tuple[Claim, tuple[int, int] | None] | None:
     """The claim and, when it took over a slot whose lease had passed, (that read, its reader).
-    ``unchanged``: as claim_statement's; ``lock``: the advisory lock to take first, in the same
-    message (the claim statement's snapshot is taken after it is granted)."""
+    ``unchanged``, ``holding_none``: as claim_statement's; ``lock``: the advisory lock to take
+    first, in the same message (the claim statement's snapshot is taken after it is granted)."""
     from core.dicom.models import Series, Study
     from core.models import ProtocolVersion
 
@@ -292,7 +362,7 @@ def _claim_postgresql(user, rules, leases, now, *, unchanged: tuple[str, list, s
                                extra_from_statement={"task": "claimed.claimed_task_id"})
     if unchanged is not None and event is None and audit_enabled():
         return None  # the event could not go in with the claim, which must not commit without it
-    sql, args = claim_statement(user.pk, rules, leases, now, event, unchanged)
+    sql, args = claim_statement(user.pk, rules, leases, now, event, unchanged, holding_none=holding_none)
     before = None if lock is None else ("SELECT pg_advisory_xact_lock(%s, %s)", list(lock))
     with connection.cursor() as cursor:
         # The text depends only on how many projects are eligible; everything else is an argument.
@@ -326,7 +396,8 @@ def _claim_postgresql(user, rules, leases, now, *, unchanged: tuple[str, list, s
 
 
 def claim_statement(reader_id: int, rules, leases, now, event: EmbeddedEvent | None = None,
-                    unchanged: tuple[str, list, str] | None = None) -> tuple[str, list]:
+                    unchanged: tuple[str, list, str] | None = None, *, holding_none: bool = False
+                    ) -> tuple[str, list]:
     """The PostgreSQL claim statement and its arguments (bench/claims.py drives it with pgbench too).
 
     With ``event`` (audit.trail.embedded_event, after the CTE ``claimed``) the statement also
@@ -337,18 +408,31 @@ def claim_statement(reader_id: int, rules, leases, now, event: EmbeddedEvent | N
     and the digest ``rules`` came with): the statement claims only while the expression still has
     that value (the rules still hold), only where ``event`` (if any) will be appended with the claim
     (its chain head exists), and only a free slot: where the best candidate is one whose lease ran
-    out, it claims nothing (the caller's full path records that lease's end)."""
+    out, it claims nothing (the caller's full path records that lease's end). ``holding_none``:
+    it also claims nothing while the reader holds a read on these projects whose lease has not run
+    out (the caller hands that one back): the check costs the claim no round trip."""
     fresh_params: list = []
     candidate_params: list = []
     candidates = _candidates_sql(rules, reader_id, now, candidate_params, skip_busy_tasks=unchanged is not None)
     fresh = ""
+    holding, holding_params = "true", []
+    if holding_none:
+        # The partial index read_open_per_reader answers this (a handful of rows per reader).
+        holding = ("NOT EXISTS (SELECT 1 FROM tasks_read h WHERE h.reader_id = %s::bigint AND h.state = 'claimed' "
+                   "AND h.project_id = ANY(%s::bigint[]) AND h.lease_expires_at > %s::timestamptz)")
+        holding_params = [reader_id, [r.project_id for r in rules], now]
     if unchanged is not None:
         expression, fresh_params, expected = unchanged
         appended, appended_params = event.will_append() if event is not None else ("true", [])
-        fresh = f"fresh AS MATERIALIZED (SELECT {expression} = %s::text AND {appended} AS ok), "
-        fresh_params = [*fresh_params, expected, *appended_params]
+        fresh = f"fresh AS MATERIALIZED (SELECT {expression} = %s::text AND {appended} AND {holding} AS ok), "
+        fresh_params = [*fresh_params, expected, *appended_params, *holding_params]
         candidates = (f"SELECT * FROM ({candidates}) best "
                       f"WHERE best.old_reader_id IS NULL AND (SELECT ok FROM fresh)")
+    elif holding_none:
+        # Evaluated once, before any slot is locked; its parameters go first, as its text does.
+        fresh = f"fresh AS MATERIALIZED (SELECT {holding} AS ok), "
+        fresh_params = holding_params
+        candidates = f"SELECT * FROM ({candidates}) best WHERE (SELECT ok FROM fresh)"
     tier_case_params: list = []
     tier_case = _case(rules, {r.project_id: r.reader_tier for r in rules}, tier_case_params, "smallint")
     lease_case_params: list = []

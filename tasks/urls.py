@@ -7,6 +7,7 @@ read_action = {name: api.ReadViewSet.as_view({"post": name}) for name in ("heart
 
 urlpatterns = [
     path("queue/next/", api.QueueNextView.as_view(), name="queue-next"),
+    path("queue/mine/", api.HeldReadsView.as_view({"get": "list"}), name="queue-mine"),
     path("reads/", api.ReadViewSet.as_view({"get": "list"}), name="read-list"),
     path("reads/<id:pk>/", api.ReadViewSet.as_view({"get": "retrieve"}), name="read-detail"),
     path("reads/<id:pk>/heartbeat/", read_action["heartbeat"], name="read-heartbeat"),

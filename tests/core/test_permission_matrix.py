@@ -210,6 +210,7 @@ CASES = [
          DICOM_READ, ONLY_SU),
     # Annotators take production reads; radiologists the reads that build the gold reference.
     Case("queue-next", "post", lambda c, x, o: "/api/queue/next/", expect(204, annotator=200, radiologist=200)),
+    Case("queue-mine", "get", lambda c, x, o: "/api/queue/mine/", expect(200)),
     Case("read-list", "get", lambda c, x, o: "/api/reads/", expect(200)),
     Case("read-detail", "get", _read("/api/reads/{read}/"),
          expect(404, superuser=200, manager=200, annotator=200), ONLY_SU),

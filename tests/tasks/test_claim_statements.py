@@ -16,6 +16,7 @@ from tasks.states import ReadState, TaskState
 pytestmark = pytest.mark.django_db
 
 NEXT = "/api/queue/next/"
+ANOTHER = {"another": True}  # a new read whatever the reader holds (else a claim resumes a held one)
 
 
 @pytest.fixture(autouse=True)
@@ -32,8 +33,8 @@ def statements(call):
 
 def test_a_claim_on_known_rules_is_auth_and_one_message(cast, api, queued):
     client = api(cast.annotator)
-    client.post(NEXT, {}, format="json")  # learns the rules, warms the locked version's schema cache
-    response, sql = statements(lambda: client.post(NEXT, {}, format="json"))
+    client.post(NEXT, ANOTHER, format="json")  # learns the rules, warms the locked version's schema cache
+    response, sql = statements(lambda: client.post(NEXT, ANOTHER, format="json"))
     assert response.status_code == 200, response.content
     # token; the reader's advisory lock and the claim (checking the rules, appending its audit
     # event) in one message
@@ -45,9 +46,9 @@ def test_a_claim_is_auth_eligibility_and_lock_claim_and_audit(cast, api, queued)
     from tasks import queue
 
     client = api(cast.annotator)
-    client.post(NEXT, {}, format="json")  # warms the locked protocol version's schema cache
+    client.post(NEXT, ANOTHER, format="json")  # warms the locked protocol version's schema cache
     queue._KNOWN_RULES.clear()  # as in a process that has not seen this reader claim yet
-    response, sql = statements(lambda: client.post(NEXT, {}, format="json"))
+    response, sql = statements(lambda: client.post(NEXT, ANOTHER, format="json"))
     assert response.status_code == 200, response.content
     # token, savepoint, eligibility taking the reader's advisory lock, the claim appending its
     # audit event, release
@@ -70,8 +71,8 @@ def test_a_claim_is_auth_eligibility_and_lock_claim_and_audit(cast, api, queued)
 
 def test_a_submit_is_auth_lock_checks_store_count_and_audit(cast, api, queued):
     client = api(cast.annotator)
-    first = client.post(NEXT, {}, format="json").json()["read"]
-    second = client.post(NEXT, {}, format="json").json()["read"]
+    first = client.post(NEXT, ANOTHER, format="json").json()["read"]
+    second = client.post(NEXT, ANOTHER, format="json").json()["read"]
     client.post(f"/api/reads/{first}/submit/", {"findings": []}, format="json")
     response, sql = statements(lambda: client.post(f"/api/reads/{second}/submit/", {"findings": []},
                                                    format="json"))
@@ -99,7 +100,7 @@ def test_a_submit_whose_shard_has_no_head_still_records_its_event(cast, api, que
     """The embedded append writes nothing where the shard's head row is missing (a flushed
     database); the submit then appends through record_event, which creates the head."""
     client = api(cast.annotator)
-    read = client.post(NEXT, {}, format="json").json()["read"]
+    read = client.post(NEXT, ANOTHER, format="json").json()["read"]
     with connection.cursor() as cursor:  # as a flushed database: no events, no heads
         cursor.execute("SET LOCAL radqueue.audit_allow_truncate = 'on'")
         # Heads and anchors refuse deletes (audit 0004); the flush's TRUNCATE is what empties them.
@@ -116,12 +117,12 @@ def test_taking_over_a_lapsed_lease_costs_no_extra_statement(cast, api, queued):
 
     from tasks.models import QueueSlot
 
-    lapsed = api(cast.annotator).post(NEXT, {}, format="json").json()["read"]
+    lapsed = api(cast.annotator).post(NEXT, ANOTHER, format="json").json()["read"]
     past = timezone.now() - timedelta(minutes=1)
     QueueSlot.objects.filter(read_id=lapsed).update(lease_expires_at=past)
     Read.objects.filter(pk=lapsed).update(lease_expires_at=past)
     client = api(cast.second_annotator)  # the first claim above warmed the process's caches
-    response, sql = statements(lambda: client.post(NEXT, {}, format="json"))
+    response, sql = statements(lambda: client.post(NEXT, ANOTHER, format="json"))
     assert response.status_code == 200, response.content
     # The expired read's holder comes back with the claim itself: the same 5 statements, and the
     # expiry's audit event is one append more (6 in all). (A reader whose rules the process knows

@@ -23,6 +23,7 @@ from tests.tasks.conftest import add_ct_studies
 pytestmark = pytest.mark.django_db
 
 NEXT = "/api/queue/next/"
+ANOTHER = {"another": True}  # a new read whatever the reader holds (else a claim resumes a held one)
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +36,7 @@ def _postgres_only():
 def claims_on_known_rules(client) -> tuple[object, bool]:
     """(the claim's response, whether it was the one-round-trip claim)."""
     with CaptureQueriesContext(connection) as queries:
-        response = client.post(NEXT, {}, format="json")
+        response = client.post(NEXT, ANOTHER, format="json")
     sql = [q["sql"] for q in queries.captured_queries]
     fast = any(s.startswith("SELECT pg_advisory_xact_lock(") and "fresh AS MATERIALIZED" in s for s in sql)
     full = any(s.lstrip().startswith("WITH claim_lock AS MATERIALIZED") for s in sql)
@@ -44,7 +45,7 @@ def claims_on_known_rules(client) -> tuple[object, bool]:
 
 def test_the_second_claim_takes_one_round_trip_and_matches_the_full_path(cast, api, queued):
     client = api(cast.annotator)
-    first = client.post(NEXT, {}, format="json")
+    first = client.post(NEXT, ANOTHER, format="json")
     assert first.status_code == 200
     response, fast = claims_on_known_rules(client)
     assert response.status_code == 200 and fast
@@ -61,7 +62,7 @@ def test_the_second_claim_takes_one_round_trip_and_matches_the_full_path(cast, a
 
 def test_a_suspension_after_the_rules_were_learned_stops_the_next_claim(cast, api, queued):
     client = api(cast.annotator)
-    assert client.post(NEXT, {}, format="json").status_code == 200
+    assert client.post(NEXT, ANOTHER, format="json").status_code == 200
     cast.project.memberships.filter(user=cast.annotator).update(is_suspended=True)
     response, _ = claims_on_known_rules(client)
     assert response.status_code == 204
@@ -70,7 +71,7 @@ def test_a_suspension_after_the_rules_were_learned_stops_the_next_claim(cast, ap
 
 def test_a_changed_project_setting_is_used_by_the_next_claim(cast, api, queued):
     client = api(cast.annotator)
-    assert client.post(NEXT, {}, format="json").status_code == 200
+    assert client.post(NEXT, ANOTHER, format="json").status_code == 200
     cast.project.lease_seconds = 120
     cast.project.save()
     response, fast = claims_on_known_rules(client)
@@ -85,18 +86,19 @@ def test_a_changed_project_setting_is_used_by_the_next_claim(cast, api, queued):
 
 def test_a_lowered_open_read_limit_holds_on_known_rules(cast, api, queued):
     client = api(cast.annotator)
-    assert client.post(NEXT, {}, format="json").status_code == 200
-    assert client.post(NEXT, {}, format="json").status_code == 200
+    assert client.post(NEXT, ANOTHER, format="json").status_code == 200
+    assert client.post(NEXT, ANOTHER, format="json").status_code == 200
     cast.project.max_open_reads = 2
     cast.project.save()
-    assert client.post(NEXT, {}, format="json").status_code == 204
+    refused = client.post(NEXT, ANOTHER, format="json")
+    assert refused.status_code == 409 and refused.json()["code"] == "open_read_limit"
     assert Read.objects.filter(reader=cast.annotator, state=ReadState.CLAIMED).count() == 2
 
 
 def test_a_new_membership_widens_the_next_claim(cast, api, queued):
     """Rules on several projects: the full path (the claim's audit event is appended apart)."""
     client = api(cast.annotator)
-    assert client.post(NEXT, {}, format="json").status_code == 200
+    assert client.post(NEXT, ANOTHER, format="json").status_code == 200
     other = ProjectFactory(name="Head CT", client=cast.client_org, vendor=cast.vendor, modalities=["CT"])
     create_protocol_version(project=other, name="v1", template="generic_findings", by=cast.manager)
     grant_membership(project=other, user=cast.annotator, role="annotator", by=cast.manager)
@@ -110,9 +112,9 @@ def test_a_new_membership_widens_the_next_claim(cast, api, queued):
 
 def test_a_lapsed_lease_at_the_head_is_taken_over_by_the_full_path(cast, api, queued):
     client = api(cast.second_annotator)
-    learned = client.post(NEXT, {}, format="json").json()["read"]  # learns the rules
+    learned = client.post(NEXT, ANOTHER, format="json").json()["read"]  # learns the rules
     assert client.post(f"/api/reads/{learned}/release/").status_code == 200
-    lapsed = api(cast.annotator).post(NEXT, {}, format="json").json()["read"]  # the slot at the head
+    lapsed = api(cast.annotator).post(NEXT, ANOTHER, format="json").json()["read"]  # the slot at the head
     past = timezone.now() - timedelta(minutes=1)
     Read.objects.filter(pk=lapsed).update(lease_expires_at=past)
     QueueSlot.objects.filter(read_id=lapsed).update(lease_expires_at=past)
@@ -127,7 +129,7 @@ def test_outside_a_transaction_the_claim_commits_with_its_audit_event(cast, api,
     """As under a server (no request-wide transaction): the lock and the claim run as one implicit
     transaction, committed when the message is done; another connection sees both."""
     client = api(cast.annotator)
-    assert client.post(NEXT, {}, format="json").status_code == 200
+    assert client.post(NEXT, ANOTHER, format="json").status_code == 200
     assert connection.get_autocommit() and not connection.in_atomic_block
     response, fast = claims_on_known_rules(client)
     assert response.status_code == 200 and fast
@@ -154,7 +156,7 @@ def test_without_a_chain_head_for_its_event_the_claim_takes_the_full_path(cast, 
     with it; where the shard's chain head is missing (a flushed database), the full path claims
     and appends the event in the claim's transaction."""
     client = api(cast.annotator)
-    assert client.post(NEXT, {}, format="json").status_code == 200
+    assert client.post(NEXT, ANOTHER, format="json").status_code == 200
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL radqueue.audit_allow_truncate = 'on'")
         # Heads and anchors refuse deletes (audit 0004); the flush's TRUNCATE is what empties them.
@@ -168,7 +170,7 @@ def test_without_a_chain_head_for_its_event_the_claim_takes_the_full_path(cast, 
 def test_a_driver_that_cannot_send_two_statements_as_one_message_takes_the_full_path(cast, api, queued,
                                                                                      monkeypatch):
     client = api(cast.annotator)
-    assert client.post(NEXT, {}, format="json").status_code == 200
+    assert client.post(NEXT, ANOTHER, format="json").status_code == 200
     monkeypatch.setattr(queue, "_ONE_MESSAGE_DRIVER", {})
     response, fast = claims_on_known_rules(client)
     assert response.status_code == 200 and not fast
@@ -182,7 +184,7 @@ def test_a_task_another_claim_is_taking_is_skipped_without_waiting_and_still_han
     task's row for the other claim to commit); where that slot is the only work left, the full
     path, which does not skip, hands it out."""
     client = api(cast.annotator)
-    first = client.post(NEXT, {}, format="json").json()  # learns the rules: the head task's first slot
+    first = client.post(NEXT, ANOTHER, format="json").json()  # learns the rules: the head task's first slot
     assert first["task"] == queued[0].pk
     other = connections.create_connection("default")
     try:
