@@ -130,3 +130,14 @@ def test_taking_over_a_lapsed_lease_costs_no_extra_statement(cast, api, queued):
     assert Read.objects.get(pk=lapsed).state == ReadState.EXPIRED
     assert len(sql) == 6, sql
     assert AuditEvent.objects.filter(action="expire", object_id=str(lapsed)).count() == 1
+
+
+def test_a_claim_that_may_resume_but_holds_nothing_is_still_auth_and_one_message(cast, api, queued):
+    """The check for a held read to hand back rides in the claim statement: no statement more."""
+    client = api(cast.annotator)
+    done = client.post(NEXT, {}, format="json").json()["read"]
+    assert client.post(f"/api/reads/{done}/submit/", {"findings": []}, format="json").status_code == 200
+    response, sql = statements(lambda: client.post(NEXT, {}, format="json"))
+    assert response.status_code == 200 and response.json()["resumed"] is False
+    assert len(sql) == 2, sql
+    assert sql[1].startswith("SELECT pg_advisory_xact_lock("), sql
