@@ -10,7 +10,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from guardian.shortcuts import assign_perm, get_perms, remove_perm
 
-from core.errors import DomainError, Forbidden
+from core.errors import Conflict, DomainError, Forbidden
 from core.models import Membership, Organization, Project, User
 from core.roles import (
     OVERSIGHT_ROLES,
@@ -227,6 +227,22 @@ def check_change(membership: Membership, *, is_active: bool | None, by: User | N
         check_grant(project=membership.project, user=membership.user, role=membership.role, by=by)
     elif is_active is False and membership.is_active and membership.role in OVERSIGHT_ROLES:
         _check_oversight_revocation(membership, by)
+    elif is_active is False and membership.is_active and membership.role == Role.MANAGER:
+        _check_not_last_manager(membership, by)
+
+
+def _check_not_last_manager(membership: Membership, by: User | None) -> None:
+    """A project keeps at least one active manager: ending the last one (one's own included) would leave
+    nobody to run the queue, its people or its deliveries. A superuser may (retiring a project)."""
+    if by is not None and by.is_superuser:
+        return
+    # Locking every manager row of the project serialises two managers ending each other at once.
+    managers = list(Membership.objects.select_for_update().filter(
+        project_id=membership.project_id, role=Role.MANAGER, is_active=True).order_by("pk").values_list("pk", flat=True))
+    if managers == [membership.pk]:
+        reason = ("This is the project's last active manager: appoint another manager first; a project is "
+                  "never left without one.")
+        raise Conflict(reason, code="last_manager", errors={"role": [reason]})
 
 
 def _check_oversight_revocation(membership: Membership, by: User | None) -> None:

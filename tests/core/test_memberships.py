@@ -3,7 +3,7 @@ from django.db import transaction
 
 from core.errors import DomainError
 from core.memberships import grant_membership, revoke_membership
-from core.roles import Perm
+from core.roles import Perm, Role
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -75,3 +75,26 @@ def test_deactivated_member_loses_access_at_once(cast, api):
     response = api(cast.manager).delete(f"/api/projects/{cast.project.pk}/memberships/{membership.pk}/")
     assert response.status_code == 204
     assert client.get(f"/api/projects/{cast.project.pk}/").status_code == 404
+
+
+def test_the_last_manager_cannot_end_their_own_membership_and_lock_the_project_out(cast, api):
+    project = cast.project
+    mine = project.memberships.get(user=cast.manager, role=Role.MANAGER)
+    client = api(cast.manager)
+    answer = client.delete(f"/api/projects/{project.pk}/memberships/{mine.pk}/")
+    assert answer.status_code == 409 and answer.json()["code"] == "last_manager", answer.content
+    mine.refresh_from_db()
+    assert mine.is_active
+    assert client.patch(f"/api/projects/{project.pk}/memberships/{mine.pk}/", {"is_active": False},
+                        format="json").status_code == 409
+    # With a second manager appointed, stepping down is allowed; the other one is then the last.
+    other = UserFactory(username="deputy", organization=project.vendor)
+    theirs = grant_membership(project=project, user=other, role=Role.MANAGER, by=cast.superuser)
+    assert client.delete(f"/api/projects/{project.pk}/memberships/{mine.pk}/").status_code == 204
+    assert api(other).delete(f"/api/projects/{project.pk}/memberships/{theirs.pk}/").json()["code"] == "last_manager"
+
+
+def test_a_superuser_may_end_the_last_manager_when_retiring_a_project(cast, api):
+    mine = cast.project.memberships.get(user=cast.manager, role=Role.MANAGER)
+    answer = api(cast.superuser).delete(f"/api/projects/{cast.project.pk}/memberships/{mine.pk}/")
+    assert answer.status_code == 204
