@@ -230,6 +230,7 @@ SPECTACULAR_SETTINGS = {
         "LearningJobKindEnum": "learning.models.LearningJob.Kind",
         "LearningJobStateEnum": "learning.models.LearningJob.State",
     },
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "core.schema.document_common_errors"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
