@@ -23,7 +23,7 @@ migrate: install
 # beat), prefixes their output and stops all three when one exits or on Ctrl-C. Without it, jobs run
 # in the server's process as they are asked for (Celery eager) and nothing runs the schedule.
 run: migrate
-	$(BIN)/python manage.py seed_demo
+	$(BIN)/python manage.py seed_demo --url http://$(HOST):$(PORT)
 	@mkdir -p var
 	@if [ -n "$$REDIS_URL" ]; then \
 	  echo "make run: REDIS_URL is set: serving http://$(HOST):$(PORT)/ with a Celery worker (queues celery, learning) and beat (lease sweep, token purge, stale jobs) beside it; Ctrl-C stops all three"; \

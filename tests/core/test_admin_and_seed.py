@@ -43,6 +43,16 @@ def test_seed_demo_creates_every_role_and_is_idempotent(settings):
     assert project.tasks.filter(state="queued").count() == 3
 
 
+def test_seed_demo_prints_the_address_the_server_will_answer_on(settings):
+    import io
+
+    settings.DEBUG = True
+    out = io.StringIO()
+    call_command("seed_demo", url="http://127.0.0.1:8123", stdout=out)
+    assert "curl -s -X POST http://127.0.0.1:8123/api/auth/token/" in out.getvalue()
+    assert ":8000" not in out.getvalue()
+
+
 def test_seed_demo_refuses_in_production(settings):
     from django.core.management.base import CommandError
 

@@ -1,5 +1,7 @@
 """Seed a demo: one vendor, one client, one project, a user of every role. Idempotent."""
 
+import os
+
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
@@ -32,9 +34,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--allow-production", action="store_true",
                             help="Seed even with DEBUG off (never on a real deployment).")
+        parser.add_argument("--url", default=None,
+                            help="Where the server will answer, for the printed example "
+                                 "(default: http://$HOST:$PORT, as `make run` sets them, else 127.0.0.1:8000).")
 
     @transaction.atomic
-    def handle(self, *args, allow_production=False, **options):
+    def handle(self, *args, allow_production=False, url=None, **options):
         if not settings.DEBUG and not allow_production:
             raise CommandError("seed_demo creates users with a published password; it runs only with DEBUG on.")
         vendor, _ = Organization.objects.get_or_create(name="Demo Imaging Labels Ltd", defaults={"kind": "vendor"})
@@ -61,7 +66,8 @@ class Command(BaseCommand):
         for username, what in people:
             self.stdout.write(f"  {username:22s} {what}")
         body = f'{{"username":"manager","password":"{DEMO_PASSWORD}"}}'
-        self.stdout.write("Get a token: curl -s -X POST http://127.0.0.1:8000/api/auth/token/ "
+        url = (url or f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}").rstrip("/")
+        self.stdout.write(f"Get a token: curl -s -X POST {url}/api/auth/token/ "
                           f"-H 'Content-Type: application/json' -d '{body}'")
 
     def _user(self, username, org, *, staff=False, superuser=False, org_admin=False) -> User:
