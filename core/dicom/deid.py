@@ -68,7 +68,7 @@ and removed unknown attribute leaves a note naming its tag and VR, never its val
 - Curves (50xx) go by the table; an overlay plane (60xx) goes whole with its Overlay Data; group
   lengths go; the file meta's source and destination AEs and addresses go.
 - A value that has to be read but cannot be decoded (wrong VR, bad bytes) is removed and counted
-  as X; pixel data is written back as read.
+  as X; pixel data (Pixel Data, Float and Double Float Pixel Data) is written back as read, unread.
 - The 128-byte File Preamble is zeroed (PS3.10 7.1: all 00H unless an application profile uses
   it): it is outside the dataset, so no table reaches it, yet readers hand it on as received.
 """
@@ -134,6 +134,8 @@ _TAG_PATIENT_NAME = 0x00100010
 _TAG_PATIENT_ID = 0x00100020
 _TAG_OTHER_PATIENT_IDS_SEQUENCE = 0x00101002
 _TAG_PIXEL_DATA = 0x7FE00010
+# Float, Double Float and Pixel Data: the image itself, written back as read (ingest streams it).
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, _TAG_PIXEL_DATA})
 _TAG_OVERLAY_DATA = 0x60003000
 _ORIGINAL_KEYWORDS = ("PatientID", "PatientName", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
                       "AccessionNumber")
@@ -320,7 +322,7 @@ def _resolved_actions(options_key: tuple[bool, ...]) -> tuple[dict[int, str], di
         # U(ser optional): a plane without its data is invalid, no plane at all is valid.
         masks[_TAG_OVERLAY_DATA >> 24] = "X"
     for tag, entry in DicomDictionary.items():
-        if tag not in rows and tag >> 24 not in masks and tag != _TAG_PIXEL_DATA:
+        if tag not in rows and tag >> 24 not in masks and tag not in _PIXEL_TAGS:
             rows[tag] = _unlisted_action(tag, entry[0], options)
     return rows, masks
 
@@ -687,7 +689,7 @@ class _Walker:
                 continue
             action = table.get(key)
             if action is None:
-                if key == _TAG_PIXEL_DATA:
+                if key in _PIXEL_TAGS:
                     continue
                 action = masks.get(key >> 24) or _outside_dictionary_action(key, self.options_key)
             elif action == "V":

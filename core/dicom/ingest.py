@@ -7,6 +7,7 @@ accepted, duplicate (the same de-identified SOP Instance UID is already stored: 
 rejected with a reason.
 """
 
+import io
 import logging
 import multiprocessing
 import os
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from typing import BinaryIO
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -141,6 +143,7 @@ class _Batch:
         self.secret = project_secret(project)
         self.options = project_deid_options(project)
         self.store = get_store()
+        self.store.sweep_incoming()
         self.studies: dict[str, Study] = {}
         self.series: dict[str, Series] = {}
         self.touched_series: set[int] = set()
@@ -198,7 +201,7 @@ class _GroupCommit:
 
     def add(self, report: FileReport, prep: Prepared) -> None:
         self.pending.append(_Pending(report, prep, prep.sealed.obj.name))
-        self.bytes += len(prep.sealed.blob)
+        self.bytes += prep.sealed.obj.size
         if len(self.pending) >= self.GROUP_FILES or self.bytes >= self.GROUP_BYTES:
             self.flush()
 
@@ -218,6 +221,7 @@ class _GroupCommit:
                     sop = p.prep.uids["SOPInstanceUID"]
                     if sop in seen:
                         p.report.status = "duplicate"
+                        store.discard(p.prep.sealed)
                         continue
                     seen.add(sop)
                     fresh.append((p, store.put_sealed(p.prep.sealed, durable=False)))
@@ -233,7 +237,15 @@ class _GroupCommit:
         except BaseException:
             for name in written:
                 store.delete(name)
+            self.discard(pending)
             raise
+
+    def discard(self, pending: list[_Pending] | None = None) -> None:
+        """Drop the sealed files of pending entries (default: all) that were not stored."""
+        if pending is None:
+            pending, self.pending, self.bytes = self.pending, [], 0
+        for p in pending:
+            self.batch.store.discard(p.prep.sealed)
 
     def _index(self, fresh: list) -> list:
         """Instance rows for the new files; (pending, instance) for each one indexed."""
@@ -286,38 +298,22 @@ def ingest_files(project: Project, items: Iterable[IngestItem], *, by: User | No
                 on_progress(file_report)
         batch.group.flush()
     except BaseException:
-        batch.group.pending = []
+        batch.group.discard()
         raise
     _finish(batch, report)
     return report
 
 
-def _read(batch: _Batch, item: IngestItem) -> bytes | str | Rejection:
-    """The item's bytes (its path, for a local file: the worker reads it), or why it cannot be
-    taken (refused upstream, oversize, unreadable)."""
+def _read(batch: _Batch, item: IngestItem) -> BinaryIO | str | Rejection:
+    """The item's reader (its path, for a local file: the worker opens it), or why it cannot be
+    taken (refused upstream, oversize)."""
     if item.reason:
         return Rejection(item.reason)
     if item.size is not None and item.size > batch.max_bytes:
         return Rejection(f"file of {item.size} bytes exceeds the {batch.max_bytes} byte limit")
     if item.path is not None:
         return item.path
-    return _read_at_most(item.reader, batch.max_bytes)
-
-
-def _read_at_most(reader, max_bytes: int) -> bytes | Rejection:
-    """All of a reader's bytes (from its start; a path is opened), or why not: unreadable, oversize."""
-    try:
-        if isinstance(reader, str):
-            with open(reader, "rb") as file:
-                data = file.read(max_bytes + 1)
-        else:
-            reader.seek(0)
-            data = reader.read(max_bytes + 1)
-    except (OSError, ValueError) as exc:
-        return Rejection(f"could not read the file ({type(exc).__name__}: {exc})")
-    if len(data) > max_bytes:
-        return Rejection(f"file exceeds the {max_bytes} byte limit")
-    return data
+    return item.reader
 
 
 def object_name(project_id: int, uids: dict) -> str:
@@ -325,20 +321,33 @@ def object_name(project_id: int, uids: dict) -> str:
     return f"p{project_id}/{uids['StudyInstanceUID']}/{uids['SeriesInstanceUID']}/{uids['SOPInstanceUID']}.dcm"
 
 
-def prepare_and_seal(source: bytes | str, *, secret: bytes, options: "deid.DeidOptions", max_bytes: int,
+def prepare_and_seal(source: bytes | str | BinaryIO, *, secret: bytes, options: "deid.DeidOptions", max_bytes: int,
                      project_id: int, keep_originals: bool = False) -> Prepared | Rejection:
-    """The CPU-bound half of ingest, in a worker process with workers: read (a path), parse,
-    de-identify, serialise (core.dicom.prepare), then encrypt for the object's name. What leaves
-    the function is the object as ciphertext (``sealed``) and de-identified index metadata; the
-    de-identified plaintext is dropped, and the original identifiers too unless the project keeps
-    its (encrypted) pseudonym map."""
-    data = _read_at_most(source, max_bytes) if isinstance(source, str) else source
-    if isinstance(data, Rejection):
-        return data
-    prep = prepare(data, secret=secret, options=options, max_bytes=max_bytes)
+    """The CPU-bound half of ingest, in a worker process with workers: parse and de-identify
+    (core.dicom.prepare; a path is opened here), then write the de-identified file encrypted for
+    its object's name into a sealed temporary file, the pixel data streamed from the source a
+    chunk at a time. What leaves the function is that file's path and de-identified index
+    metadata: no plaintext, no pixel data in memory, and no original identifiers unless the
+    project keeps its (encrypted) pseudonym map."""
+    if isinstance(source, str):
+        try:
+            file = open(source, "rb")  # noqa: SIM115 - closed below, after the pixel data is copied
+        except OSError as exc:
+            return Rejection(f"could not read the file ({type(exc).__name__}: {exc})")
+        with file:
+            return prepare_and_seal(file, secret=secret, options=options, max_bytes=max_bytes,
+                                    project_id=project_id, keep_originals=keep_originals)
+    if isinstance(source, bytes | bytearray | memoryview):
+        source = io.BytesIO(source)
+    prep = prepare(source, secret=secret, options=options, max_bytes=max_bytes)
     if isinstance(prep, Rejection):
         return prep
-    prep.sealed, prep.data = get_store().seal(object_name(project_id, prep.uids), prep.data), b""
+    try:
+        prep.sealed = get_store().seal(object_name(project_id, prep.uids), prep.write)
+    except Exception as exc:  # noqa: BLE001 - a source that fails while copied is refused, the batch goes on
+        return Rejection(f"could not process ({type(exc).__name__})")
+    finally:
+        prep.part = None  # the parsed header and the source stay here
     if not keep_originals:
         prep.original = {}
     return prep
@@ -350,29 +359,38 @@ def _prepared(batch: _Batch, items: Iterable[IngestItem], workers: int) -> Itera
                           project_id=batch.project.pk, keep_originals=batch.project.keep_pseudonym_map)
     if workers <= 1:
         for item in items:
-            data = _read(batch, item)
-            _close(item)
-            yield item, (data if isinstance(data, Rejection) else prepare_one(data))
+            yield item, _prepare_here(batch, item, prepare_one)
         return
-    # A bounded window of files in flight keeps memory flat on folders of any size. Workers read
-    # local files themselves and send back ciphertext and de-identified metadata: this process
-    # only stores and indexes.
+    # A bounded window of files in flight keeps memory flat on folders of any size. Workers open
+    # local files themselves and send back the path of a sealed file (ciphertext) and de-identified
+    # metadata: this process only stores and indexes.
     window: deque = deque()
     deid.warm(batch.options)  # forked workers inherit the loaded profile table
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
         for item in items:
-            data = _read(batch, item)
-            _close(item)
-            window.append((item, data if isinstance(data, Rejection) else pool.submit(prepare_one, data)))
+            if item.path is not None and not item.reason:
+                source = _read(batch, item)
+                outcome = source if isinstance(source, Rejection) else pool.submit(prepare_one, source)
+            else:  # a reader lives in this process (a spool, a zip member): prepared here
+                outcome = _prepare_here(batch, item, prepare_one)
+            window.append((item, outcome))
             if len(window) >= WINDOW_PER_WORKER * workers:
                 yield _settle(window.popleft())
         while window:
             yield _settle(window.popleft())
 
 
+def _prepare_here(batch: _Batch, item: IngestItem, prepare_one) -> Prepared | Rejection:
+    source = _read(batch, item)
+    try:
+        return source if isinstance(source, Rejection) else prepare_one(source)
+    finally:
+        _close(item)
+
+
 def _settle(entry) -> tuple[IngestItem, object]:
     item, outcome = entry
-    return item, outcome if isinstance(outcome, Rejection) else outcome.result()
+    return item, outcome if isinstance(outcome, Prepared | Rejection) else outcome.result()
 
 
 def _close(item: IngestItem) -> None:
@@ -391,6 +409,7 @@ def _ingest_prepared(batch: _Batch, item: IngestItem, prep) -> FileReport:
     if batch.only_study_uids is not None and study_uid not in batch.only_study_uids:
         report.status, report.code = "rejected", "study_mismatch"
         report.reason = "the instance belongs to another study than the one named in the request"
+        batch.store.discard(prep.sealed)
         return report
     batch.group.add(report, prep)  # indexed (or found a duplicate) when its group flushes
     return report

@@ -1,18 +1,21 @@
-"""The CPU-bound half of ingest, free of Django so it can run in worker processes: parse and fully
-decode a file, read its non-identifying index metadata, de-identify it, serialise the result.
+"""The CPU-bound half of ingest, free of Django so it can run in worker processes: parse a file up
+to its pixel data (core.dicom.part10), check its values, read its non-identifying index metadata,
+de-identify it; ``Prepared.write`` then puts the de-identified file out, pixel data streamed
+through from the source unread.
 
-Takes bytes, returns a ``Prepared`` (or a ``Rejection`` with the reason); stores nothing. A reason
-names attributes and error types, never a value: the value may be the PHI that made it fail.
+Takes bytes or a seekable binary file, returns a ``Prepared`` (or a ``Rejection`` with the reason);
+stores nothing. A reason names attributes and error types, never a value: the value may be the PHI
+that made it fail.
 """
 
 import io
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
-import pydicom
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.errors import InvalidDicomError
 
-from core.dicom import deid
+from core.dicom import deid, part10
 from core.dicom.sequences import mr_sequence_type
 from core.dicom.volume import geometry_of
 
@@ -28,7 +31,6 @@ class Rejection:
 class Prepared:
     """A de-identified instance ready to store and index."""
 
-    data: bytes
     meta: dict  # index metadata read before de-identification (none of it identifying)
     uids: dict  # StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, FrameOfReferenceUID, TransferSyntaxUID
     texts: dict  # StudyDate, StudyDescription, SeriesDescription as they are after de-identification
@@ -39,7 +41,12 @@ class Prepared:
     profile_version: str
     original: dict
     notes: list = field(default_factory=list)  # core.dicom.deid's: values blanked, unknown attributes removed
-    sealed: object = None  # core.dicom.storage.Sealed: the data encrypted for its object, once sealed
+    sealed: object = None  # core.dicom.storage.Sealed: the file encrypted for its object, once sealed
+    part: part10.Part10 | None = field(default=None, repr=False)  # until written: the source, read lazily
+
+    def write(self, dst) -> None:
+        """Write the de-identified file to dst (``.write``); the source must still be open."""
+        self.part.write(dst)
 
 
 class _Refused(Exception):
@@ -50,45 +57,78 @@ def _tag_name(tag, vr) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword_for_tag(tag) or 'private'} {vr or 'UN'}"
 
 
+# Bytes per value of the binary VRs (PS3.5 Table 6.2-1): a value of another length does not decode.
+_VALUE_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "SV": 8, "UV": 8, "US or SS": 2}
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
+                         "UR", "UT"})
+
+
 def _decode_all(ds) -> None:
-    """Decode every element at every depth now (parsing is lazy), so a malformed value is reported
-    by its tag and VR instead of being stored."""
-    for tag in list(ds.keys()):
+    """Find now, by tag and VR, every value that would fail to decode (parsing is lazy), so it is
+    refused instead of stored: sequences are parsed at every depth, binary numbers checked for a
+    whole number of values, text that is not plain ASCII decoded. Plain ASCII text and bulk (OB,
+    OW, UN) values always decode, so they stay raw: untouched, they are copied as read. Pixel data
+    and values left unread (over part10.DEFER_BYTES) are not read for this."""
+    for tag, elem in list(ds._dict.items()):
+        if tag in part10.PIXEL_TAGS:
+            continue
+        if elem.is_raw:
+            vr = elem.VR
+            if vr is None or vr == "UN":
+                try:
+                    vr = dictionary_VR(tag)
+                except KeyError:
+                    continue  # private or unknown: decodes as bytes
+            value = elem.value
+            size = _VALUE_SIZES.get(vr)
+            if size is not None:
+                if not elem.length % size:
+                    continue
+            elif vr in _STRING_VRS:
+                if value is None or (value.isascii() and b"\x1b" not in value):
+                    continue
+            elif vr != "SQ":
+                continue  # bulk and ambiguous binary values decode as bytes
         try:
             elem = ds[tag]
         except Exception as exc:  # noqa: BLE001 - any decode failure is a malformed value
-            raise _Refused(f"malformed value in {_tag_name(tag, ds.get_item(tag).VR)} ({type(exc).__name__})") from None
+            raise _Refused(f"malformed value in {_tag_name(tag, ds._dict[tag].VR)} ({type(exc).__name__})") from None
         if elem.VR == "SQ":
             for item in elem.value:
                 _decode_all(item)
 
 
-def parse(reader, size: int | None, max_bytes: int) -> pydicom.Dataset:
-    """A fully decoded, validated dataset, or _Refused with the reason."""
+def parse(reader: BinaryIO, size: int | None, max_bytes: int) -> part10.Part10:
+    """The file read up to its pixel data (its pixel data elements deferred: value None, length
+    and offset kept), validated, its values checked; or _Refused with the reason."""
     if size == 0:
         raise _Refused("empty file (0 bytes)")
     if size is not None and size > max_bytes:
         raise _Refused(f"file of {size} bytes exceeds the {max_bytes} byte limit")
     try:
-        ds = pydicom.dcmread(reader)
+        part = part10.read(reader, size=size)
     except InvalidDicomError:
         raise _Refused("not a DICOM file (no 'DICM' prefix after the 128-byte preamble)") from None
+    except part10.Part10Error as exc:
+        raise _Refused(str(exc)) from None
     except (EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
         raise _Refused(f"unreadable DICOM ({type(exc).__name__})") from None
+    ds = part.ds
     _decode_all(ds)
     missing = [k for k in REQUIRED_UIDS if not str(ds.get(k, "")).strip()]
     if missing:
         raise _Refused(f"missing required attribute(s): {', '.join(missing)}")
-    _check_pixel_length(ds)
-    return ds
+    _check_pixel_length(part)
+    return part
 
 
-def _check_pixel_length(ds) -> None:
-    if "PixelData" not in ds:
+def _check_pixel_length(part: part10.Part10) -> None:
+    ds, pixels = part.ds, part.pixels
+    if pixels is None or pixels.tag != part10.PIXEL_DATA:
         return
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is not None and syntax.is_compressed:
-        if not ds.PixelData:
+        if not pixels.value_length:
             raise _Refused("encapsulated pixel data is empty")
         return
     try:
@@ -98,8 +138,8 @@ def _check_pixel_length(ds) -> None:
     except (AttributeError, TypeError, ValueError):
         raise _Refused("pixel data without a valid image description (Rows, Columns, NumberOfFrames, "
                        "SamplesPerPixel, BitsAllocated)") from None
-    if len(ds.PixelData) < expected:
-        raise _Refused(f"truncated pixel data: {len(ds.PixelData)} bytes, {expected} expected")
+    if pixels.value_length < expected:
+        raise _Refused(f"truncated pixel data: {pixels.value_length} bytes, {expected} expected")
 
 
 def _int_or_none(value) -> int | None:
@@ -128,33 +168,33 @@ def index_metadata(ds) -> dict:
     }
 
 
-def serialize(ds) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def prepare(data: bytes, *, secret: bytes, options: "deid.DeidOptions", max_bytes: int) -> Prepared | Rejection:
-    """Parse, validate, de-identify and serialise one file."""
+def prepare(source: bytes | BinaryIO, *, secret: bytes, options: "deid.DeidOptions",
+            max_bytes: int) -> Prepared | Rejection:
+    """Parse, validate and de-identify one file (bytes, or a seekable binary file that must stay open
+    until ``Prepared.write``)."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        source = io.BytesIO(source)
     try:
-        ds = parse(io.BytesIO(data), len(data), max_bytes)
+        size = source.seek(0, io.SEEK_END)
+        part = parse(source, size, max_bytes)
+        ds = part.ds
         meta = index_metadata(ds)
+        part.remember()  # what is still as read after this is copied, not encoded again
         result = deid.deidentify_dataset(ds, secret=secret, options=options)
-        out = serialize(ds)
+        uids = {"StudyInstanceUID": str(ds.StudyInstanceUID), "SeriesInstanceUID": str(ds.SeriesInstanceUID),
+                "SOPInstanceUID": str(ds.SOPInstanceUID),
+                "FrameOfReferenceUID": str(ds.get("FrameOfReferenceUID", "") or ""),
+                "TransferSyntaxUID": str(ds.file_meta.TransferSyntaxUID)}
+        texts = {"StudyDate": str(ds.get("StudyDate", "") or "")[:8],
+                 "StudyDescription": str(ds.get("StudyDescription", "") or "")[:200],
+                 "SeriesDescription": str(ds.get("SeriesDescription", "") or "")[:200]}
     except _Refused as exc:
         return Rejection(str(exc))
     except Exception as exc:  # noqa: BLE001 - a file that breaks the pipeline is refused, the batch goes on
         return Rejection(f"could not process ({type(exc).__name__})")
     return Prepared(
-        data=out, meta=meta,
-        uids={"StudyInstanceUID": str(ds.StudyInstanceUID), "SeriesInstanceUID": str(ds.SeriesInstanceUID),
-              "SOPInstanceUID": str(ds.SOPInstanceUID),
-              "FrameOfReferenceUID": str(ds.get("FrameOfReferenceUID", "") or ""),
-              "TransferSyntaxUID": str(ds.file_meta.TransferSyntaxUID)},
-        texts={"StudyDate": str(ds.get("StudyDate", "") or "")[:8],
-               "StudyDescription": str(ds.get("StudyDescription", "") or "")[:200],
-               "SeriesDescription": str(ds.get("SeriesDescription", "") or "")[:200]},
+        meta=meta, uids=uids, texts=texts,
         patient_pseudonym=result.patient_pseudonym, patient_age_years=result.patient_age_years,
         burned_in_risk=result.burned_in_risk, actions=dict(result.actions), profile_version=result.profile_version,
-        original=dict(result.original), notes=list(result.notes),
+        original=dict(result.original), notes=list(result.notes), part=part,
     )

@@ -27,8 +27,10 @@ import contextlib
 import io
 import os
 import posixpath
+import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,7 @@ from core.dicom.crypto import (
     DEFAULT_CHUNK_SIZE,
     DecryptingReader,
     DecryptionError,
+    EncryptingWriter,
     KeyRing,
     encrypt_stream,
     read_header,
@@ -51,6 +54,9 @@ from core.dicom.crypto import (
 )
 
 T = TypeVar("T")
+# Sealed objects wait here, inside the store's folder (dot-prefixed: names() never lists them).
+INCOMING = ".incoming"
+COPY_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -63,9 +69,9 @@ class StoredObject:
 
 @dataclass
 class Sealed:
-    """An object encrypted in memory (EncryptedStore.seal), not yet stored."""
+    """An object encrypted into a temporary file beside the store (EncryptedStore.seal), not yet stored."""
 
-    blob: bytes
+    path: str
     obj: StoredObject
 
 
@@ -99,20 +105,64 @@ class EncryptedStore:
     def put_bytes(self, name: str, data: bytes, *, durable: bool = True) -> StoredObject:
         return self.put_stream(name, io.BytesIO(data), durable=durable)
 
-    def seal(self, name: str, data: bytes) -> "Sealed":
-        """Encrypt ``data`` for the object ``name`` in memory, to store later with put_sealed:
-        ingest's worker processes seal, so only ciphertext comes back to the storing process."""
+    def seal(self, name: str, fill: Callable[[BinaryIO], object]) -> Sealed:
+        """Encrypt what ``fill(writer)`` writes, for the object ``name``, into a temporary file of
+        ciphertext, to store later with put_sealed (or drop with discard): ingest's worker
+        processes seal, so only a path comes back to the storing process, and no object is ever
+        whole in memory."""
         _check_name(name)
-        out = io.BytesIO()
-        size, sha256 = encrypt_stream(io.BytesIO(data), out, self.ring, context=name.encode(),
-                                      chunk_size=self.chunk_size)
-        return Sealed(blob=out.getvalue(), obj=StoredObject(name=name, size=size, sha256=sha256,
-                                                             key_id=self.ring.current_id))
+        fd, path = tempfile.mkstemp(dir=self._incoming(), prefix=".seal.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as dst:
+                writer = EncryptingWriter(dst, self.ring, context=name.encode(), chunk_size=self.chunk_size)
+                fill(writer)
+                size, sha256 = writer.finish()
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
+        return Sealed(path=path, obj=StoredObject(name=name, size=size, sha256=sha256, key_id=self.ring.current_id))
 
-    def put_sealed(self, sealed: "Sealed", *, durable: bool = True) -> StoredObject:
-        """Store what seal() encrypted (bound to its name, so it decrypts only there)."""
-        self._write(_check_name(sealed.obj.name), lambda dst: dst.write(sealed.blob), durable=durable)
+    def put_sealed(self, sealed: Sealed, *, durable: bool = True) -> StoredObject:
+        """Store what seal() encrypted (bound to its name, so it decrypts only there), replacing any
+        previous object atomically; the temporary file is gone afterwards."""
+        name = _check_name(sealed.obj.name)
+        if not isinstance(self.storage, FileSystemStorage):
+            try:
+                with open(sealed.path, "rb") as src:
+                    self._write_remote(name, lambda dst: shutil.copyfileobj(src, dst, COPY_CHUNK))
+            finally:
+                self.discard(sealed)
+            return sealed.obj
+        path = Path(self.storage.path(name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(sealed.path, path)  # same filesystem: _incoming() lies inside the store
+        if durable:
+            self.sync([name])
         return sealed.obj
+
+    def discard(self, sealed: Sealed) -> None:
+        """Drop a sealed object that will not be stored."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sealed.path)
+
+    def sweep_incoming(self, older_than_s: float = 24 * 3600) -> int:
+        """Remove sealed files a killed process left behind (older than any ingest runs); returns how many."""
+        folder, removed, cutoff = self._incoming(), 0, time.time() - older_than_s
+        for entry in os.scandir(folder):
+            if entry.name.startswith(".seal.") and entry.stat().st_mtime < cutoff:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+    def _incoming(self) -> str:
+        # Beside the objects, so that put_sealed is a rename; for a remote backend, the local temp folder.
+        if not isinstance(self.storage, FileSystemStorage):
+            return tempfile.gettempdir()
+        folder = Path(self.storage.location) / INCOMING
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder)
 
     def sync(self, names: Iterable[str]) -> None:
         """Make objects written with ``durable=False`` (and their directory entries) durable."""
@@ -138,6 +188,12 @@ class EncryptedStore:
         except BaseException:
             fileobj.close()
             raise
+
+    def read_range(self, name: str, start: int, length: int) -> bytes:
+        """``length`` plaintext bytes of the object from ``start``: only the chunks they lie in are decrypted."""
+        with self.open(name) as reader:
+            reader.seek(start)
+            return reader.read(length)
 
     def read_bytes(self, name: str) -> bytes:
         with self.open(name) as reader:

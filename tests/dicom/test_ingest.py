@@ -295,7 +295,8 @@ def test_bulk_ingest_workers_read_paths_and_send_back_only_ciphertext(cast, tmp_
                             options=project_deid_options(cast.project), max_bytes=10**8, project_id=cast.project.pk)
     # What a worker process returns: no de-identified bytes, the object as ciphertext (no DICOM
     # preamble in it), and no original identifiers: this project keeps no pseudonym map.
-    assert prep.data == b"" and b"DICM" not in prep.sealed.blob
+    sealed = Path(prep.sealed.path).read_bytes()
+    assert prep.part is None and b"DICM" not in sealed and b"ZZPHIMARKER" not in sealed
     assert prep.original == {} and "ZZPHIMARKER" not in repr(prep)
     kept = prepare_and_seal(str(good), secret=project_secret(cast.project), options=project_deid_options(cast.project),
                             max_bytes=10**8, project_id=cast.project.pk, keep_originals=True)

@@ -1,0 +1,415 @@
+"""DICOM Part 10 files read and written in pieces, so a file of any size passes through bounded memory.
+
+``read`` parses the dataset up to the pixel data with pydicom (values over DEFER_BYTES stay in the
+file until asked for), finds where the pixel data elements lie from their headers alone (an
+encapsulated value's items are walked header by header, PS3.5 A.4), and parses what follows them.
+``Part10.write`` puts the dataset out as de-identification left it: the File Meta Information and
+every changed element encoded by pydicom, runs of untouched elements and the pixel data copied
+from the source a chunk at a time. Pixel data is never in memory whole.
+
+An element counts as untouched only when it is the very object read from the file and still raw
+(a RawDataElement cannot be edited in place), or a sequence whose items, and their elements at
+every depth, are the very objects ``remember`` saw (``remember`` runs before de-identification).
+Whatever was replaced, removed, decoded and edited, or added is encoded anew: no original byte is
+copied unless the whole element it belongs to was left exactly as read. Each copied run must start
+with its element's tag, or the whole dataset is encoded by pydicom instead.
+
+A file whose dataset is deflated, or is encoded other than its transfer syntax says (pydicom then
+re-encodes it whole), is read and written whole as before; only then does memory grow with the file.
+"""
+
+import copy
+import functools
+import io
+import struct
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.tag import Tag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+# Float, Double Float and Pixel Data (PS3.3 C.7.6.3): bulk values that are copied, never parsed.
+PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+PIXEL_DATA = 0x7FE00010
+DEFER_BYTES = 64 * 1024
+COPY_CHUNK = 1024 * 1024
+# The elements before the pixel data are read once more into memory when they are no larger than
+# this: copies and checks of untouched runs then cost no seek.
+HEAD_IN_MEMORY = 4 * 1024 * 1024
+_LONG_VRS = frozenset(str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32)
+_ITEM, _SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+
+
+class Part10Error(ValueError):
+    """A file whose pixel data cannot be located: the reason names lengths, never a value."""
+
+
+@dataclass(frozen=True)
+class PixelSpan:
+    """Where the pixel data elements lie in the source: ``start`` to ``end`` covers them whole."""
+
+    start: int
+    end: int
+    tag: int  # the last of them; (7FE0,0010) for every image that is not float
+    start_tag: int  # the first of them
+    value_start: int  # of that element
+    value_length: int  # its value's bytes (an encapsulated one's items, up to the delimiter)
+    encapsulated: bool
+    fragments: int  # an encapsulated value's items, the Basic Offset Table among them
+
+
+@dataclass
+class _Snapshot:
+    # What each dataset and sequence held before de-identification, by id() of the object, with
+    # the objects themselves kept alive so that no id is reused.
+    datasets: dict[int, tuple[Dataset, dict]] = field(default_factory=dict)
+    sequences: dict[int, tuple[object, object, list]] = field(default_factory=dict)
+
+
+class Part10:
+    """A file read by ``read``: ``ds`` (without its pixel data), ``pixels``, and what writing needs."""
+
+    def __init__(self, source: BinaryIO, ds: Dataset, *, size: int, pixels: PixelSpan | None,
+                 starts: dict[int, int] | None, dataset_end: int, head: tuple[int, bytes] = (0, b"")):
+        self.source = source
+        self.ds = ds
+        self.size = size
+        self.pixels = pixels
+        self.streamed = starts is not None  # False: read whole, written whole by pydicom
+        self._starts = starts or {}
+        self._dataset_end = dataset_end
+        self._head = head  # (offset, bytes): the elements before the pixel data, when small
+        self._snapshot: _Snapshot | None = None
+
+    @property
+    def encoding(self) -> tuple[bool, bool]:
+        """(implicit VR, little endian) of the dataset as stored."""
+        return self.ds.original_encoding
+
+    def remember(self) -> None:
+        """Note every element and sequence item as it is now, before de-identification: ``write``
+        copies only what is still these very objects."""
+        snapshot = _Snapshot()
+        _remember(self.ds, snapshot)
+        self._snapshot = snapshot
+
+    def write(self, dst) -> None:
+        """Write the file as ``ds`` now is, pixel data copied from the source, to ``dst`` (``.write``)."""
+        if not self.streamed:
+            buffer = io.BytesIO()
+            self.ds.save_as(buffer, enforce_file_format=True)
+            dst.write(buffer.getbuffer())
+            return
+        head = DicomBytesIO()
+        head.write(self.ds.preamble if getattr(self.ds, "preamble", None) else b"\0" * 128)
+        head.write(b"DICM")
+        meta = copy.deepcopy(self.ds.file_meta)
+        meta.MediaStorageSOPClassUID = _uid_of(self.ds, 0x00080016)
+        meta.MediaStorageSOPInstanceUID = _uid_of(self.ds, 0x00080018)
+        write_file_meta_info(head, meta, enforce_standard=True)
+        dst.write(head.getvalue())
+        # A changed character set re-encodes every text (as pydicom's write_dataset does).
+        recode = self.ds.original_character_set != self.ds._character_set
+        try:
+            plan = self._plan(copy_nothing=recode)
+        except _NotAsRead:
+            plan = self._plan(copy_nothing=True)
+        for step in plan:
+            if isinstance(step, tuple):
+                self._copy(dst, *step)
+            else:
+                dst.write(step)
+
+    def _plan(self, *, copy_nothing: bool = False) -> list:
+        """The dataset as steps: encoded bytes, or (start, end) ranges of the source to copy."""
+        implicit, little = self.encoding
+        encodings = self.ds.get("SpecificCharacterSet", "iso8859")
+        starts, ends = self._starts, self._ends()
+        steps: list = []
+        run: list[int] = []  # [start, end] of the current run of untouched elements
+        out = _encoder(implicit, little)
+
+        def flush_encoded():
+            nonlocal out
+            if out.tell():
+                steps.append(out.getvalue())
+                out = _encoder(implicit, little)
+
+        def flush_run():
+            if run:
+                self._check_boundary(run[1])
+                steps.append((run[0], run[1]))
+                run.clear()
+
+        def copy_range(start: int, end: int):
+            if run and run[1] == start:
+                run[1] = end
+                return
+            flush_run()
+            run.extend((start, end))
+
+        pixels_done = self.pixels is None
+        for tag in sorted(self.ds._dict):
+            if not pixels_done and tag >= self.pixels.start_tag:
+                flush_encoded()
+                copy_range(self.pixels.start, self.pixels.end)
+                pixels_done = True
+            if tag in PIXEL_TAGS:
+                continue  # copied from the source with the span, as read
+            elem = self.ds._dict[tag]  # not get_item: that would load a deferred value
+            start = starts.get(tag)
+            if not copy_nothing and start is not None and self._untouched(tag, elem):
+                self._check_tag_at(start, tag)
+                flush_encoded()
+                copy_range(start, ends[tag])
+                continue
+            flush_run()
+            if elem.is_raw and elem.value is None and elem.length:
+                elem = self.ds.get_item(tag)  # a deferred value that changed hands: load it to encode it
+            write_data_element(out, elem, encodings)
+        if not pixels_done:
+            flush_encoded()
+            copy_range(self.pixels.start, self.pixels.end)
+        flush_encoded()
+        flush_run()
+        return steps
+
+    def _ends(self) -> dict[int, int]:
+        """Each original element's end: where the next one (or the pixel data, or the end) starts."""
+        positions = sorted(self._starts.values())
+        if self.pixels is not None:
+            positions.append(self.pixels.start)
+            positions.sort()
+        following = dict(zip(positions, positions[1:] + [self._dataset_end], strict=True))
+        return {tag: following[start] for tag, start in self._starts.items()}
+
+    def _untouched(self, tag: int, elem) -> bool:
+        snapshot = self._snapshot
+        if snapshot is None:
+            return False
+        top = snapshot.datasets.get(id(self.ds))
+        return top is not None and top[1].get(tag) is elem and _same(elem, snapshot)
+
+    def _check_tag_at(self, start: int, tag: int) -> None:
+        implicit, little = self.encoding
+        if self._read_at(start, 4) != struct.pack("<HH" if little else ">HH", tag >> 16, tag & 0xFFFF):
+            raise _NotAsRead
+
+    def _check_boundary(self, end: int) -> None:
+        """A run must end where another original element (its tag there), the pixel data or the dataset ends."""
+        if end == self._dataset_end:
+            return
+        tag = self._tag_starting_at.get(end)
+        if tag is None and self.pixels is not None and end == self.pixels.start:
+            return  # _locate_pixels read a pixel data tag there
+        if tag is None:
+            raise _NotAsRead
+        self._check_tag_at(end, tag)
+
+    @functools.cached_property
+    def _tag_starting_at(self) -> dict[int, int]:
+        return {start: tag for tag, start in self._starts.items()}
+
+    def _read_at(self, start: int, length: int) -> bytes:
+        offset, head = self._head
+        if offset <= start and start + length <= offset + len(head):
+            return head[start - offset:start + length - offset]
+        self.source.seek(start)
+        return self.source.read(length)
+
+    def _copy(self, dst, start: int, end: int) -> None:
+        offset, head = self._head
+        if offset <= start and end <= offset + len(head):
+            dst.write(memoryview(head)[start - offset:end - offset])
+            return
+        source = self.source
+        source.seek(start)
+        remaining = end - start
+        while remaining > 0:
+            block = source.read(min(COPY_CHUNK, remaining))
+            if not block:
+                raise Part10Error(f"the file ended {remaining} bytes before its last element")
+            dst.write(block)
+            remaining -= len(block)
+
+
+class _NotAsRead(Exception):
+    """An element is not where its offsets put it: the dataset is encoded whole instead."""
+
+
+def _remember(ds: Dataset, snapshot: _Snapshot) -> None:
+    snapshot.datasets[id(ds)] = (ds, dict(ds._dict))
+    for elem in ds._dict.values():
+        if not elem.is_raw and elem.VR == "SQ" and elem.value is not None:
+            items = list(elem.value)
+            snapshot.sequences[id(elem)] = (elem, elem.value, items)
+            for item in items:
+                _remember(item, snapshot)
+
+
+def _same(elem, snapshot: _Snapshot) -> bool:
+    """Whether elem is exactly as remembered: raw, or a sequence of the same, untouched items."""
+    if elem.is_raw:
+        return True
+    seen = snapshot.sequences.get(id(elem))
+    if seen is None or seen[1] is not elem.value:
+        return False
+    items = list(elem.value)
+    if len(items) != len(seen[2]) or any(a is not b for a, b in zip(items, seen[2], strict=True)):
+        return False
+    for item in items:
+        before = snapshot.datasets.get(id(item))
+        if before is None or len(before[1]) != len(item._dict):
+            return False
+        for tag, child in item._dict.items():
+            if before[1].get(tag) is not child or not _same(child, snapshot):
+                return False
+    return True
+
+
+def _encoder(implicit: bool, little: bool) -> DicomBytesIO:
+    out = DicomBytesIO()
+    out.is_implicit_VR, out.is_little_endian = implicit, little
+    return out
+
+
+def _uid_of(ds: Dataset, tag: int) -> str:
+    elem = ds.get_item(tag)  # raw as read, or as de-identification set it: not decoded for this
+    value = elem.value
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip("\0 ")
+    return str(value)
+
+
+def _encoding_of(syntax: UID | None) -> tuple[bool, bool] | None:
+    if syntax is None or not syntax.is_transfer_syntax:
+        return None
+    return syntax.is_implicit_VR, syntax.is_little_endian
+
+
+def _header_length(elem, implicit: bool) -> int:
+    if implicit:
+        return 8
+    return 12 if elem.VR in EXPLICIT_VR_LENGTH_32 else 8
+
+
+def _start_of(elem, implicit: bool) -> int | None:
+    tell = elem.value_tell if isinstance(elem, RawDataElement) else getattr(elem, "file_tell", None)
+    return None if tell is None else tell - _header_length(elem, implicit)
+
+
+def read(source: BinaryIO, *, size: int | None = None) -> Part10:
+    """Parse a Part 10 file from a seekable binary source, leaving its pixel data where it is.
+
+    Raises what pydicom raises for an unreadable file, and Part10Error for pixel data whose
+    declared lengths do not fit the file.
+    """
+    if size is None:
+        size = source.seek(0, io.SEEK_END)
+    source.seek(0)
+    ds = pydicom.dcmread(source, stop_before_pixels=True, defer_size=DEFER_BYTES)
+    position = source.tell()
+    encoding = _encoding_of(ds.file_meta.get("TransferSyntaxUID"))
+    if (encoding is None or ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+            or tuple(ds.original_encoding) != encoding):
+        source.seek(0)
+        whole = pydicom.dcmread(source)
+        return Part10(source, whole, size=size, pixels=None, starts=None, dataset_end=size)
+    implicit, little = encoding
+    starts = {}
+    for tag, elem in ds._dict.items():
+        start = _start_of(elem, implicit)
+        if start is not None:
+            starts[tag] = start
+    pixels, elements = _locate_pixels(source, position, size, implicit, little) if position + 8 <= size else (None, [])
+    for elem in elements:
+        # Deferred (value None): reading one through the dataset loads it whole; its length and
+        # position are all that validation needs of native pixel data.
+        ds._dict[elem.tag] = elem
+    dataset_end = position
+    if pixels is not None:
+        dataset_end = pixels.end
+        if pixels.end + 8 <= size:
+            # Elements after the pixel data (a trailing padding, a digital signature): parsed and
+            # de-identified like the rest.
+            source.seek(pixels.end)
+            trailing = read_dataset(source, implicit, little, defer_size=DEFER_BYTES,
+                                    parent_encoding=ds._character_set)
+            for tag, elem in trailing._dict.items():
+                if tag in PIXEL_TAGS or tag <= pixels.tag:
+                    raise Part10Error("elements after the pixel data are out of order")
+                ds._dict[tag] = elem
+                start = _start_of(elem, implicit)
+                if start is not None:
+                    starts[tag] = start
+            dataset_end = source.tell()
+    head = (0, b"")
+    first = min(starts.values(), default=position)
+    if position - first <= HEAD_IN_MEMORY:
+        source.seek(first)
+        head = (first, source.read(position - first))
+    return Part10(source, ds, size=size, pixels=pixels, starts=starts, dataset_end=dataset_end, head=head)
+
+
+def _locate_pixels(source: BinaryIO, position: int, size: int, implicit: bool,
+                   little: bool) -> tuple[PixelSpan | None, list[RawDataElement]]:
+    """The pixel data elements at position: their span, and each as a deferred (unread) element."""
+    u16, u32 = ("<H", "<I") if little else (">H", ">I")
+    start, last, elements = position, None, []
+    while position + 8 <= size:
+        source.seek(position)
+        head = source.read(8)
+        tag = struct.unpack(u16, head[:2])[0] << 16 | struct.unpack(u16, head[2:4])[0]
+        if tag not in PIXEL_TAGS:
+            break
+        if implicit:
+            length, value_start = struct.unpack(u32, head[4:8])[0], position + 8
+        elif head[4:6] in _LONG_VRS:
+            extra = source.read(4)
+            if len(extra) < 4:
+                raise Part10Error("the pixel data element's header is cut off")
+            length, value_start = struct.unpack(u32, extra)[0], position + 12
+        else:
+            length, value_start = struct.unpack(u16, head[6:8])[0], position + 8
+        vr = None if implicit else head[4:6].decode("ascii", "replace")
+        elements.append(RawDataElement(Tag(tag), vr, length, None, value_start, implicit, little))
+        if length == _UNDEFINED:
+            value_length, end, fragments = _walk_items(source, value_start, size, u16, u32)
+        else:
+            end, value_length, fragments = value_start + length, length, 0
+            if end > size:
+                raise Part10Error(f"truncated pixel data: {max(size - value_start, 0)} bytes of the "
+                                  f"{length} declared")
+        last = PixelSpan(start=start, end=end, tag=tag, start_tag=elements[0].tag, value_start=value_start,
+                         value_length=value_length,
+                         encapsulated=length == _UNDEFINED, fragments=fragments)
+        position = end
+    return last, elements
+
+
+def _walk_items(source: BinaryIO, position: int, size: int, u16: str, u32: str) -> tuple[int, int, int]:
+    """(value length, end after the delimiter, items) of an encapsulated value starting at position."""
+    value_start, fragments = position, 0
+    while True:
+        if position + 8 > size:
+            raise Part10Error("truncated pixel data: the encapsulated value has no sequence delimiter")
+        source.seek(position)
+        head = source.read(8)
+        tag = struct.unpack(u16, head[:2])[0] << 16 | struct.unpack(u16, head[2:4])[0]
+        length = struct.unpack(u32, head[4:8])[0]
+        if tag == _SEQUENCE_DELIMITER:
+            return position - value_start, position + 8, fragments
+        if tag != _ITEM or length == _UNDEFINED:
+            raise Part10Error("encapsulated pixel data holds something other than items")
+        position += 8 + length
+        if position > size:
+            raise Part10Error(f"truncated pixel data: item {fragments + 1} declares {length} bytes the file lacks")
+        fragments += 1
