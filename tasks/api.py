@@ -130,7 +130,7 @@ def claim_representation(claim, request) -> dict:
 class ReadSerializer(serializers.ModelSerializer):
     study_uid = serializers.CharField(source="task.study.study_uid", read_only=True)
     series_uid = serializers.SerializerMethodField()
-    claim_to_submit_seconds = serializers.FloatField(read_only=True)
+    claim_to_submit_seconds = serializers.FloatField(read_only=True, allow_null=True)  # null until submitted
 
     class Meta:
         model = Read
