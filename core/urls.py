@@ -41,6 +41,8 @@ api = [
     *router.urls,
 ]
 
+handler404 = views.not_found
+
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

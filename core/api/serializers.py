@@ -15,6 +15,9 @@ class OrganizationSerializer(serializers.ModelSerializer):
 
 
 class UserSerializer(serializers.ModelSerializer):
+    # An address is optional, so "" is a value: documented as a plain string, not format email
+    email = serializers.CharField(read_only=True)
+
     class Meta:
         model = User
         fields = ["id", "username", "first_name", "last_name", "email", "organization", "is_org_admin", "pseudonym"]

@@ -1,6 +1,8 @@
 """Core REST endpoints: thin, each validating input, calling one service and shaping output."""
 
 import django_filters
+from django.http import JsonResponse
+from django.views.defaults import page_not_found
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -275,3 +277,11 @@ class MeView(APIView):
         memberships = Membership.objects.filter(user=request.user, is_active=True).select_related("user")
         return Response(s.MeSerializer({"user": request.user, "memberships": memberships}).data)
 
+
+
+def not_found(request, exception=None):
+    """Django's 404 for a URL no route matches: the API's JSON error under /api/ (a client parses
+    every answer there as JSON, an HTML page broke it), Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"code": "not_found", "detail": "No such endpoint or object.", "errors": {}}, status=404)
+    return page_not_found(request, exception)

@@ -60,3 +60,18 @@ def test_priority_weights_null_as_a_form_field_is_a_400(cast):
     assert "priority_weights" in response.json()["errors"]
     json_null = client.patch(f"/api/projects/{cast.project.pk}/learning/", {"priority_weights": None}, format="json")
     assert json_null.status_code == 400, json_null.content
+
+
+def test_an_api_url_no_route_matches_is_a_json_404(cast):
+    response = token_client(cast.manager).get("/api/schema-templates/%C2%AB%1E%01/")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "not_found"
+
+
+def test_a_users_blank_email_and_an_unsubmitted_reads_duration_match_the_schema(cast):
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)["components"]["schemas"]
+    assert "format" not in schema["User"]["properties"]["email"]
+    assert schema["ManagedRead"]["properties"]["claim_to_submit_seconds"]["nullable"] is True
