@@ -30,6 +30,7 @@ from core.dicom.crypto import KeyRing, decrypt_bytes, encrypt_bytes
 from core.dicom.models import DeidRecord, IngestBatch, Instance, PseudonymMapEntry, Series, Study
 from core.dicom.prepare import Prepared, Rejection, prepare
 from core.dicom.storage import get_store
+from core.dicom.validation import modality_refusal
 from core.dicom.volume import check_series
 from core.models import Project, User
 
@@ -409,6 +410,11 @@ def _ingest_prepared(batch: _Batch, item: IngestItem, prep) -> FileReport:
     if batch.only_study_uids is not None and study_uid not in batch.only_study_uids:
         report.status, report.code = "rejected", "study_mismatch"
         report.reason = "the instance belongs to another study than the one named in the request"
+        batch.store.discard(prep.sealed)
+        return report
+    # A project takes only the modalities it declares (core.dicom.validation): refused, not stored.
+    if reason := modality_refusal(batch.project.modalities, prep.meta["modality"]):
+        report.status, report.code, report.reason = "rejected", "modality_not_accepted", reason
         batch.store.discard(prep.sealed)
         return report
     batch.group.add(report, prep)  # indexed (or found a duplicate) when its group flushes

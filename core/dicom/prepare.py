@@ -17,6 +17,7 @@ from pydicom.errors import InvalidDicomError
 
 from core.dicom import deid, part10
 from core.dicom.sequences import mr_sequence_type
+from core.dicom.validation import validate_for_serving
 from core.dicom.volume import geometry_of
 
 REQUIRED_UIDS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
@@ -114,32 +115,15 @@ def parse(reader: BinaryIO, size: int | None, max_bytes: int) -> part10.Part10:
     except (EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
         raise _Refused(f"unreadable DICOM ({type(exc).__name__})") from None
     ds = part.ds
+    # What retrieval will have to serve (core.dicom.validation), checked before _decode_all
+    # converts the elements: the rules read each element's length as the file declared it.
+    if problems := validate_for_serving(ds, size, part.source):
+        raise _Refused(f"cannot be served: {'; '.join(problems)}")
     _decode_all(ds)
     missing = [k for k in REQUIRED_UIDS if not str(ds.get(k, "")).strip()]
     if missing:
         raise _Refused(f"missing required attribute(s): {', '.join(missing)}")
-    _check_pixel_length(part)
     return part
-
-
-def _check_pixel_length(part: part10.Part10) -> None:
-    ds, pixels = part.ds, part.pixels
-    if pixels is None or pixels.tag != part10.PIXEL_DATA:
-        return
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax is not None and syntax.is_compressed:
-        if not pixels.value_length:
-            raise _Refused("encapsulated pixel data is empty")
-        return
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        expected = (rows * cols * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.get("SamplesPerPixel", 1))
-                    * int(ds.BitsAllocated) + 7) // 8
-    except (AttributeError, TypeError, ValueError):
-        raise _Refused("pixel data without a valid image description (Rows, Columns, NumberOfFrames, "
-                       "SamplesPerPixel, BitsAllocated)") from None
-    if pixels.value_length < expected:
-        raise _Refused(f"truncated pixel data: {pixels.value_length} bytes, {expected} expected")
 
 
 def _int_or_none(value) -> int | None:

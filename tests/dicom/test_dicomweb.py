@@ -180,6 +180,8 @@ def test_stow_needs_ingest_permission(cast, api):
 def test_quarantined_pixels_are_not_served_to_qa(cast, api):
     from pydicom.data import get_testdata_file
 
+    cast.project.modalities = [*cast.project.modalities, "US"]  # ingest refuses modalities a project does not take
+    cast.project.save(update_fields=["modalities"])
     ingest_files(cast.project, [IngestItem("us", reader=open(get_testdata_file("US1_UNCR.dcm"), "rb"))],
                  by=None, source="folder")
     instance = Instance.objects.select_related("series__study").get()

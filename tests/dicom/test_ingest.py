@@ -166,6 +166,8 @@ def test_dicomdir_tree_linkage_survives_exactly(cast):
     # The patient folders of pydicom's dicomdirtests tree (beside them lie DICOMDIR variants).
     root = Path(get_testdata_file("DICOMDIR")).parent
     folders = [root / "77654033", root / "98892001", root / "98892003"]
+    cast.project.modalities = [*cast.project.modalities, "CR"]  # ingest refuses modalities a project does not take
+    cast.project.save(update_fields=["modalities"])
     for folder in folders:
         call_command("ingest", str(folder), project=cast.project.pk, quiet_files=True)
     assert Study.objects.filter(project=cast.project).count() == 6
@@ -200,6 +202,8 @@ def test_mr_sequences_and_volume_checks_are_indexed(cast):
 
 
 def test_burned_in_risk_is_quarantined_until_a_manager_clears_it(cast, api):
+    cast.project.modalities = [*cast.project.modalities, "US"]  # ingest refuses modalities a project does not take
+    cast.project.save(update_fields=["modalities"])
     ingest_files(cast.project, [IngestItem("us", reader=open(get_testdata_file("US1_UNCR.dcm"), "rb"))],
                  by=None, source="folder")
     instance = Instance.objects.get()
