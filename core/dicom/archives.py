@@ -7,6 +7,7 @@ memory or put plaintext on disk.
 
 import posixpath
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -50,6 +51,37 @@ def _unsafe_name(name: str) -> str:
     return ""
 
 
+# What reading one member may raise: zipfile's own, zlib's (deflate), lzma's and bz2's (OSError,
+# EOFError), an unsupported compression method (NotImplementedError).
+MEMBER_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, ValueError)
+
+
+class _DamagedMember(Exception):
+    pass
+
+
+def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]:
+    """The member's bytes chunk by chunk, or _DamagedMember: one damaged member (a bad CRC, a broken
+    deflate stream, a cut-off local header) fails alone, as the central directory still locates
+    the members after it. Errors writing the spool are not the archive's and pass through."""
+    try:
+        with archive.open(info) as member:
+            while chunk := member.read(COPY_CHUNK):
+                yield chunk
+    except MEMBER_ERRORS as exc:
+        raise _DamagedMember(_member_error(exc)) from None
+
+
+def _member_error(exc: Exception) -> str:
+    """The reason for a member that did not read, without zipfile's message: it quotes the member's
+    name, which the report already carries and which may name the patient."""
+    if isinstance(exc, zipfile.BadZipFile) and "CRC" in str(exc):
+        return "corrupt archive member: its CRC-32 check failed"
+    if isinstance(exc, NotImplementedError):
+        return "archive member compressed with a method radqueue cannot read"
+    return f"corrupt archive member ({type(exc).__name__})"
+
+
 def iter_zip_members(reader, limits: ZipLimits | None = None) -> Iterator[ZipMember]:
     """Each file of the archive as a spool, or with a reason it was refused. Raises zipfile.BadZipFile."""
     limits = limits or ZipLimits.from_settings()
@@ -79,14 +111,16 @@ def iter_zip_members(reader, limits: ZipLimits | None = None) -> Iterator[ZipMem
             continue
         spool = EncryptedSpool()
         written, refused = 0, ""
-        # The header's sizes may lie; count what actually inflates.
-        with archive.open(info) as member:
-            while chunk := member.read(COPY_CHUNK):
+        try:
+            # The header's sizes may lie; count what actually inflates.
+            for chunk in _inflate(archive, info):
                 written += len(chunk)
                 if written > max(info.file_size, 0) or written > limits.max_member_bytes:
                     refused = "member inflates beyond its declared size (zip bomb?)"
                     break
                 spool.write(chunk)
+        except _DamagedMember as exc:
+            refused = str(exc)
         if refused:
             spool.close()
             yield ZipMember(name, reason=refused)
