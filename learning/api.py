@@ -6,7 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit.recorder import AuditedViewMixin
-from core.api.pagination import paginated_response
+from core.api.pagination import page_of, paginated_response
 from core.errors import NotFound
 from core.roles import Perm
 from core.selectors import get_project_for
@@ -92,7 +92,7 @@ class ModelVersionListView(AuditedViewMixin, APIView):
 
     audit_object_type = "learning.modelversion"
 
-    @extend_schema(responses=ModelVersionSerializer(many=True))
+    @extend_schema(responses=page_of(ModelVersionSerializer), operation_id="api_projects_models_list")
     def get(self, request, project_pk):
         project = get_project_for(request.user, project_pk, Perm.VIEW_PROGRESS)
         return paginated_response(request, self, ModelVersion.objects.filter(project=project).order_by("-number"),
@@ -127,7 +127,7 @@ class LearningJobListView(AuditedViewMixin, APIView):
     def audit_action(self, request):
         return "list" if request.method == "GET" else "create"
 
-    @extend_schema(responses=LearningJobSerializer(many=True))
+    @extend_schema(responses=page_of(LearningJobSerializer), operation_id="api_projects_learning_jobs_list")
     def get(self, request, project_pk):
         project = get_project_for(request.user, project_pk, Perm.VIEW_PROGRESS)
         return paginated_response(request, self, LearningJob.objects.filter(project=project).order_by("-id"),

@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 
 from audit.recorder import AuditedViewMixin
 from core import idempotency
-from core.api.pagination import paginated_response
+from core.api.pagination import page_of, paginated_response
 from core.api.serializers import LabelEntrySerializer
 from core.errors import DomainError, Forbidden, NotFound, error_body
 from core.models import ProtocolVersion, User
@@ -608,7 +608,7 @@ class ProjectAdjudicationListView(AuditedViewMixin, APIView):
     audit_object_type = "tasks.adjudication"
 
     @extend_schema(parameters=[OpenApiParameter("state", str, enum=Adjudication.State.values)],
-                   responses=AdjudicationSerializer(many=True))
+                   responses=page_of(AdjudicationSerializer), operation_id="api_projects_adjudications_list")
     def get(self, request, project_pk):
         project = get_project_for(request.user, project_pk, Perm.VIEW_READS)
         qs = Adjudication.objects.filter(project=project).select_related("task__study", "task__protocol_version")

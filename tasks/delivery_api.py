@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit.recorder import AuditedViewMixin
-from core.api.pagination import paginated_response
+from core.api.pagination import page_of, paginated_response
 from core.dicom.storage import get_store
 from core.errors import Conflict, NotFound
 from core.roles import Perm
@@ -85,7 +85,7 @@ class BatchListView(AuditedViewMixin, APIView):
     def audit_action(self, request):
         return "list" if request.method == "GET" else "create"
 
-    @extend_schema(responses=BatchSerializer(many=True))
+    @extend_schema(responses=page_of(BatchSerializer), operation_id="api_projects_batches_list")
     def get(self, request, project_pk):
         project = get_project_for(request.user, project_pk, Perm.VIEW_PROGRESS)
         qs = Batch.objects.filter(project=project).prefetch_related("tasks").order_by("-id")

@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from audit.recorder import AuditedViewMixin
 from audit.trail import record_event
-from core.api.pagination import paginated_response
+from core.api.pagination import page_of, paginated_response
 from core.dicom.archives import iter_zip_members
 from core.dicom.ingest import IngestItem, ingest_files, read_pseudonym
 from core.dicom.models import IngestBatch, Instance, PseudonymMapEntry, Series, Study
@@ -162,7 +162,7 @@ class StudyListView(ProjectIndexMixin, APIView):
     audit_object_type = "core.study"
 
     @extend_schema(parameters=[OpenApiParameter("modality", str), OpenApiParameter("patient", str)],
-                   responses=StudySerializer(many=True))
+                   responses=page_of(StudySerializer), operation_id="api_projects_studies_list")
     def get(self, request, project_pk):
         project = self.project()
         qs = Study.objects.filter(project=project).prefetch_related("series").order_by("id")
@@ -190,7 +190,7 @@ class QuarantineListView(ProjectIndexMixin, APIView):
 
     audit_object_type = "core.instance"
 
-    @extend_schema(responses=InstanceSerializer(many=True))
+    @extend_schema(responses=page_of(InstanceSerializer), operation_id="api_projects_quarantine_list")
     def get(self, request, project_pk):
         project = self.project(Perm.MANAGE)
         qs = Instance.objects.filter(project=project, is_quarantined=True).select_related("series__study")
@@ -222,7 +222,7 @@ class ClearQuarantineView(AuditedViewMixin, APIView):
 class IngestBatchListView(ProjectIndexMixin, APIView):
     audit_object_type = "core.ingestbatch"
 
-    @extend_schema(responses=IngestBatchSerializer(many=True))
+    @extend_schema(responses=page_of(IngestBatchSerializer), operation_id="api_projects_ingest_batches_list")
     def get(self, request, project_pk):
         project = self.project()
         batches = IngestBatch.objects.filter(project=project)

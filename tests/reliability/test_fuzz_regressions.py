@@ -75,3 +75,19 @@ def test_a_users_blank_email_and_an_unsubmitted_reads_duration_match_the_schema(
     schema = SchemaGenerator().get_schema(request=None, public=True)["components"]["schemas"]
     assert "format" not in schema["User"]["properties"]["email"]
     assert schema["ManagedRead"]["properties"]["claim_to_submit_seconds"]["nullable"] is True
+
+
+PAGED_LISTS = ["studies", "quarantine", "ingest-batches", "adjudications", "batches", "models", "learning/jobs"]
+
+
+def test_the_seven_paged_lists_are_documented_as_the_pages_they_return(cast):
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    client = token_client(cast.manager)
+    for name in PAGED_LISTS:
+        body = client.get(f"/api/projects/{cast.project.pk}/{name}/").json()
+        assert set(body) == {"count", "next", "previous", "results"}, name
+        ok = schema["paths"][f"/api/projects/{{project_pk}}/{name}/"]["get"]["responses"]["200"]
+        ref = ok["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        assert set(schema["components"]["schemas"][ref]["properties"]) == set(body), name
