@@ -562,7 +562,10 @@ def native_frames(ds: pydicom.Dataset, numbers: list[int]) -> list[bytes]:
     """Uncompressed little-endian bytes of the given 1-based frames (decoding compressed syntaxes)."""
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if not ds.file_meta.TransferSyntaxUID.is_compressed and ds.file_meta.TransferSyntaxUID.is_little_endian:
-        size = len(ds.PixelData) // frames
+        # The frame size the pixel module describes, not the data's length over the frame count:
+        # ingest accepts trailing padding shorter than a frame, which would shift every boundary.
+        bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated)
+        size = bits // 8 if bits % 8 == 0 else len(ds.PixelData) // frames
         return [bytes(ds.PixelData[(n - 1) * size:n * size]) for n in numbers]
     array = ds.pixel_array
     if frames == 1:

@@ -130,7 +130,7 @@ def _declared_lengths(ds: Dataset, file_size: int | None, depth: int) -> list[st
         return [f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels"]
     problems = []
     for tag in list(ds.keys()):
-        elem = ds.get_item(tag)
+        elem = ds.get_item(tag, keep_deferred=True)  # a deferred value stays on disk: only its length matters
         if elem.VR is not None and elem.VR not in KNOWN_VRS:
             # pydicom keeps such an element as bytes, but DICOM JSON (WADO-RS metadata) cannot say it.
             problems.append(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) has a VR DICOM does not define")
@@ -235,7 +235,7 @@ def _image_pixel_module(ds: Dataset) -> int:
 # --- the pixel data itself ----------------------------------------------------------------------
 
 def _pixel_data(ds: Dataset, tag: int, vrs: tuple[str, ...], frames: int, source: BinaryIO | None) -> None:
-    elem = ds.get_item(tag)
+    elem = ds.get_item(tag, keep_deferred=True)  # streamed ingest defers pixel data: never load it whole here
     if elem.VR is not None and elem.VR not in vrs:  # None: implicit VR, the dictionary's applies
         raise _Invalid(f"{_name(tag, elem.VR)}: pixel data must have VR {' or '.join(v for v in vrs if ' ' not in v)}")
     syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
