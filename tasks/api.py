@@ -91,7 +91,8 @@ class ClaimSerializer(serializers.Serializer):
     resumed = serializers.BooleanField(help_text="True when this is a read you already held (a claim whose answer "
                                                  "you may not have received), handed back; false for a new one.")
     # Claims carry no such attribute, so DRF leaves the key out; to_representation adds it.
-    model = ModelBlockSerializer(source="model_block", read_only=True, required=False,
+    # Not read_only: drf-spectacular documents every read-only field as required, and this one is often absent
+    model = ModelBlockSerializer(source="model_block", required=False,
                                  help_text="The current model's view: only when the project is not "
                                            "blind-to-model and offers suggestions; otherwise absent.")
 

@@ -10,9 +10,12 @@ status code, content type, headers and body the schema documents. Generation is 
 schemathesis's seed below, one Hypothesis seed per operation derived from it, no example database.
 """
 
+import secrets
+
 import hypothesis
 import pytest
 import schemathesis
+from django.conf import settings
 from django.core.management import call_command
 from knox.models import AuthToken
 from schemathesis.checks import not_a_server_error
@@ -96,7 +99,10 @@ def _schema(url: str, token: str, ids: dict):
 
 @pytest.fixture
 def server(seeded, tmp_path):
-    env = {"LEARNING_PREDICTOR": "tests.learning.standin.StandInPredictor"}
+    # DEBUG off, as production answers (Django's debug pages are HTML where the API promises JSON)
+    env = {"LEARNING_PREDICTOR": "tests.learning.standin.StandInPredictor", "DEBUG": "0",
+           "SECRET_KEY": secrets.token_urlsafe(64), "SECURE_SSL_REDIRECT": "0",
+           "RADQUEUE_STORAGE_KEY": settings.RADQUEUE_STORAGE_KEYS}
     with asgi_servers(1, tmp_path, env=env) as ports:
         yield f"http://127.0.0.1:{ports[0]}", _ids(seeded)
 
