@@ -50,3 +50,21 @@ class OutageMiddleware:
             self._cache_paths.add(request.path)
             outages.cache.failed(exc)
         return outages.unavailable_response(service)
+
+
+class NulInQueryMiddleware:
+    """A NUL character in a query parameter is a 400: PostgreSQL text cannot hold one, so a filter
+    on it would fail in the database (a 500) instead of saying what is wrong."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if any("\x00" in key or any("\x00" in v for v in values) for key, values in request.GET.lists()):
+            from django.http import JsonResponse
+
+            from core.errors import error_body
+
+            return JsonResponse(error_body("invalid", "Query parameters may not contain NUL characters."),
+                                status=400)
+        return self.get_response(request)

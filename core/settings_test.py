@@ -7,7 +7,9 @@ from core.settings import *  # noqa: F403
 from core.settings import DATABASES
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-DATA_DIR = Path(tempfile.mkdtemp(prefix="radqueue-test-"))  # noqa: F405
+# A server a test starts (tests/servers.py) shares the test process's folder, as it shares its
+# database: the objects a test stored are the ones the server reads.
+DATA_DIR = Path(os.environ.get("RADQUEUE_TEST_DATA_DIR") or tempfile.mkdtemp(prefix="radqueue-test-"))  # noqa: F405
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
 # Tests close connections after each request; a server a test starts as deploy/ runs it (tests/
@@ -19,6 +21,6 @@ STATIC_ROOT = DATA_DIR / "static"
 # handler (about 70 ms, most API tests build several). Looking files up per request instead, as
 # WhiteNoise does in development, serves the same files.
 WHITENOISE_AUTOREFRESH = True
-STATIC_ROOT.mkdir()
+STATIC_ROOT.mkdir(exist_ok=True)
 CELERY_TASK_ALWAYS_EAGER = True
 LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "WARNING"}}

@@ -59,6 +59,7 @@ def asgi_servers(count: int, log_dir: Path, env: dict | None = None):
     overrides their environment (another DATABASE_URL or REDIS_URL)."""
     # core.settings_test: the same settings the test process uses (its password hasher, too)
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "core.settings_test", "DATABASE_URL": shared_database_url(),
+           "RADQUEUE_TEST_DATA_DIR": str(settings.DATA_DIR),
            "DEBUG": "1", "ALLOWED_HOSTS": "127.0.0.1,localhost", **(env or {})}
     ports, processes = [_free_port() for _ in range(count)], []
     try:
@@ -82,6 +83,7 @@ def gunicorn_api_server(log_dir: Path, workers: int = 2, env: dict | None = None
     """The API as deploy/systemd/radqueue-api.service serves it (core.wsgi, --preload, sync
     workers, persistent database connections); yields its port. ``env`` overrides its environment."""
     env = {**dict(os.environ, DJANGO_SETTINGS_MODULE="core.settings_test", DATABASE_URL=shared_database_url(),
+                  RADQUEUE_TEST_DATA_DIR=str(settings.DATA_DIR),
                   DEBUG="0", SECRET_KEY=secrets.token_urlsafe(64), ALLOWED_HOSTS="127.0.0.1",
                   RADQUEUE_TEST_SERVER_CONN_MAX_AGE="600",
                   SECURE_SSL_REDIRECT="0", RADQUEUE_STORAGE_KEY=settings.RADQUEUE_STORAGE_KEYS), **(env or {})}

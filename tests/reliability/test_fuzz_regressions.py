@@ -98,3 +98,8 @@ def test_the_claims_model_block_is_documented_as_optional(cast):
 
     claim = SchemaGenerator().get_schema(request=None, public=True)["components"]["schemas"]["Claim"]
     assert "model" in claim["properties"] and "model" not in claim.get("required", [])
+
+
+def test_a_nul_character_in_a_query_parameter_is_a_400_not_a_database_error(cast, api):
+    answer = api(cast.manager).get(f"/api/projects/{cast.project.pk}/studies/?modality=C%00T&patient=%00")
+    assert answer.status_code == 400 and "NUL" in answer.json()["detail"]
