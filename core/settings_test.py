@@ -21,6 +21,6 @@ STATIC_ROOT = DATA_DIR / "static"
 # handler (about 70 ms, most API tests build several). Looking files up per request instead, as
 # WhiteNoise does in development, serves the same files.
 WHITENOISE_AUTOREFRESH = True
-STATIC_ROOT.mkdir(exist_ok=True)
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 CELERY_TASK_ALWAYS_EAGER = True
 LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "WARNING"}}
