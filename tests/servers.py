@@ -99,3 +99,29 @@ def gunicorn_api_server(log_dir: Path, workers: int = 2, env: dict | None = None
             yield port
         finally:
             _stop(process)
+
+
+def redis_unavailable() -> str:
+    """Why a test that needs the Redis at REDIS_URL cannot run here ("" when it can)."""
+    url = os.environ.get("REDIS_URL", "")
+    if not url:
+        return "needs Redis: set REDIS_URL (CI does)"
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        return f"needs Redis at REDIS_URL: {exc}"
+    return ""
+
+
+async def next_event(ws, name: str, timeout=10.0) -> dict:
+    """The next feed message called ``name`` on a websocket, skipping others."""
+    import asyncio
+    import json
+
+    deadline = time.monotonic() + timeout
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), timeout=max(0.1, deadline - time.monotonic())))
+        if message["event"] == name:
+            return message

@@ -4,7 +4,6 @@ meant for it (django/channels_redis#422: with redis-py 8's read timeout they dro
 
 import asyncio
 import json
-import os
 import time
 
 import httpx
@@ -12,26 +11,12 @@ import pytest
 from knox.models import AuthToken
 
 from tasks.creation import create_tasks
-from tests.servers import asgi_servers
+from tests.servers import asgi_servers, redis_unavailable
 from tests.tasks.conftest import add_ct_studies
-
-
-def _redis_unavailable() -> str:
-    url = os.environ.get("REDIS_URL", "")
-    if not url:
-        return "needs Redis: set REDIS_URL (CI does) to run the feed's Redis test"
-    import redis
-
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
-        return f"needs Redis at REDIS_URL: {exc}"
-    return ""
-
 
 pytestmark = [
     pytest.mark.redis,
-    pytest.mark.skipif(bool(_redis_unavailable()), reason=_redis_unavailable() or "Redis is up"),
+    pytest.mark.skipif(bool(redis_unavailable()), reason=redis_unavailable() or "Redis is up"),
     pytest.mark.django_db(transaction=True),  # the servers read what the test committed
 ]
 

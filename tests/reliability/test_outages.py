@@ -8,7 +8,6 @@ logins answer 503 (their counters live in the cache), the feed's sockets close w
 events are dropped with one log line for the outage and one for its end."""
 
 import asyncio
-import json
 import time
 
 import httpx
@@ -16,7 +15,7 @@ import pytest
 
 from core.management.commands.seed_demo import DEMO_PASSWORD
 from tests.reliability.services import PrivatePostgres, PrivateRedis, postgres_bin, prepare_database
-from tests.servers import asgi_servers, gunicorn_api_server
+from tests.servers import asgi_servers, gunicorn_api_server, next_event
 
 pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="needs PostgreSQL's programs (initdb, pg_ctl): "
                                                                "install Debian's `postgresql` package (.ci/run does)")
@@ -124,14 +123,6 @@ async def _closed_code(ws, timeout: float) -> int:
         return ws.close_code
 
 
-async def _next_event(ws, name: str, timeout=10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), timeout=max(0.1, deadline - time.monotonic())))
-        if message["event"] == name:
-            return message
-
-
 def test_redis_down_keeps_the_api_serving_and_the_feed_logs_the_outage_once(postgres, redis, tmp_path):
     from websockets.asyncio.client import connect
 
@@ -162,7 +153,7 @@ def test_redis_down_keeps_the_api_serving_and_the_feed_logs_the_outage_once(post
                 return read
 
             async with socket_for("manager") as watching:
-                await _next_event(watching, "feed.ready")
+                await next_event(watching, "feed.ready")
                 redis.stop()
                 try:
                     # the socket whose layer went away closes, asking the client to come back later
@@ -187,9 +178,9 @@ def test_redis_down_keeps_the_api_serving_and_the_feed_logs_the_outage_once(post
                 assert time.monotonic() < deadline, "logins did not come back with Redis"
                 await asyncio.sleep(0.5)
             async with socket_for("annotator") as own:
-                await _next_event(own, "feed.ready")
+                await next_event(own, "feed.ready")
                 read = await claim_and_release()
-                assert (await _next_event(own, "read.claimed"))["data"]["read"] == read
+                assert (await next_event(own, "read.claimed"))["data"]["read"] == read
 
     with asgi_servers(1, tmp_path, env=env) as (port,):
         asyncio.run(scenario(port))

@@ -3,44 +3,20 @@ Redis channel layer; a socket held on server A receives the events of HTTP actio
 
 import asyncio
 import json
-import os
-import time
 
 import httpx
 import pytest
 from knox.models import AuthToken
 
 from tasks.creation import create_tasks
-from tests.servers import asgi_servers
+from tests.servers import asgi_servers, next_event, redis_unavailable
 from tests.tasks.conftest import add_ct_studies
-
-
-def _redis_unavailable() -> str:
-    url = os.environ.get("REDIS_URL", "")
-    if not url:
-        return "needs Redis: set REDIS_URL (CI does) to run the two-process live feed test"
-    import redis
-
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
-        return f"needs Redis at REDIS_URL: {exc}"
-    return ""
-
 
 pytestmark = [
     pytest.mark.redis,
-    pytest.mark.skipif(bool(_redis_unavailable()), reason=_redis_unavailable() or "Redis is up"),
+    pytest.mark.skipif(bool(redis_unavailable()), reason=redis_unavailable() or "Redis is up"),
     pytest.mark.django_db(transaction=True),  # the servers read what the test committed
 ]
-
-
-async def _next_event(ws, name: str, timeout=10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), timeout=max(0.1, deadline - time.monotonic())))
-        if message["event"] == name:
-            return message
 
 
 async def _quiet(ws, seconds=1.0) -> list[dict]:
@@ -68,7 +44,7 @@ def test_an_action_on_one_server_reaches_a_socket_on_another_through_redis(cast,
         async with socket_for("manager") as manager, socket_for("annotator") as reader, \
                 socket_for("second_annotator") as other, httpx.AsyncClient(base_url=f"http://127.0.0.1:{b}") as http:
             for ws in (manager, reader, other):
-                assert (await _next_event(ws, "feed.ready"))["project"] == cast.project.pk
+                assert (await next_event(ws, "feed.ready"))["project"] == cast.project.pk
             reads = []
             for name in ("annotator", "second_annotator"):
                 headers = {"Authorization": f"Token {tokens[name]}"}
@@ -76,12 +52,12 @@ def test_an_action_on_one_server_reaches_a_socket_on_another_through_redis(cast,
                 assert claimed.status_code == 200, claimed.text
                 reads.append(claimed.json()["read"])
                 if name == "annotator":
-                    seen = await _next_event(reader, "read.claimed")
+                    seen = await next_event(reader, "read.claimed")
                     assert seen["data"]["read"] == reads[0] and seen["data"]["task"] == task.pk
                 submitted = await http.post(f"/api/reads/{reads[-1]}/submit/", headers=headers, json={
                     "findings": [{"label": "finding_laterality", "value": "left"}]})
                 assert submitted.status_code == 200, submitted.text
-            consensus = await _next_event(manager, "task.consensus")
+            consensus = await next_event(manager, "task.consensus")
             others = await _quiet(other)
         return reads, consensus, others
 
