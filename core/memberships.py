@@ -238,7 +238,8 @@ def _check_not_last_manager(membership: Membership, by: User | None) -> None:
         return
     # Locking every manager row of the project serialises two managers ending each other at once.
     managers = list(Membership.objects.select_for_update().filter(
-        project_id=membership.project_id, role=Role.MANAGER, is_active=True).order_by("pk").values_list("pk", flat=True))
+        project_id=membership.project_id, role=Role.MANAGER, is_active=True,
+    ).order_by("pk").values_list("pk", flat=True))
     if managers == [membership.pk]:
         reason = ("This is the project's last active manager: appoint another manager first; a project is "
                   "never left without one.")

@@ -125,3 +125,16 @@ async def next_event(ws, name: str, timeout=10.0) -> dict:
         message = json.loads(await asyncio.wait_for(ws.recv(), timeout=max(0.1, deadline - time.monotonic())))
         if message["event"] == name:
             return message
+
+
+async def quiet(ws, seconds=1.0) -> list[dict]:
+    """Every message a websocket receives until it has been silent for ``seconds``."""
+    import asyncio
+    import json
+
+    received = []
+    try:
+        while True:
+            received.append(json.loads(await asyncio.wait_for(ws.recv(), timeout=seconds)))
+    except TimeoutError:
+        return received

@@ -2,14 +2,13 @@
 Redis channel layer; a socket held on server A receives the events of HTTP actions made on server B."""
 
 import asyncio
-import json
 
 import httpx
 import pytest
 from knox.models import AuthToken
 
 from tasks.creation import create_tasks
-from tests.servers import asgi_servers, next_event, redis_unavailable
+from tests.servers import asgi_servers, next_event, quiet, redis_unavailable
 from tests.tasks.conftest import add_ct_studies
 
 pytestmark = [
@@ -17,15 +16,6 @@ pytestmark = [
     pytest.mark.skipif(bool(redis_unavailable()), reason=redis_unavailable() or "Redis is up"),
     pytest.mark.django_db(transaction=True),  # the servers read what the test committed
 ]
-
-
-async def _quiet(ws, seconds=1.0) -> list[dict]:
-    received = []
-    try:
-        while True:
-            received.append(json.loads(await asyncio.wait_for(ws.recv(), timeout=seconds)))
-    except TimeoutError:
-        return received
 
 
 def test_an_action_on_one_server_reaches_a_socket_on_another_through_redis(cast, tmp_path):
@@ -58,7 +48,7 @@ def test_an_action_on_one_server_reaches_a_socket_on_another_through_redis(cast,
                     "findings": [{"label": "finding_laterality", "value": "left"}]})
                 assert submitted.status_code == 200, submitted.text
             consensus = await next_event(manager, "task.consensus")
-            others = await _quiet(other)
+            others = await quiet(other)
         return reads, consensus, others
 
     with asgi_servers(2, tmp_path) as (a, b):

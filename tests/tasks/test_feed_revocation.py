@@ -20,8 +20,8 @@ from core.roles import Role
 from tasks import feed
 from tasks.creation import create_tasks
 from tasks.queue import claim_next_read
+from tests.servers import next_event, quiet, redis_unavailable
 from tests.tasks.conftest import add_ct_studies
-from tests.tasks.test_feed_redis import _next_event, _quiet, _redis_unavailable
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the consumer looks permissions up on its own connection
 
@@ -153,7 +153,7 @@ def test_a_session_socket_closes_after_logout_and_a_deactivated_accounts_socket_
 
 
 @pytest.mark.redis
-@pytest.mark.skipif(bool(_redis_unavailable()), reason=_redis_unavailable() or "Redis is up")
+@pytest.mark.skipif(bool(redis_unavailable()), reason=redis_unavailable() or "Redis is up")
 def test_revoking_on_one_server_closes_the_socket_held_on_another_through_redis(cast, api, tmp_path):
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
@@ -175,7 +175,7 @@ def test_revoking_on_one_server_closes_the_socket_held_on_another_through_redis(
         async with socket_for("manager") as manager, socket_for("client_viewer") as client, \
                 httpx.AsyncClient(base_url=f"http://127.0.0.1:{b}") as http:
             for ws in (manager, client):
-                await _next_event(ws, "feed.ready")
+                await next_event(ws, "feed.ready")
             revoked = await http.delete(f"/api/projects/{cast.project.pk}/memberships/{client_membership.pk}/",
                                         headers={"Authorization": f"Token {tokens['manager']}"})
             assert revoked.status_code == 204, revoked.text
@@ -188,7 +188,7 @@ def test_revoking_on_one_server_closes_the_socket_held_on_another_through_redis(
             claimed = await http.post("/api/queue/next/", json={},
                                       headers={"Authorization": f"Token {tokens['annotator']}"})
             assert claimed.status_code == 200, claimed.text
-            manager_events = await _quiet(manager)
+            manager_events = await quiet(manager)
             # Token deletion: no broadcast, the next periodic re-check (RECHECK_SECONDS) closes it.
             assert (await http.post("/api/auth/token/revoke-all/",
                                     headers={"Authorization": f"Token {tokens['manager']}"})).status_code in (200, 204)
