@@ -6,7 +6,11 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install migrate lint check-migrations schema clean
+# Without DATABASE_URL, run and test go through the embedded PostgreSQL (core/postgresql/embedded.py:
+# the server from a pip wheel, data under var/postgres, stopped when the command ends).
+ON_DB := $(if $(DATABASE_URL),,$(BIN)/python -m core.postgresql.embedded run --)
+
+.PHONY: run serve test pytest install migrate lint check-migrations schema clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,7 +26,10 @@ migrate: install
 # With REDIS_URL set, jobs go through Redis: honcho runs the Procfile (the server, a Celery worker and
 # beat), prefixes their output and stops all three when one exits or on Ctrl-C. Without it, jobs run
 # in the server's process as they are asked for (Celery eager) and nothing runs the schedule.
-run: migrate
+run: install
+	$(ON_DB) $(MAKE) --no-print-directory serve
+
+serve: migrate
 	$(BIN)/python manage.py seed_demo --url http://$(HOST):$(PORT)
 	@mkdir -p var
 	@if [ -n "$$REDIS_URL" ]; then \
@@ -34,6 +41,9 @@ run: migrate
 	fi
 
 test: install
+	$(ON_DB) $(MAKE) --no-print-directory pytest
+
+pytest: install
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -41,7 +51,7 @@ lint: install
 	$(BIN)/ruff check .
 
 schema: install
-	$(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null
+	$(ON_DB) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null
 
 clean:
-	rm -rf $(VENV) db.sqlite3 var
+	rm -rf $(VENV) var

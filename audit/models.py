@@ -1,6 +1,6 @@
 """The audit event table: append-only, each row chained to its shard predecessor by SHA-256.
 
-See audit.trail for the chain design. The model refuses updates and deletes; on PostgreSQL a
+See audit.trail for the chain design. The model refuses updates and deletes; a
 trigger (migration 0002) refuses them in the database as well, TRUNCATE included.
 """
 

@@ -104,17 +104,15 @@ def _write_archive(shard: int, after_seq: int, last_seq: int, archive_dir: Path,
 
 
 def _delete_prefix(shard: int, after_seq: int, last_seq: int) -> int:
-    # The model and queryset refuse deletes, and the PostgreSQL trigger allows them only while
+    # The model and queryset refuse deletes, and the database's trigger allows them only while
     # this transaction-local setting is on and only to a member of radqueue_retention.
     table = connection.ops.quote_name(AuditEvent._meta.db_table)
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SET LOCAL radqueue.audit_retention = 'on'")
+        cursor.execute("SET LOCAL radqueue.audit_retention = 'on'")
         cursor.execute(f"DELETE FROM {table} WHERE shard = %s AND seq > %s AND seq <= %s",
                        [shard, after_seq, last_seq])
         removed = cursor.rowcount
-        if connection.vendor == "postgresql":
-            cursor.execute("SET LOCAL radqueue.audit_retention = 'off'")
+        cursor.execute("SET LOCAL radqueue.audit_retention = 'off'")
     return removed
 
 
@@ -156,11 +154,9 @@ RETENTION_ROLE = "radqueue_retention"
 
 
 def _check_retention_role() -> None:
-    """Fail before archiving anything where the database would refuse the deletes: on PostgreSQL
-    only a member of the retention role (audit migration 0004) may remove events and move anchors,
-    so the application's own credentials cannot cut the trail (docs/audit.md)."""
-    if connection.vendor != "postgresql":
-        return
+    """Fail before archiving anything where the database would refuse the deletes: only a member
+    of the retention role (audit migration 0004) may remove events and move anchors, so the
+    application's own credentials cannot cut the trail (docs/audit.md)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_user, pg_has_role(current_user, %s, 'MEMBER')", [RETENTION_ROLE])
         user, member = cursor.fetchone()

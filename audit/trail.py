@@ -148,14 +148,13 @@ def record_event(action: str, *, actor=None, project=None, project_id=None, obj=
         object_id=object_id, study_uid=study_uid, protocol_version=protocol_version, outcome=outcome, reason=reason,
         extra=extra, roles=roles)
     shard = _shard_for_writer()
-    if db.vendor == "postgresql":
-        # One statement: atomic by itself, and part of the caller's transaction when there is one.
-        event = _append_postgresql(db, shard, values, lookup=(actor, project_id) if roles is None else None)
-        if event is not None:
-            return event
-        if roles is None:
-            roles = _roles_of(actor, project_id)
-            values.update(actor_roles=roles[0][:200], actor_tier=_tier(roles[1]))
+    # One statement: atomic by itself, and part of the caller's transaction when there is one.
+    event = _append_postgresql(db, shard, values, lookup=(actor, project_id) if roles is None else None)
+    if event is not None:
+        return event
+    if roles is None:
+        roles = _roles_of(actor, project_id)
+        values.update(actor_roles=roles[0][:200], actor_tier=_tier(roles[1]))
     with transaction.atomic(savepoint=False):
         return _append(shard, values)
 
@@ -171,9 +170,7 @@ def _event_values(db, action, *, actor, project, project_id, obj, object_type, o
         object_type = object_type or obj._meta.label_lower
         object_id = object_id or obj.pk
     if roles is None:
-        roles = _known_roles(actor, project_id)
-        if roles is None and db.vendor != "postgresql":  # PostgreSQL looks them up in the append itself
-            roles = _roles_of(actor, project_id)
+        roles = _known_roles(actor, project_id)  # None: the append looks them up itself
     ctx = context.current() or context.RequestContext()
     values = {
         "occurred_at": timezone.now(),
@@ -234,7 +231,7 @@ def _head_for_writer(shard: int) -> AuditChainHead:
     raise RuntimeError("No audit chain head exists on any shard that holds events; run audit_restore_head.")
 
 
-# --- the one-statement append on PostgreSQL ---------------------------------------------------
+# --- the one-statement append ----------------------------------------------------------------
 #
 # One round trip per event: look up the actor's roles (unless known), move the shard's head with
 # one UPDATE (its row lock waits for the shard's previous writer; the event's hash is computed in
@@ -290,10 +287,10 @@ def embedded_event(action: str, *, after: str, actor=None, project_id=None, obj=
     ``extra_from_statement`` keys of ``extra`` the same way; their JSON goes into the hashed text
     in SQL, as the head's seq and hash do. The caller checks ``(SELECT count(*) FROM
     audit_event)`` and calls record_event where it is 0 (no head row for the shard: a flushed
-    test database). None where record_event must append instead: the trail is off, the database
-    is not PostgreSQL, or a value holds a stand-in."""
+    test database). None where record_event must append instead: the trail is off, or a value
+    holds a stand-in."""
     db = connections[DEFAULT_DB_ALIAS]
-    if not is_enabled() or db.vendor != "postgresql":
+    if not is_enabled():
         return None
     sql_fields, sql_extra = from_statement or {}, extra_from_statement or {}
     assert set(sql_fields) <= {"object_id", "study_uid", "protocol_version"}, sql_fields
@@ -414,7 +411,7 @@ def _cut(text: str, names: list[str]) -> tuple[tuple[str, ...], list[str]] | Non
 
 def _append_postgresql(db, shard: int, values: dict, lookup: tuple | None) -> AuditEvent | None:
     """The one-statement append (looking up the roles of ``lookup`` = (actor, project id) if given);
-    None where the portable path must run: a value holds a stand-in, or the shard has no head row."""
+    None where the three-statement append (_append) must run: a value holds a stand-in, or the shard has no head row."""
     names = [*(("actor_roles", "actor_tier") if lookup is not None else ()), "prev_hash", "seq"]
     cut = _cut(canonical({**values, "shard": shard, **{name: _stand_in(name) for name in names}}).decode(), names)
     if cut is None:
@@ -483,7 +480,7 @@ def _rows(shard: int, after_seq: int, chunk: int = 5000) -> Iterator[dict]:
 def _one_snapshot():
     """The events and the head read in one snapshot (outside a caller's transaction): an append
     committing between reading the last event and the head would look like a head ahead of its chain."""
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
+    if connection.in_atomic_block:
         yield
         return
     with transaction.atomic(), connection.cursor() as cursor:
@@ -579,8 +576,7 @@ def restore_head(shard: int) -> HeadRestore | None:
     event is left alone: events after it were removed, and moving it back would hide that."""
     with transaction.atomic():
         with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                cursor.execute("SET LOCAL radqueue.audit_retention = 'on'")
+            cursor.execute("SET LOCAL radqueue.audit_retention = 'on'")
             head = AuditChainHead.objects.select_for_update().filter(shard=shard).first()
             seq, hash_ = chain_end(shard)
             if head is not None and (head.seq, head.hash) == (seq, hash_):
@@ -592,8 +588,7 @@ def restore_head(shard: int) -> HeadRestore | None:
                 AuditChainHead.objects.create(shard=shard, seq=seq, hash=hash_, prev_hash="")
             else:
                 AuditChainHead.objects.filter(shard=shard).update(seq=seq, hash=hash_, prev_hash="")
-            if connection.vendor == "postgresql":
-                cursor.execute("SET LOCAL radqueue.audit_retention = 'off'")
+            cursor.execute("SET LOCAL radqueue.audit_retention = 'off'")
         restored = HeadRestore(shard, head.seq if head is not None else None, seq, hash_)
         record_event("audit_head_restored", object_type="audit.auditchainhead", object_id=shard, extra={
             "shard": shard, "from_seq": restored.from_seq, "from_hash": head.hash if head is not None else None,

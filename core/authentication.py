@@ -23,13 +23,13 @@ class TokenAuthentication(knox.auth.TokenAuthentication):
     query per request on the hot claim path, so expired tokens are purged by the periodic
     ``core.purge_expired_tokens`` job instead (an expired token is refused either way).
 
-    On PostgreSQL the token and its user are read with one plain SQL statement (the ORM's
+    The token and its user are read with one plain SQL statement (the ORM's
     building of knox's query cost more than the query; bench/claims.py); the checks are knox's.
     Nothing is cached: a revoked token or a deactivated user is refused on the next request.
     """
 
     def authenticate_credentials(self, token):
-        if connection.vendor != "postgresql" or knox_settings.AUTO_REFRESH:
+        if knox_settings.AUTO_REFRESH:  # knox's own path refreshes the expiry it reads
             return super().authenticate_credentials(token)
         msg = _("Invalid token.")
         token = token.decode("utf-8")

@@ -2,9 +2,8 @@
 where building the query with the ORM costs several times what running it does (bench/claims.py).
 
 ``columns`` lists a model's every concrete column under a table alias; ``instance`` turns the
-matching slice of a row into the instance the ORM would have built (JSON fields decoded). Only on
-PostgreSQL: its driver returns the Python types the fields hold (timezone-aware datetimes); on
-SQLite the ORM's converters are needed, so callers keep the ORM there.
+matching slice of a row into the instance the ORM would have built (JSON fields decoded):
+PostgreSQL's driver returns the Python types the fields hold (timezone-aware datetimes).
 """
 
 import functools
@@ -78,8 +77,7 @@ def insert(model, **values):
     given = set(values)
     if given != expected:
         raise TypeError(f"{model.__name__}: missing {sorted(expected - given)}, unknown {sorted(given - expected)}")
-    if (connection.vendor != "postgresql" or signals.pre_save.has_listeners(model)
-            or signals.post_save.has_listeners(model)):
+    if signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model):
         return model.objects.create(**values)
     with connection.cursor() as cursor:
         cursor.execute(sql, [f.get_db_prep_save(values[f.attname], connection) for f in fields])

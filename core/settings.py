@@ -1,11 +1,12 @@
 """radqueue settings, read from the environment (django-environ parses URLs and fails loudly).
 
-Embedded default (nothing set): SQLite with IMMEDIATE transactions, an in-memory channel layer,
-local-memory cache and in-process jobs. Production sets DATABASE_URL, REDIS_URL, SECRET_KEY,
+Development default (nothing set): the embedded PostgreSQL that `make run` / `make test` start, an
+in-memory channel layer, local-memory cache and in-process jobs. Production sets DATABASE_URL, REDIS_URL, SECRET_KEY,
 ALLOWED_HOSTS and DEBUG=0; nothing here exists only in production.
 """
 
 import base64
+import os
 from pathlib import Path
 
 import environ
@@ -89,28 +90,30 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------
-if env.str("DATABASE_URL", default=""):
-    DATABASES = {"default": env.db("DATABASE_URL")}
-    # 0 by default: under ASGI every request runs in its own thread-sensitive context, so a
-    # persistent connection is never reused and never closed, and workers would exhaust the
-    # server's connections (Django's docs: disable persistent connections under ASGI; use a
-    # pooler such as PgBouncer). A WSGI deployment may set DB_CONN_MAX_AGE.
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=0))
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-        # The same backend, with a health check that asks the socket instead of the server
-        # (core/postgresql/base.py): no SELECT 1 round trip before every request.
-        DATABASES["default"]["ENGINE"] = "core.postgresql"
-else:
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": env.str("SQLITE_PATH", default=str(BASE_DIR / "db.sqlite3")),
-            # IMMEDIATE: writers take the lock at BEGIN and queue on it instead of failing with
-            # "database is locked" when a read transaction tries to upgrade.
-            "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
-        }
-    }
+# PostgreSQL is the only database. Without DATABASE_URL, the embedded server that `make run` and
+# `make test` start (core/postgresql/embedded.py) is used while it runs.
+if not env.str("DATABASE_URL", default=""):
+    from core.postgresql import embedded
+
+    _socket = embedded.running()
+    if _socket is None:
+        raise ImproperlyConfigured(
+            "DATABASE_URL is not set and the embedded PostgreSQL is not running: set DATABASE_URL, or run "
+            "through `make run` / `make test`, or `.venv/bin/python -m core.postgresql.embedded run -- <command>`")
+    os.environ.update(embedded.environment(_socket))
+DATABASES = {"default": env.db("DATABASE_URL")}
+# 0 by default: under ASGI every request runs in its own thread-sensitive context, so a
+# persistent connection is never reused and never closed, and workers would exhaust the
+# server's connections (Django's docs: disable persistent connections under ASGI; use a
+# pooler such as PgBouncer). A WSGI deployment may set DB_CONN_MAX_AGE.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=0))
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] not in ("django.db.backends.postgresql", "core.postgresql"):
+    raise ImproperlyConfigured(f"DATABASE_URL must name a PostgreSQL server (postgres://...), not "
+                               f"{DATABASES['default']['ENGINE']}")
+# The same backend, with a health check that asks the socket instead of the server
+# (core/postgresql/base.py): no SELECT 1 round trip before every request.
+DATABASES["default"]["ENGINE"] = "core.postgresql"
 ATOMIC_REQUESTS = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

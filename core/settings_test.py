@@ -10,8 +10,6 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # A server a test starts (tests/servers.py) shares the test process's folder, as it shares its
 # database: the objects a test stored are the ones the server reads.
 DATA_DIR = Path(os.environ.get("RADQUEUE_TEST_DATA_DIR") or tempfile.mkdtemp(prefix="radqueue-test-"))  # noqa: F405
-if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
 # Tests close connections after each request; a server a test starts as deploy/ runs it (tests/
 # servers.py) keeps them, with RADQUEUE_TEST_SERVER_CONN_MAX_AGE set.
 DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("RADQUEUE_TEST_SERVER_CONN_MAX_AGE", "0"))
@@ -22,5 +20,7 @@ STATIC_ROOT = DATA_DIR / "static"
 # WhiteNoise does in development, serves the same files.
 WHITENOISE_AUTOREFRESH = True
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
-CELERY_TASK_ALWAYS_EAGER = True
+# Jobs run in-process; a server a test starts to see Celery's broker fail (tests/reliability/test_outages.py)
+# queues them in Redis as production does, with RADQUEUE_TEST_SERVER_CELERY_EAGER=0.
+CELERY_TASK_ALWAYS_EAGER = os.environ.get("RADQUEUE_TEST_SERVER_CELERY_EAGER", "1") != "0"
 LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "WARNING"}}

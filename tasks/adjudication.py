@@ -3,7 +3,7 @@ sees every read side by side, and resolves it with a rationale; the result becom
 
 Eligible: an active, not suspended member allowed to adjudicate, of the adjudication's tier or
 higher, holding its sub-specialty when one is required, and never one of the task's readers.
-Claims take row locks with SKIP LOCKED (on PostgreSQL) and hold a lease like reads do.
+Claims take row locks with SKIP LOCKED and hold a lease like reads do.
 """
 
 from datetime import timedelta

@@ -219,9 +219,6 @@ def _set_task_state(task: Task, state: str) -> None:
     if task.kind == Task.Kind.PRODUCTION:
         announce_progress(task.project_id, **{task.state: -1, state: 1})
     task.state = state
-    if connection.vendor != "postgresql":
-        task.save(update_fields=["state", "updated_at"])
-        return
     # task.save(update_fields=...) as plain SQL: its building cost more than its running (the
     # last submit of every task passes here).
     task.updated_at = timezone.now()
@@ -231,9 +228,7 @@ def _set_task_state(task: Task, state: str) -> None:
 
 
 def _submitted_reads(task: Task) -> list[Read]:
-    """The task's submitted reads in submit order (plain SQL on PostgreSQL, as _set_task_state)."""
-    if connection.vendor != "postgresql":
-        return list(Read.objects.filter(task=task, state=ReadState.SUBMITTED).order_by("id"))
+    """The task's submitted reads in submit order (plain SQL, as _set_task_state)."""
     with connection.cursor() as cursor:
         cursor.execute(_submitted_reads_statement(), [task.pk, ReadState.SUBMITTED])
         return [rows.instance(Read, row) for row in cursor.fetchall()]

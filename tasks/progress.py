@@ -67,26 +67,11 @@ def _summed(sums: str) -> str:
     return ", ".join(f"sum({c})" for c in sums.split(", "))
 
 
-# PostgreSQL: each delta table is emptied and folded in one statement.
-_FOLDS_POSTGRESQL = "; ".join(
+# Each delta table is emptied and folded in one statement.
+_FOLDS = "; ".join(
     f"WITH moved AS (DELETE FROM {delta} WHERE project_id = %(p)s RETURNING {keys}, {sums}) "
     + _upsert(tally, keys, sums, f"SELECT %(p)s, {keys}, {_summed(sums)} FROM moved GROUP BY {keys} ORDER BY {keys}")
     for delta, tally, keys, sums in _TALLIES)
-
-
-def _fold_sqlite(project_id: int) -> None:
-    """SQLite: one writer at a time, so read the deltas up to an id, add them, delete them."""
-    for delta, tally, keys, sums in _TALLIES:
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT max(id) FROM {delta} WHERE project_id = %s", [project_id])  # noqa: S608
-            (last,) = cursor.fetchone()
-            if last is None:
-                continue
-            rows = (f"SELECT project_id, {keys}, {_summed(sums)} FROM {delta} "  # noqa: S608 - fixed names
-                    f"WHERE project_id = %s AND id <= %s GROUP BY project_id, {keys}")
-            cursor.execute(_upsert(tally, keys, sums, rows), [project_id, last])
-            cursor.execute(f"DELETE FROM {delta} WHERE project_id = %s AND id <= %s",  # noqa: S608
-                           [project_id, last])
 
 
 def _count_findings(project_id: int, ids: list[int]) -> None:
@@ -111,21 +96,15 @@ def finding_classes(findings) -> set[str]:
 @transaction.atomic
 def fold_deltas(project_id: int) -> None:
     """Move the project's pending deltas into its tallies (exact: the move is one transaction)."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            # Two folds of one project would upsert the same tally rows: take turns. One round trip;
-            # the consensus ids to count come back from the last statement.
-            # synchronous_commit off is safe here: a fold lost in a crash is lost whole, its deltas intact.
-            cursor.execute(f"SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({FOLD_LOCK}, %(p)s); "
-                           f"{_FOLDS_POSTGRESQL}; "
-                           "DELETE FROM tasks_uncountedconsensus WHERE project_id = %(p)s RETURNING consensus_id",
-                           {"p": project_id})
-            _count_findings(project_id, [row[0] for row in cursor.fetchall()])
-    else:
-        _fold_sqlite(project_id)
-        ids = list(UncountedConsensus.objects.filter(project_id=project_id).values_list("consensus_id", flat=True))
-        UncountedConsensus.objects.filter(project_id=project_id, consensus_id__in=ids).delete()
-        _count_findings(project_id, ids)
+    with connection.cursor() as cursor:
+        # Two folds of one project would upsert the same tally rows: take turns. One round trip;
+        # the consensus ids to count come back from the last statement.
+        # synchronous_commit off is safe here: a fold lost in a crash is lost whole, its deltas intact.
+        cursor.execute(f"SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({FOLD_LOCK}, %(p)s); "
+                       f"{_FOLDS}; "
+                       "DELETE FROM tasks_uncountedconsensus WHERE project_id = %(p)s RETURNING consensus_id",
+                       {"p": project_id})
+        _count_findings(project_id, [row[0] for row in cursor.fetchall()])
 
 
 # --- the recount ------------------------------------------------------------------------------
@@ -139,12 +118,11 @@ def recount_progress(project_id: int) -> None:
     """Rebuild the project's tallies from the task, read, adjudication and consensus tables."""
     from tasks.models import Adjudication
 
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [FOLD_LOCK, project_id])
-            # Deltas committed from now on wait for this transaction's view of the tables to be the base.
-            cursor.execute("LOCK TABLE tasks_task, tasks_read, tasks_adjudication, tasks_consensus "
-                           "IN SHARE MODE")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [FOLD_LOCK, project_id])
+        # Deltas committed from now on wait for this transaction's view of the tables to be the base.
+        cursor.execute("LOCK TABLE tasks_task, tasks_read, tasks_adjudication, tasks_consensus "
+                       "IN SHARE MODE")
     for model in (TaskTally, TaskTallyDelta, ReadDayTally, ReadDayDelta, FindingTally, UncountedConsensus):
         model.objects.filter(project_id=project_id).delete()
     tasks: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])

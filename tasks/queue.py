@@ -5,12 +5,11 @@ read holds one); no reader reads a task twice (a partial unique index on live re
 claim never offers such a slot); the k readers of a task are k different people (the same); no
 reader holds more than the project's limit of open reads (checked under a per-reader lock).
 
-On PostgreSQL a claim is one statement (a data-modifying CTE): pick the best eligible slot with
+A claim is one statement (a data-modifying CTE): pick the best eligible slot with
 ``FOR UPDATE SKIP LOCKED`` (concurrent claimers skip each other's rows instead of queueing on
 them), insert the read, lease the slot, expire the read whose lease ran out, move the task to
 in_reading. Order: priority, then age (slot id), so equal-priority work is served first come,
-first served. Elsewhere (SQLite, whose IMMEDIATE transactions serialise writers) the same steps
-run through the ORM.
+first served.
 
 Once a worker process has seen a reader claim, the reader's next claims are one message (lock and
 claim statement, one round trip, committed on their own): the statement claims on the rules the
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.utils import timezone
 
 from audit.trail import EmbeddedEvent, embedded_event, record_event
@@ -34,12 +33,11 @@ from core.broadcast import broadcast_on_commit, broadcast_to_reader_on_commit
 from core.errors import Conflict, DomainError, NotFound
 from core.idempotency import checked_key
 from core.models import Project, User
-from core.roles import Perm
 from core.selectors import projects_visible_to
 from tasks.models import Adjudication, QueueSlot, Read, Task
 from tasks.progress import announce_progress
 from tasks.routing import Eligibility, digest_check, eligibility, eligibility_and_digest
-from tasks.selectors import holder_is_member, reader_membership_sql
+from tasks.selectors import reader_membership_sql
 from tasks.states import LIVE_READ_STATES, ReadState, TaskState, check_read_transition, task_state_after_reads
 
 CLAIM_LOCK = 7301  # the advisory lock class of one reader's claims (bench/claims.py takes it too)
@@ -79,33 +77,27 @@ def claim_next_read(user: User, *, project_id: int | None = None, resume: bool =
     if project_id is not None and not projects_visible_to(user).filter(pk=project_id).exists():
         raise NotFound("No such project.")
     now = timezone.now()
-    postgresql = connection.vendor == "postgresql"
     # A reader role is what grants read_studies (core.roles), so the memberships say it all.
     projects = None if project_id is None else [project_id]
-    if postgresql and (claim := _claim_on_known_rules(user, projects, now, resume)) is not None:
+    if (claim := _claim_on_known_rules(user, projects, now, resume)) is not None:
         _announce_claim(user, claim, None, progress=True)
         return claim
-    if not postgresql:  # before the transaction: SQLite's IMMEDIATE transactions take the write lock
-        rules = eligibility(user, projects)
+    with transaction.atomic():
+        # The same statement takes the reader's claim lock, which serialises one reader's
+        # concurrent claims (different readers never wait on it), so the open-read limit and
+        # the same-task check see each other's results.
+        rules, digest = eligibility_and_digest(user, projects, claim_lock=(CLAIM_LOCK, user.pk))
+        _remember_rules(user, projects, rules, digest)
         if not rules:
             return None
-    with transaction.atomic():
-        if postgresql:
-            # The same statement takes the reader's claim lock, which serialises one reader's
-            # concurrent claims (different readers never wait on it), so the open-read limit and
-            # the same-task check see each other's results.
-            rules, digest = eligibility_and_digest(user, projects, claim_lock=(CLAIM_LOCK, user.pk))
-            _remember_rules(user, projects, rules, digest)
-            if not rules:
-                return None
         shows_model = {r.project_id for r in rules if r.readers_see_model}
         in_scope = [r.project_id for r in rules]
         check = None
-        # PostgreSQL's claim statement checks the open-read limit itself (its snapshot is taken
-        # after the lock above); a check read (calibration, gold) is picked here, so needs it first.
-        # So does a read to resume; PostgreSQL's claim statement otherwise claims only where there
-        # is none (holding_none), and the lookup follows only where it claimed nothing.
-        if not postgresql or any(r.needs_calibration or r.gold_rate > 0 for r in rules):
+        # The claim statement checks the open-read limit itself (its snapshot is taken after the
+        # lock above); a check read (calibration, gold) is picked here, so needs it first. So does
+        # a read to resume; the claim statement otherwise claims only where there is none
+        # (holding_none), and the lookup follows only where it claimed nothing.
+        if any(r.needs_calibration or r.gold_rate > 0 for r in rules):
             if resume and (resumed := _resume_held(user, in_scope, now, shows_model)) is not None:
                 return resumed
             counts = _open_counts(user)
@@ -120,14 +112,9 @@ def claim_next_read(user: User, *, project_id: int | None = None, resume: bool =
             return None
         else:
             leases = {r.project_id: r.lease_seconds for r in rules}
-            if postgresql:
-                claimed = _claim_postgresql(user, rules, leases, now, holding_none=resume)
-                if claimed is None and resume:
-                    return _resume_held(user, in_scope, now, shows_model)
-            else:
-                claimed = _claim_portable(user, rules, leases, now)
-                if claimed is not None:
-                    claimed = _fetch_claim(claimed[0], claimed[2]), claimed[1]
+            claimed = _claim_postgresql(user, rules, leases, now, holding_none=resume)
+            if claimed is None and resume:
+                return _resume_held(user, in_scope, now, shows_model)
             if claimed is None:
                 return None
             claim, expired = claimed
@@ -510,30 +497,6 @@ LEFT JOIN core_series se ON se.id = claimed.series_id"""
     return sql, args
 
 
-def _claim_portable(user, rules, leases, now) -> tuple[int, tuple[int, int] | None, bool] | None:
-    condition = Q()
-    for rule in rules:
-        condition |= Q(project_id=rule.project_id, tier__in=rule.tiers) & (
-            Q(subspecialty="") | Q(subspecialty__in=rule.subspecialties))
-    taken = Read.objects.filter(reader=user, state__in=LIVE_READ_STATES).values("task_id")
-    slot = (QueueSlot.objects.select_for_update(skip_locked=True, **ROW_LOCK)
-            .filter(condition).filter(Q(reader__isnull=True) | Q(lease_expires_at__lt=now))
-            .exclude(task_id__in=taken).order_by("-priority", "id").first())
-    if slot is None:
-        return None
-    rule = next(r for r in rules if r.project_id == slot.project_id)
-    expired = None
-    if slot.read_id is not None and Read.objects.filter(pk=slot.read_id, state=ReadState.CLAIMED).update(
-            state=ReadState.EXPIRED, ended_at=now):
-        expired = slot.read_id, slot.reader_id
-    read = Read.objects.create(project_id=slot.project_id, task_id=slot.task_id, reader=user, tier=rule.reader_tier,
-                               claimed_at=now, lease_expires_at=now + timedelta(seconds=leases[slot.project_id]))
-    QueueSlot.objects.filter(pk=slot.pk).update(reader=user, lease_expires_at=read.lease_expires_at, read=read)
-    started = Task.objects.filter(pk=slot.task_id, state=TaskState.QUEUED).update(state=TaskState.IN_READING,
-                                                                                   updated_at=now)
-    return read.pk, expired, bool(started)
-
-
 # --- operations on a held read -------------------------------------------------------------
 
 def get_read_for_update(read_id, user: User) -> Read:
@@ -544,19 +507,13 @@ def get_read_for_update(read_id, user: User) -> Read:
     plain FOR UPDATE on joined rows made a concurrent claim's foreign-key check (KEY SHARE on
     the task) wait on a submit that in turn waited on the claim's audit shard: a deadlock.
     """
-    if connection.vendor == "postgresql":
-        read = _locked_read_postgresql(read_id, user)
-        if read is None:
-            raise NotFound("No such read.")
-        return read
-    try:
-        return (Read.objects.select_for_update(**ROW_LOCK).select_related("task__study", "task__protocol_version")
-                .get(holder_is_member(Perm.READ), pk=read_id, reader=user))
-    except (Read.DoesNotExist, ValueError, TypeError):
-        raise NotFound("No such read.") from None
+    read = _locked_read(read_id, user)
+    if read is None:
+        raise NotFound("No such read.")
+    return read
 
 
-def _locked_read_postgresql(read_id, user: User) -> Read | None:
+def _locked_read(read_id, user: User) -> Read | None:
     """get_read_for_update's query in plain SQL (the ORM's building of it cost more than running
     it): the read, locked FOR NO KEY UPDATE, with its task, study and protocol version."""
     try:
@@ -599,9 +556,8 @@ def _live_slot(read: Read) -> QueueSlot | None:
     if read.is_check:
         return None
     # Plain SQL (the ORM's query building costs ten times the query): the slot, locked.
-    lock = " FOR NO KEY UPDATE" if connection.vendor == "postgresql" else ""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT id, reader_id FROM tasks_queueslot WHERE read_id = %s{lock}", [read.pk])
+        cursor.execute("SELECT id, reader_id FROM tasks_queueslot WHERE read_id = %s FOR NO KEY UPDATE", [read.pk])
         row = cursor.fetchone()
     slot = None if row is None else rows.loaded(QueueSlot, id=row[0], reader_id=row[1], read_id=read.pk)
     if slot is None or slot.reader_id != read.reader_id:
@@ -735,10 +691,7 @@ _SUBMITTED_FIELDS = ("active_seconds", "state", "submitted_at", "ended_at", "fin
 
 def _store_submission(read: Read) -> None:
     """``read.save(update_fields=_SUBMITTED_FIELDS)``, without the ORM's building of the UPDATE
-    (it cost more than the statement) where the plain SQL is safe: PostgreSQL."""
-    if connection.vendor != "postgresql":
-        read.save(update_fields=list(_SUBMITTED_FIELDS))
-        return
+    (it cost more than the statement)."""
     fields, sql = _submission_update()
     values = [f.get_db_prep_save(getattr(read, f.attname), connection) for f in fields]
     with connection.cursor() as cursor:

@@ -32,11 +32,10 @@ def _still_holds(user: User, project: Project, perm: str) -> bool:
 
 def release_work_of_departed_member(*, user: User, project: Project, roles, by: User | None) -> None:
     """Release the open reads and claimed adjudications ``user`` may no longer work on; audited."""
-    if connection.vendor == "postgresql":
-        # A claim of this person's that is running now commits first and is released below (this
-        # statement's snapshot follows it); one that starts later waits, then sees the ended role.
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [CLAIM_LOCK, user.pk])
+    # A claim of this person's that is running now commits first and is released below (this
+    # statement's snapshot follows it); one that starts later waits, then sees the ended role.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [CLAIM_LOCK, user.pk])
     if not _still_holds(user, project, Perm.READ):
         _release_reads(user, project, by)
     if not _still_holds(user, project, Perm.ADJUDICATE):

@@ -129,20 +129,19 @@ def eligibility(user, projects=None, *, claim_lock: tuple[int, int] | None = Non
 
 def eligibility_and_digest(user, projects=None, *, claim_lock: tuple[int, int] | None = None
                            ) -> tuple[list[Eligibility], str]:
-    """eligibility() and the digest of the rows it was derived from (PostgreSQL; "" elsewhere or
-    when there are none): ``digest_check`` recomputes it in a later statement, which tells whether
-    the rules still hold without deriving them again (tasks.queue's cached claim rules)."""
+    """eligibility() and the digest of the rows it was derived from ("" when there are none):
+    ``digest_check`` recomputes it in a later statement, which tells whether the rules still hold
+    without deriving them again (tasks.queue's cached claim rules)."""
     if projects is not None and not isinstance(projects, list | tuple):
         projects = list(projects.values_list("pk", flat=True))
     if projects is not None and not projects:
         return [], ""
     source = _eligibility_source(False, None if projects is None else len(projects), claim_lock is not None)
     params = _eligibility_params(user.pk, projects, typed=False)
-    digest_column, digest = "", ""
-    if connection.vendor == "postgresql":
-        # Every row carries the digest of them all, computed as digest_check computes it.
-        digest_column = (f", md5(string_agg(ROW({_ELIGIBILITY_ROW})::text, ',') OVER "
-                  f"(ORDER BY m.id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING))")
+    digest = ""
+    # Every row carries the digest of them all, computed as digest_check computes it.
+    digest_column = (f", md5(string_agg(ROW({_ELIGIBILITY_ROW})::text, ',') OVER "
+                     f"(ORDER BY m.id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING))")
     lock = ""
     if claim_lock is not None:
         # MATERIALIZED: evaluated exactly once, whatever the join order (when the reader has no
@@ -156,8 +155,7 @@ def eligibility_and_digest(user, projects=None, *, claim_lock: tuple[int, int] |
         cursor.execute(sql, params)
         for row in cursor.fetchall():
             by_project.setdefault(row[0], []).append(row)
-            if digest_column:
-                digest = row[12]
+            digest = row[12]
     result = []
     for project_id, rows in by_project.items():
         (_, _, _, _, _, active, requires_calibration, higher_take_lower, max_open_reads, lease_seconds,

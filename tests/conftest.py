@@ -22,11 +22,10 @@ def django_db_setup(django_db_setup, django_db_blocker):
     # lets the test runner flush it between transactional tests. Tests of the trigger turn it
     # off again on their own connection.
     with django_db_blocker.unblock():
-        if connection.vendor == "postgresql":
-            name = connection.settings_dict["NAME"]
-            with connection.cursor() as cursor:
-                cursor.execute(f'ALTER DATABASE "{name}" SET radqueue.audit_allow_truncate = \'on\'')
-            connection.close()
+        name = connection.settings_dict["NAME"]
+        with connection.cursor() as cursor:
+            cursor.execute(f'ALTER DATABASE "{name}" SET radqueue.audit_allow_truncate = \'on\'')
+        connection.close()
 
 
 @pytest.fixture(autouse=True)

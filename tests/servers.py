@@ -20,10 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def shared_database_url() -> str:
     db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
     auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    if not db["HOST"] or db["HOST"].startswith("/"):
+        # A Unix socket (the embedded server's): its folder travels in PGHOST, which the server
+        # inherits (django-environ does not decode a %2F host).
+        return f"postgres://{auth}@/{db['NAME']}"
+    return f"postgres://{auth}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
 def _free_port() -> int:

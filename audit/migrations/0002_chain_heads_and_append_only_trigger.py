@@ -49,14 +49,12 @@ def create_heads(apps, schema_editor):
 
 
 def add_trigger(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        # params=None: the function body's RAISE format holds a literal %, not a placeholder.
-        schema_editor.execute(FORWARD, params=None)
+    # params=None: the function body's RAISE format holds a literal %, not a placeholder.
+    schema_editor.execute(FORWARD, params=None)
 
 
 def drop_trigger(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(BACKWARD, params=None)
+    schema_editor.execute(BACKWARD, params=None)
 
 
 class Migration(migrations.Migration):

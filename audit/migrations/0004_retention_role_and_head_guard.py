@@ -119,14 +119,12 @@ DROP FUNCTION IF EXISTS radqueue_audit_retention_allowed();
 
 
 def forward(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        # params=None: the function bodies' RAISE formats hold a literal %, not a placeholder.
-        schema_editor.execute(FORWARD, params=None)
+    # params=None: the function bodies' RAISE formats hold a literal %, not a placeholder.
+    schema_editor.execute(FORWARD, params=None)
 
 
 def backward(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(BACKWARD, params=None)
+    schema_editor.execute(BACKWARD, params=None)
 
 
 class Migration(migrations.Migration):

@@ -97,8 +97,7 @@ class ProjectFilter(django_filters.FilterSet):
         fields = {"client": ["exact"], "vendor": ["exact"], "is_active": ["exact"], "name": ["exact", "icontains"]}
 
     def filter_modality(self, queryset, name, value):
-        # The JSON list's text holds each code quoted, on SQLite and PostgreSQL alike.
-        return queryset.filter(modalities__icontains=f'"{value.upper()}"')
+        return queryset.filter(modalities__contains=[value.upper()])  # jsonb containment: the list holds it
 
 
 class ProjectViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -154,6 +153,11 @@ class ProjectScopedMixin:
         return selectors.get_project_for(self.request.user, self.kwargs["project_pk"], perm)
 
 
+LAST_MANAGER = OpenApiResponse(description=(
+    "code last_manager: this is the project's last active manager; appoint another first (a project is never "
+    "left without one)."))
+
+
 class MembershipViewSet(AuditedViewMixin, ProjectScopedMixin, viewsets.GenericViewSet):
     """Memberships of one project: managers see and change all, others see their own."""
 
@@ -188,7 +192,7 @@ class MembershipViewSet(AuditedViewMixin, ProjectScopedMixin, viewsets.GenericVi
         membership = membership_service.grant_membership(project=project, user=user, by=request.user, **fields)
         return Response(s.MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=s.MembershipUpdateSerializer, responses={200: s.MembershipSerializer})
+    @extend_schema(request=s.MembershipUpdateSerializer, responses={200: s.MembershipSerializer, 409: LAST_MANAGER})
     def partial_update(self, request, project_pk=None, pk=None):
         self.get_project(Perm.MANAGE)
         membership = self._membership(pk)
@@ -197,7 +201,8 @@ class MembershipViewSet(AuditedViewMixin, ProjectScopedMixin, viewsets.GenericVi
         membership = membership_service.change_membership(membership, by=request.user, **data.validated_data)
         return Response(s.MembershipSerializer(membership).data)
 
-    @extend_schema(responses={204: OpenApiResponse(description="Membership deactivated, permissions withdrawn.")})
+    @extend_schema(responses={204: OpenApiResponse(description="Membership deactivated, permissions withdrawn."),
+                              409: LAST_MANAGER})
     def destroy(self, request, project_pk=None, pk=None):
         self.get_project(Perm.MANAGE)
         membership_service.revoke_membership(self._membership(pk), by=request.user)

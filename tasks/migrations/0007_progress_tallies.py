@@ -119,70 +119,16 @@ DROP FUNCTION IF EXISTS progress_modality(bigint, bigint);
 """
 
 
-def _sqlite_modality(row: str) -> str:
-    return (f"COALESCE((SELECT modality FROM core_series WHERE id = {row}.series_id), "
-            f"(SELECT group_concat(j.value, '/') FROM core_study s, json_each(s.modalities) j "
-            f"WHERE s.id = {row}.study_id), '')")
-
-
-def _sqlite_delta(row: str, sign: str) -> str:
-    return (f"INSERT INTO tasks_tasktallydelta (project_id, batch_key, modality, state, tasks, reads_left) "
-            f"SELECT {row}.project_id, COALESCE({row}.batch_id, 0), {_sqlite_modality(row)}, {row}.state, {sign}1, "
-            f"{sign}(CASE WHEN {row}.state IN ('queued', 'in_reading') "
-            f"THEN {row}.reads_required - {row}.reads_submitted ELSE 0 END) "
-            f"WHERE {row}.kind = 'production';")
-
-
-_SQLITE_READ_DELTA = (
-    "INSERT INTO tasks_readdaydelta (project_id, day, tier, reads, check_reads, adjudications, active_seconds) "
-    "VALUES (NEW.project_id, date(COALESCE(NEW.submitted_at, 'now')), NEW.tier, "
-    "CASE WHEN NEW.is_check THEN 0 ELSE 1 END, CASE WHEN NEW.is_check THEN 1 ELSE 0 END, 0, NEW.active_seconds);"
-)
-
-SQLITE_TRIGGERS = [
-    f"CREATE TRIGGER progress_task_inserted AFTER INSERT ON tasks_task BEGIN {_sqlite_delta('NEW', '+')} END",
-    f"CREATE TRIGGER progress_task_deleted AFTER DELETE ON tasks_task BEGIN {_sqlite_delta('OLD', '-')} END",
-    "CREATE TRIGGER progress_task_updated AFTER UPDATE OF state, batch_id, reads_submitted, reads_required, kind "
-    "ON tasks_task WHEN OLD.state IS NOT NEW.state OR OLD.batch_id IS NOT NEW.batch_id "
-    "OR OLD.reads_submitted IS NOT NEW.reads_submitted OR OLD.reads_required IS NOT NEW.reads_required "
-    f"OR OLD.kind IS NOT NEW.kind BEGIN {_sqlite_delta('OLD', '-')} {_sqlite_delta('NEW', '+')} END",
-    "CREATE TRIGGER progress_read_submitted AFTER UPDATE OF state ON tasks_read "
-    f"WHEN NEW.state = 'submitted' AND OLD.state <> 'submitted' BEGIN {_SQLITE_READ_DELTA} END",
-    "CREATE TRIGGER progress_read_inserted_submitted AFTER INSERT ON tasks_read "
-    f"WHEN NEW.state = 'submitted' BEGIN {_SQLITE_READ_DELTA} END",
-    "CREATE TRIGGER progress_adjudication_resolved AFTER UPDATE OF state ON tasks_adjudication "
-    "WHEN NEW.state = 'resolved' AND OLD.state <> 'resolved' BEGIN "
-    "INSERT INTO tasks_readdaydelta (project_id, day, tier, reads, check_reads, adjudications, active_seconds) "
-    "VALUES (NEW.project_id, date(COALESCE(NEW.resolved_at, 'now')), COALESCE(NEW.adjudicator_tier, NEW.tier), "
-    "0, 0, 1, 0); END",
-    "CREATE TRIGGER progress_consensus_created AFTER INSERT ON tasks_consensus BEGIN "
-    "INSERT OR IGNORE INTO tasks_uncountedconsensus (project_id, consensus_id) SELECT t.project_id, NEW.id "
-    "FROM tasks_task t WHERE t.id = NEW.task_id AND t.kind = 'production'; END",
-]
-
-SQLITE_DROP = [f"DROP TRIGGER IF EXISTS {name}" for name in (
-    "progress_task_inserted", "progress_task_deleted", "progress_task_updated", "progress_read_submitted",
-    "progress_read_inserted_submitted", "progress_adjudication_resolved", "progress_consensus_created")]
-
-
 def create_triggers(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(POSTGRES_TRIGGERS, None)
-    elif schema_editor.connection.vendor == "sqlite":
-        for statement in SQLITE_TRIGGERS:
-            schema_editor.execute(statement)
-    else:
-        raise RuntimeError(f"progress triggers exist for PostgreSQL and SQLite, not {schema_editor.connection.vendor}")
+    schema_editor.execute(POSTGRES_TRIGGERS, None)
     # What exists already goes in as deltas too (the first read folds them).
-    modality = ("progress_modality(t.series_id, t.study_id)" if schema_editor.connection.vendor == "postgresql"
-                else _sqlite_modality("t"))
+    modality = "progress_modality(t.series_id, t.study_id)"
     schema_editor.execute(
         "INSERT INTO tasks_tasktallydelta (project_id, batch_key, modality, state, tasks, reads_left) "
         f"SELECT t.project_id, COALESCE(t.batch_id, 0), {modality}, t.state, 1, "
         "CASE WHEN t.state IN ('queued', 'in_reading') THEN t.reads_required - t.reads_submitted ELSE 0 END "
         "FROM tasks_task t WHERE t.kind = 'production'")
-    day = ("(COALESCE({}, now()) AT TIME ZONE 'UTC')::date" if schema_editor.connection.vendor == "postgresql"
-           else "date(COALESCE({}, 'now'))")
+    day = "(COALESCE({}, now()) AT TIME ZONE 'UTC')::date"
     schema_editor.execute(
         "INSERT INTO tasks_readdaydelta (project_id, day, tier, reads, check_reads, adjudications, active_seconds) "
         f"SELECT project_id, {day.format('submitted_at')}, tier, CASE WHEN is_check THEN 0 ELSE 1 END, "
@@ -197,11 +143,7 @@ def create_triggers(apps, schema_editor):
 
 
 def drop_triggers(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(POSTGRES_DROP, None)
-    else:
-        for statement in SQLITE_DROP:
-            schema_editor.execute(statement)
+    schema_editor.execute(POSTGRES_DROP, None)
 
 
 class Migration(migrations.Migration):

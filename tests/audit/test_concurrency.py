@@ -10,7 +10,6 @@ from django.db.models import Count, Max, Min
 
 from audit.models import AuditEvent
 from audit.trail import record_event, verify_chains
-from tests.audit.conftest import postgres_only
 
 WRITERS = 32
 EVENTS_EACH = 15
@@ -52,14 +51,12 @@ def _assert_valid_chains():
     assert written == {f"{n}:{i}" for n in range(WRITERS) for i in range(EVENTS_EACH)}
 
 
-@postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_32_concurrent_writers_leave_valid_chains():
     assert _write_concurrently() == []
     _assert_valid_chains()
 
 
-@postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_32_writers_forced_onto_two_shards_serialise_on_the_head_lock():
     assert _write_concurrently(lambda: threading.get_ident() % 2) == []
@@ -67,7 +64,6 @@ def test_32_writers_forced_onto_two_shards_serialise_on_the_head_lock():
     assert set(AuditEvent.objects.values_list("shard", flat=True)) <= {0, 1}
 
 
-@postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_a_new_database_session_prepares_the_append_again():
     first = record_event("view")

@@ -13,7 +13,7 @@ from django.db import connection, transaction
 
 from audit.models import AuditChainHead, AuditEvent
 from audit.trail import record_event, verify_chains
-from tests.audit.conftest import HEADS, cut_chain_end, postgres_only
+from tests.audit.conftest import HEADS, cut_chain_end
 
 pytestmark = pytest.mark.django_db
 
@@ -23,7 +23,6 @@ def _events(n, shard=5):
         return [record_event("view", object_type="core.project", object_id=i) for i in range(n)]
 
 
-@postgres_only
 def test_a_shard_whose_head_is_gone_still_takes_events_on_another_shard():
     _events(3)
     cut_chain_end(5, keep=3)
@@ -35,7 +34,6 @@ def test_a_shard_whose_head_is_gone_still_takes_events_on_another_shard():
     assert [str(b).split(":")[0] for b in result.breaks] == ["shard 5"]
 
 
-@postgres_only
 def test_restore_head_puts_a_missing_head_on_the_newest_event_and_records_it():
     events = _events(4)
     cut_chain_end(5, keep=2)
@@ -49,7 +47,6 @@ def test_restore_head_puts_a_missing_head_on_the_newest_event_and_records_it():
     assert _events(1)[0].shard == 5  # the shard takes its own writers' events again
 
 
-@postgres_only
 def test_restore_head_moves_a_lagging_head_forward():
     events = _events(3)
     with transaction.atomic(), connection.cursor() as cursor:
@@ -62,7 +59,6 @@ def test_restore_head_moves_a_lagging_head_forward():
     assert verify_chains().ok
 
 
-@postgres_only
 def test_restore_head_leaves_a_head_past_its_newest_event_as_evidence():
     events = _events(3)
     cut_chain_end(5, keep=2, head=False)

@@ -14,7 +14,7 @@ from django.db import connection, transaction
 
 from audit.models import AuditChainHead, AuditEvent
 from audit.trail import record_event
-from tests.audit.conftest import HEADS, TABLE, cut_chain_end, postgres_only
+from tests.audit.conftest import HEADS, TABLE, cut_chain_end
 
 pytestmark = pytest.mark.django_db
 
@@ -35,7 +35,6 @@ def _verify(*args):
 
 # --- verification ---------------------------------------------------------------------------
 
-@postgres_only
 def test_verify_fails_when_the_newest_events_and_the_head_are_deleted():
     _events(4)
     cut_chain_end(5, keep=2)
@@ -47,14 +46,11 @@ def test_verify_fails_when_the_newest_events_and_the_head_are_deleted():
 
 def test_verify_fails_when_the_head_is_behind_the_newest_event():
     events = _events(4)
-    # The portable model update skips the PostgreSQL head trigger only on SQLite; as a superuser on
-    # PostgreSQL the raw update is refused (see below), so rewind with the trigger off.
+    # Even as a superuser the raw update is refused by the head trigger (see below), so rewind with it off.
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(f"ALTER TABLE {HEADS} DISABLE TRIGGER USER")
+        cursor.execute(f"ALTER TABLE {HEADS} DISABLE TRIGGER USER")
         cursor.execute(f"UPDATE {HEADS} SET seq = 2, hash = %s WHERE shard = 5", [events[1].hash])
-        if connection.vendor == "postgresql":
-            cursor.execute(f"ALTER TABLE {HEADS} ENABLE TRIGGER USER")
+        cursor.execute(f"ALTER TABLE {HEADS} ENABLE TRIGGER USER")
     ok, text = _verify()
     assert not ok
     assert "shard 5: chain head behind the newest event" in text
@@ -69,7 +65,6 @@ def test_verify_passes_an_untouched_trail_with_heads():
 
 # --- the head table's trigger ---------------------------------------------------------------
 
-@postgres_only
 @pytest.mark.parametrize("statement", [
     f"DELETE FROM {HEADS} WHERE shard = 5",
     f"UPDATE {HEADS} SET seq = seq - 1 WHERE shard = 5",
@@ -86,7 +81,6 @@ def test_head_trigger_refuses_rewinding_or_deleting_a_head(statement):
     assert ok, text
 
 
-@postgres_only
 def test_appends_still_move_the_head_past_its_trigger():
     _events(3)
     # Both append paths: the one-statement PostgreSQL append and the portable one.
@@ -132,7 +126,6 @@ def _role_exists():
         return cursor.fetchone() is not None
 
 
-@postgres_only
 @pytest.mark.parametrize("setting,statement", [
     ("audit_retention", f"DELETE FROM {TABLE} WHERE shard = 5 AND seq > 2"),
     ("audit_retention", f"DELETE FROM {HEADS} WHERE shard = 5"),
@@ -156,7 +149,6 @@ def test_an_ordinary_role_cannot_switch_retention_on(app_role_cursor, setting, s
     assert ok, text
 
 
-@postgres_only
 def test_audit_retain_stops_before_archiving_without_the_retention_role(tmp_path):
     _events(2)
     with connection.cursor() as cursor:  # rolled back with the test: roles are transactional
@@ -179,14 +171,12 @@ def _rewind(shard, keep):
     so the database alone shows an intact, shorter chain."""
     kept = AuditEvent.objects.get(shard=shard, seq=keep)
     with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SET LOCAL radqueue.audit_retention = 'on'")
-            cursor.execute(f"ALTER TABLE {HEADS} DISABLE TRIGGER USER")  # SQLite has none
+        cursor.execute("SET LOCAL radqueue.audit_retention = 'on'")
+        cursor.execute(f"ALTER TABLE {HEADS} DISABLE TRIGGER USER")
         cursor.execute(f"DELETE FROM {TABLE} WHERE shard = %s AND seq > %s", [shard, keep])
         cursor.execute(f"UPDATE {HEADS} SET seq = %s, hash = %s, prev_hash = %s WHERE shard = %s",
                        [keep, kept.hash, kept.prev_hash, shard])
-        if connection.vendor == "postgresql":
-            cursor.execute(f"ALTER TABLE {HEADS} ENABLE TRIGGER USER")
+        cursor.execute(f"ALTER TABLE {HEADS} ENABLE TRIGGER USER")
 
 
 def test_verify_against_an_untouched_anchor_passes_as_the_trail_grows(tmp_path):
@@ -198,7 +188,6 @@ def test_verify_against_an_untouched_anchor_passes_as_the_trail_grows(tmp_path):
     assert ok, text
 
 
-@postgres_only
 def test_verify_against_an_anchor_finds_a_truncated_chain_the_database_alone_does_not(tmp_path):
     _events(4)
     anchor = _anchor(tmp_path / "heads.json")
@@ -210,7 +199,6 @@ def test_verify_against_an_anchor_finds_a_truncated_chain_the_database_alone_doe
     assert "head at seq 2" in text
 
 
-@postgres_only
 def test_verify_against_an_anchor_finds_the_anchored_event_replaced(tmp_path):
     _events(4)
     anchor = _anchor(tmp_path / "heads.json")

@@ -9,7 +9,7 @@ from audit.models import AppendOnlyError, AuditChainHead, AuditEvent
 from audit.trail import GENESIS, canonical, event_hash, record_event, verify_chains
 from core.memberships import grant_membership
 from core.roles import Role
-from tests.audit.conftest import TABLE, postgres_only
+from tests.audit.conftest import TABLE
 
 pytestmark = pytest.mark.django_db
 
@@ -70,7 +70,6 @@ def test_model_refuses_update_and_delete():
     f"UPDATE {TABLE} SET outcome = 'denied' WHERE id = %s",
     f"DELETE FROM {TABLE} WHERE id = %s",
 ])
-@postgres_only
 def test_trigger_refuses_raw_update_and_delete(statement):
     event = record_event("view")
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
@@ -78,7 +77,6 @@ def test_trigger_refuses_raw_update_and_delete(statement):
     assert AuditEvent.objects.filter(pk=event.pk, outcome="allowed").exists()
 
 
-@postgres_only
 def test_trigger_refuses_truncate_unless_the_test_database_allows_it():
     record_event("view")
     with connection.cursor() as cursor:
@@ -91,7 +89,6 @@ def test_trigger_refuses_truncate_unless_the_test_database_allows_it():
     assert AuditEvent.objects.count() == 1
 
 
-@postgres_only
 def test_trigger_allows_delete_only_with_the_retention_setting_in_that_transaction():
     event = record_event("view")
     with transaction.atomic(), connection.cursor() as cursor:
@@ -162,8 +159,8 @@ def test_inactive_memberships_do_not_count(cast):
 
 def test_missing_head_row_is_recreated_at_genesis():
     with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":  # heads can only be deleted by the retention role (audit 0004)
-            cursor.execute("SET LOCAL radqueue.audit_retention = 'on'")
+        # Heads can only be deleted by the retention role (audit 0004).
+        cursor.execute("SET LOCAL radqueue.audit_retention = 'on'")
         AuditChainHead.objects.filter(shard=9).delete()
     with mock.patch("audit.trail._shard_for_writer", return_value=9):
         first, second = record_event("view"), record_event("view")

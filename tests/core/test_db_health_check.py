@@ -13,11 +13,6 @@ from django.db import connection, connections
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def _postgres_only():
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL: core.postgresql is the PostgreSQL backend's health check")
-
 
 @pytest.fixture
 def other():

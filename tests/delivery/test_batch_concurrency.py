@@ -5,7 +5,7 @@ progress tallies count each task once."""
 import threading
 
 import pytest
-from django.db import connection, connections
+from django.db import connections
 
 from core.errors import DomainError
 from core.memberships import grant_membership
@@ -16,13 +16,8 @@ from tasks.progress import project_progress
 from tests.delivery.conftest import consensus_tasks, laterality
 from tests.factories import UserFactory
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
+pytestmark = pytest.mark.django_db(transaction=True)
 
-
-@pytest.fixture(autouse=True)
-def _postgres_only():
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL: row locks between concurrent transactions (SQLite serialises writers)")
 
 
 def test_two_managers_batching_the_same_tasks_at_once_split_nothing(cast, api):

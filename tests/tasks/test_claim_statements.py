@@ -19,11 +19,6 @@ NEXT = "/api/queue/next/"
 ANOTHER = {"another": True}  # a new read whatever the reader holds (else a claim resumes a held one)
 
 
-@pytest.fixture(autouse=True)
-def _postgres_only():
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL: the one-statement claim and the prepared audit append exist only there")
-
 
 def statements(call):
     with CaptureQueriesContext(connection) as queries:

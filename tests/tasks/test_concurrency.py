@@ -3,7 +3,7 @@
 import threading
 
 import pytest
-from django.db import connection, connections
+from django.db import connections
 from django.db.models import Count
 
 from core.memberships import grant_membership
@@ -15,13 +15,8 @@ from tasks.states import LIVE_READ_STATES, ReadState
 from tests.factories import UserFactory
 from tests.tasks.conftest import add_ct_studies
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
+pytestmark = pytest.mark.django_db(transaction=True)
 
-
-@pytest.fixture(autouse=True)
-def _postgres_only():
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL: SKIP LOCKED row locks and advisory locks exist only there")
 
 
 def _run(threads: list[threading.Thread]) -> None:

@@ -26,12 +26,6 @@ NEXT = "/api/queue/next/"
 ANOTHER = {"another": True}  # a new read whatever the reader holds (else a claim resumes a held one)
 
 
-@pytest.fixture(autouse=True)
-def _postgres_only():
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL: the claim on known rules is one PostgreSQL statement (SQLite takes the "
-                    "full path every time)")
-
 
 def claims_on_known_rules(client) -> tuple[object, bool]:
     """(the claim's response, whether it was the one-round-trip claim)."""

@@ -10,7 +10,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.management import call_command
-from django.db import connection, connections, transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from core.broadcast import project_group
@@ -234,11 +234,8 @@ def test_one_progress_delta_per_transaction_sums_its_changes(cast):
     ]
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_tallies_stay_exact_under_concurrent_claims_submits_and_folds(cast):
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL: concurrent writers (SQLite serialises them)")
     add_ct_studies(cast.project, 6)
     create_tasks(cast.project, by=cast.manager)
     readers = [UserFactory(organization=cast.vendor) for _ in range(6)]
