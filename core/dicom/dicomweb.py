@@ -21,7 +21,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
 from audit.recorder import AuditedViewMixin
-from core.dicom import selectors
+from core.dicom import part10, selectors
 from core.dicom.deid import zero_preamble
 from core.dicom.ingest import IngestItem, ingest_files
 from core.dicom.models import Instance, Series, Study
@@ -573,6 +573,31 @@ def native_frames(ds: pydicom.Dataset, numbers: list[int]) -> list[bytes]:
     return [np.ascontiguousarray(array[n - 1]).astype(array.dtype.newbyteorder("<")).tobytes() for n in numbers]
 
 
+def stored_frames(instance: Instance, numbers: list[int]) -> list[bytes]:
+    """native_frames of the stored instance. Uncompressed little-endian pixel data is read by range:
+    the header up to the pixel data element, then each frame's bytes (only the object's chunks they
+    lie in are decrypted), so a frame of a multi-gigabyte instance costs its own size, not the
+    object's. Any other pixel data is decoded from the whole object."""
+    with get_store().open(instance.storage_name) as reader:
+        part = part10.read(reader)
+        ds, pixels = part.ds, part.pixels
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        if (part.streamed and pixels is not None and pixels.tag == part10.PIXEL_DATA and not pixels.encapsulated
+                and syntax is not None and not syntax.is_compressed and syntax.is_little_endian):
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated)
+            # As native_frames splits them: at the size the pixel module describes (validation
+            # guarantees that many bytes), not the value's length over the frame count.
+            size = bits // 8
+            if bits % 8 == 0 and frames * size <= pixels.value_length:
+                out = []
+                for n in numbers:
+                    reader.seek(pixels.value_start + (n - 1) * size)
+                    out.append(reader.read(size))
+                return out
+    return native_frames(_load(instance), numbers)
+
+
 class FramesView(DicomwebView):
     @extend_schema(summary="WADO-RS: frames (uncompressed application/octet-stream)",
                    responses={200: OpenApiResponse(OpenApiTypes.BINARY,
@@ -586,7 +611,7 @@ class FramesView(DicomwebView):
         if not obj.rows:
             raise NotFound("This instance has no pixel data.")
         numbers = _frame_numbers(frames, obj.frames)
-        data = native_frames(_load(obj), numbers)
+        data = stored_frames(obj, numbers)
         url = request.build_absolute_uri(request.path)
         return _multipart(((f"{url}#{n}", d) for n, d in zip(numbers, data, strict=True)), "application/octet-stream")
 

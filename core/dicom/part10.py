@@ -8,8 +8,10 @@ every changed element encoded by pydicom, runs of untouched elements and the pix
 from the source a chunk at a time. Pixel data is never in memory whole.
 
 An element counts as untouched only when it is the very object read from the file and still raw
-(a RawDataElement cannot be edited in place), or a sequence whose items, and their elements at
-every depth, are the very objects ``remember`` saw (``remember`` runs before de-identification).
+(a RawDataElement cannot be edited in place); or the very element ``remember`` saw decoded (by
+validation or the index metadata), with the very value object it held then, of the same VR and,
+for a multi-valued one, the same values; or a sequence whose items, and their elements at every
+depth, are untouched in this sense (``remember`` runs before de-identification).
 Whatever was replaced, removed, decoded and edited, or added is encoded anew: no original byte is
 copied unless the whole element it belongs to was left exactly as read. Each copied run must start
 with its element's tag, or the whole dataset is encoded by pydicom instead.
@@ -18,7 +20,6 @@ A file whose dataset is deflated, or is encoded other than its transfer syntax s
 re-encodes it whole), is read and written whole as before; only then does memory grow with the file.
 """
 
-import copy
 import functools
 import io
 import struct
@@ -27,12 +28,13 @@ from typing import BinaryIO
 
 import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.multival import MultiValue
 from pydicom.tag import Tag
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 # Float, Double Float and Pixel Data (PS3.3 C.7.6.3): bulk values that are copied, never parsed.
@@ -72,6 +74,8 @@ class _Snapshot:
     # the objects themselves kept alive so that no id is reused.
     datasets: dict[int, tuple[Dataset, dict]] = field(default_factory=dict)
     sequences: dict[int, tuple[object, object, list]] = field(default_factory=dict)
+    # Decoded elements other than sequences: (element, its value object, VR, the values of a list).
+    values: dict[int, tuple[object, object, str, tuple | None]] = field(default_factory=dict)
 
 
 class Part10:
@@ -108,14 +112,19 @@ class Part10:
             self.ds.save_as(buffer, enforce_file_format=True)
             dst.write(buffer.getbuffer())
             return
-        head = DicomBytesIO()
-        head.write(self.ds.preamble if getattr(self.ds, "preamble", None) else b"\0" * 128)
-        head.write(b"DICM")
-        meta = copy.deepcopy(self.ds.file_meta)
-        meta.MediaStorageSOPClassUID = _uid_of(self.ds, 0x00080016)
-        meta.MediaStorageSOPInstanceUID = _uid_of(self.ds, 0x00080018)
-        write_file_meta_info(head, meta, enforce_standard=True)
-        dst.write(head.getvalue())
+        dst.write(self.ds.preamble if getattr(self.ds, "preamble", None) else b"\0" * 128)
+        dst.write(b"DICM")
+        sop_class, sop_instance = _uid_of(self.ds, 0x00080016), _uid_of(self.ds, 0x00080018)
+        meta_bytes = _file_meta_bytes(self.ds.file_meta, sop_class, sop_instance)
+        if meta_bytes is None:
+            # A copy of the element table, not of the elements: the two UIDs are new elements, and
+            # write_file_meta_info's group length goes into the copy, so ds.file_meta stays as it is.
+            meta = FileMetaDataset(dict(self.ds.file_meta._dict))
+            meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, sop_instance
+            head = DicomBytesIO()
+            write_file_meta_info(head, meta, enforce_standard=True)
+            meta_bytes = head.getvalue()
+        dst.write(meta_bytes)
         # A changed character set re-encodes every text (as pydicom's write_dataset does).
         recode = self.ds.original_character_set != self.ds._character_set
         try:
@@ -157,7 +166,7 @@ class Part10:
             run.extend((start, end))
 
         pixels_done = self.pixels is None
-        for tag in sorted(self.ds._dict):
+        for tag in sorted(map(int, self.ds._dict)):  # plain ints: BaseTag compares in Python
             if not pixels_done and tag >= self.pixels.start_tag:
                 flush_encoded()
                 copy_range(self.pixels.start, self.pixels.end)
@@ -172,8 +181,10 @@ class Part10:
                 copy_range(start, ends[tag])
                 continue
             flush_run()
-            if elem.is_raw and elem.value is None and elem.length:
-                elem = self.ds.get_item(tag)  # a deferred value that changed hands: load it to encode it
+            if elem.is_raw and elem.value is None:
+                # A deferred value that changed hands: load it to encode it. An empty raw value
+                # (None for some VRs) pydicom writes only decoded.
+                elem = self.ds.get_item(tag) if elem.length else self.ds[tag]
             write_data_element(out, elem, encodings)
         if not pixels_done:
             flush_encoded()
@@ -199,9 +210,12 @@ class Part10:
         return top is not None and top[1].get(tag) is elem and _same(elem, snapshot)
 
     def _check_tag_at(self, start: int, tag: int) -> None:
-        implicit, little = self.encoding
-        if self._read_at(start, 4) != struct.pack("<HH" if little else ">HH", tag >> 16, tag & 0xFFFF):
+        if self._read_at(start, 4) != self._pack_tag(tag >> 16, tag & 0xFFFF):
             raise _NotAsRead
+
+    @functools.cached_property
+    def _pack_tag(self):
+        return struct.Struct("<HH" if self.encoding[1] else ">HH").pack
 
     def _check_boundary(self, end: int) -> None:
         """A run must end where another original element (its tag there), the pixel data or the dataset ends."""
@@ -248,17 +262,32 @@ class _NotAsRead(Exception):
 def _remember(ds: Dataset, snapshot: _Snapshot) -> None:
     snapshot.datasets[id(ds)] = (ds, dict(ds._dict))
     for elem in ds._dict.values():
-        if not elem.is_raw and elem.VR == "SQ" and elem.value is not None:
+        if elem.is_raw:
+            continue
+        if elem.VR != "SQ":
+            value = elem.value
+            snapshot.values[id(elem)] = (elem, value, elem.VR, _values_of(value))
+        elif elem.value is not None:
             items = list(elem.value)
             snapshot.sequences[id(elem)] = (elem, elem.value, items)
             for item in items:
                 _remember(item, snapshot)
 
 
+def _values_of(value) -> tuple | None:
+    # A list can change in place (MultiValue.append): its values are compared, not only its identity.
+    return tuple(value) if isinstance(value, list | MultiValue) else None
+
+
 def _same(elem, snapshot: _Snapshot) -> bool:
-    """Whether elem is exactly as remembered: raw, or a sequence of the same, untouched items."""
+    """Whether elem is exactly as remembered: raw, decoded but unchanged, or a sequence of the same,
+    untouched items."""
     if elem.is_raw:
         return True
+    if elem.VR != "SQ":
+        seen = snapshot.values.get(id(elem))
+        return (seen is not None and seen[0] is elem and elem.value is seen[1] and elem.VR == seen[2]
+                and _values_of(elem.value) == seen[3])
     seen = snapshot.sequences.get(id(elem))
     if seen is None or seen[1] is not elem.value:
         return False
@@ -273,6 +302,51 @@ def _same(elem, snapshot: _Snapshot) -> bool:
             if before[1].get(tag) is not child or not _same(child, snapshot):
                 return False
     return True
+
+
+_META_VRS = {"UI": b"\0", "OB": b"\0", "SH": b" ", "AE": b" ", "UR": b" "}  # each with its padding (PS3.5 6.2)
+_META_DEFAULTS = {0x00020001: ("OB", b"\0\1"), 0x00020012: ("UI", PYDICOM_IMPLEMENTATION_UID)}
+
+
+def _file_meta_bytes(meta: Dataset, sop_class: str, sop_instance: str) -> bytes | None:
+    """The File Meta Information (PS3.10 7.1) as pydicom's write_file_meta_info(enforce_standard=True)
+    writes it, with the instance's SOP Class and Instance UIDs, encoded here in one pass: pydicom's
+    validates and encodes the group twice, which costs more than de-identifying a small file. None
+    when a value is not of the plain kinds the group holds (pydicom then writes it, or refuses)."""
+    values = {}
+    for tag, elem in meta._dict.items():
+        if tag != 0x00020000:
+            values[tag] = (elem.VR, elem.value)
+    values[0x00020002], values[0x00020003] = ("UI", sop_class), ("UI", sop_instance)
+    for tag, default in _META_DEFAULTS.items():
+        if not values.get(tag, (None, None))[1]:
+            values[tag] = default
+    if 0x00020013 not in values:
+        values[0x00020013] = ("SH", f"PYDICOM {'.'.join(pydicom.__version_info__)}")
+    if not (sop_class and sop_instance and values.get(0x00020010, (None, None))[1]):
+        return None
+    body = bytearray()
+    for tag in sorted(values):
+        vr, value = values[tag]
+        pad = _META_VRS.get(vr)
+        if pad is None:
+            return None
+        if isinstance(value, bytes):
+            data = value
+        elif isinstance(value, str) and value.isascii():
+            data = value.encode()
+        else:
+            return None
+        if len(data) % 2:
+            data += pad
+        if vr in ("OB", "UR"):
+            body += struct.pack("<HH2s2xI", tag >> 16, tag & 0xFFFF, vr.encode(), len(data))
+        elif len(data) <= 0xFFFF:
+            body += struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(data))
+        else:
+            return None
+        body += data
+    return struct.pack("<HH2sHI", 2, 0, b"UL", 4, len(body)) + bytes(body)
 
 
 def _encoder(implicit: bool, little: bool) -> DicomBytesIO:
@@ -301,6 +375,17 @@ def _header_length(elem, implicit: bool) -> int:
     return 12 if elem.VR in EXPLICIT_VR_LENGTH_32 else 8
 
 
+def _explicit_start(source: BinaryIO, elem, tag: int, little: bool) -> int | None:
+    expected = struct.pack("<HH" if little else ">HH", tag >> 16, tag & 0xFFFF)
+    for header in (8, 12):
+        start = elem.file_tell - header
+        if start >= 0:
+            source.seek(start)
+            if source.read(4) == expected:
+                return start
+    return None
+
+
 def _start_of(elem, implicit: bool) -> int | None:
     tell = elem.value_tell if isinstance(elem, RawDataElement) else getattr(elem, "file_tell", None)
     return None if tell is None else tell - _header_length(elem, implicit)
@@ -327,6 +412,10 @@ def read(source: BinaryIO, *, size: int | None = None) -> Part10:
     starts = {}
     for tag, elem in ds._dict.items():
         start = _start_of(elem, implicit)
+        if start is not None and not implicit and not isinstance(elem, RawDataElement):
+            # Decoded while read (Specific Character Set, sequences): its VR may not be the one in
+            # the file (UN there), so its header's length is found from where its tag lies.
+            start = _explicit_start(source, elem, tag, little)
         if start is not None:
             starts[tag] = start
     pixels, elements = _locate_pixels(source, position, size, implicit, little) if position + 8 <= size else (None, [])

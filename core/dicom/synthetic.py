@@ -378,3 +378,44 @@ def write_series(datasets, folder) -> list[Path]:
         dcmwrite(path, ds, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def frame_pattern(index: int, rows: int, cols: int) -> bytes:
+    """Frame ``index`` of write_enhanced_ct_file: 16-bit values that differ from frame to frame and
+    along each row, so a frame served from the wrong offset does not pass for the right one."""
+    row = (np.arange(cols, dtype=np.uint32) + index * 7) % 4096
+    return np.tile(row.astype(np.uint16), rows).tobytes()
+
+
+def write_enhanced_ct_file(path, n_frames: int, rows: int = 512, cols: int = 512, *, seed: int = 1) -> int:
+    """Write one uncompressed 16-bit Enhanced CT of ``n_frames`` frames to ``path`` a frame at a time
+    (a file of gigabytes never whole in memory); frame k holds ``frame_pattern(k, rows, cols)``.
+    Returns the file's size."""
+    template = make_enhanced_ct(n_frames=2, rows=8, cols=8, seed=seed)
+    del template.PixelData
+    template.Rows, template.Columns, template.NumberOfFrames = rows, cols, n_frames
+    first_position = [float(v) for v in template.PerFrameFunctionalGroupsSequence[0]
+                      .PlanePositionSequence[0].ImagePositionPatient]
+    thickness = float(template.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness)
+    frames = []
+    for k in range(n_frames):
+        position = Dataset()
+        position.ImagePositionPatient = [first_position[0], first_position[1],
+                                         round(first_position[2] + k * thickness, 4)]
+        content = Dataset()
+        content.StackID = "1"
+        content.InStackPositionNumber = k + 1
+        content.DimensionIndexValues = [1, k + 1]
+        frame = Dataset()
+        frame.PlanePositionSequence = Sequence([position])
+        frame.FrameContentSequence = Sequence([content])
+        frames.append(frame)
+    template.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    frame_bytes = rows * cols * 2
+    with open(path, "wb") as out:
+        dcmwrite(out, template, enforce_file_format=True)
+        # (7FE0,0010) OW with a 32-bit length (PS3.5 7.1.2), then the frames as they come.
+        out.write(b"\xe0\x7f\x10\x00OW\x00\x00" + (n_frames * frame_bytes).to_bytes(4, "little"))
+        for k in range(n_frames):
+            out.write(frame_pattern(k, rows, cols))
+        return out.tell()

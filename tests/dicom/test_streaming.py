@@ -134,3 +134,57 @@ def test_a_tampered_chunk_of_a_stored_object_fails_authentication(cast):
     with pytest.raises(IntegrityError):
         store.read_range(name, crypto.DEFAULT_CHUNK_SIZE + 5, 100)
     store.delete(name)
+
+
+class _CountingFile:
+    """A stored object's file that counts the bytes read from it."""
+
+    def __init__(self, file, counter: list[int]):
+        self._file, self._counter = file, counter
+
+    def read(self, *args):
+        data = self._file.read(*args)
+        self._counter[0] += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+@pytest.mark.django_db
+def test_a_frame_of_a_large_multi_frame_instance_is_served_without_reading_the_whole_object(
+        cast, api, tmp_path, monkeypatch):
+    from core.dicom.dicomweb import _load, native_frames
+
+    frames, rows, cols = 96, 512, 512
+    frame_bytes = rows * cols * 2
+    path = tmp_path / "enhanced.dcm"
+    size = synthetic.write_enhanced_ct_file(path, frames, rows, cols)
+    client = api(cast.manager)
+    with open(path, "rb") as source:
+        response = client.post(f"/api/projects/{cast.project.pk}/studies/upload/",
+                               {"files": [SimpleUploadedFile("enhanced.dcm", source.read(),
+                                                             content_type="application/dicom")]}, format="multipart")
+    assert response.status_code == 201, response.json()
+    instance = Instance.objects.get(project=cast.project)
+    series = instance.series
+    url = (f"/dicomweb/studies/{series.study.study_uid}/series/{series.series_uid}/instances/"
+           f"{instance.sop_instance_uid}")
+    store = get_store()
+    read = [0]
+    opened = store.storage.open
+    monkeypatch.setattr(store.storage, "open", lambda name, mode="rb": _CountingFile(opened(name, mode), read))
+    answer = client.get(f"{url}/frames/50,7", HTTP_ACCEPT="multipart/related; type=application/octet-stream")
+    assert answer.status_code == 200
+    served = _parts(answer)
+    # The header's chunk, the final chunk (authenticated on opening) and the chunks the two frames
+    # lie in: a few MiB of a 48 MiB object.
+    assert read[0] < 4 * crypto.DEFAULT_CHUNK_SIZE + 2 * frame_bytes + 64 * 1024, (read[0], size)
+    assert served == [synthetic.frame_pattern(49, rows, cols), synthetic.frame_pattern(6, rows, cols)]
+    assert served == native_frames(_load(instance), [50, 7])  # the answer reading the whole object gave
