@@ -32,8 +32,9 @@ directory and its logs).
    fail-stale-batch-builds sweep marks the build failed after BATCH_BUILD_TIMEOUT, the manager
    then asks for a rebuild: recovery_s runs to the rebuilt exports); postgres_restart (pg_ctl
    restart -m fast); postgres_stop_5s; redis_restart (SIGTERM, which saves its snapshot, and
-   start); redis_stop_5s, with a batch delivered while Redis is down (its build followed like
-   the killed one).
+   start); redis_stop_5s, with a batch delivered while Redis is down (refused 503 with
+   Retry-After and rolled back, since Celery's broker cannot take its build; delivered again after
+   Retry-After, its build followed to the exports).
 4. After each fault the load pauses (every reader finishes its claim and submit) and the database
    is checked: every acknowledged submit stored exactly once (the read submitted, one submit audit
    event, counted once on its task), no task over k reads, no reader twice on a task, no orphan
@@ -966,26 +967,37 @@ class Run:
         return {"down_s": round(time.monotonic() - t, 2)}
 
     def stop_redis(self) -> dict:
-        """Redis stopped for 5 s, a batch delivered meanwhile: the delivery commits, its build job
-        cannot be queued; a thread follows the build until it is built (rebuilt after the sweep)."""
+        """Redis stopped for 5 s, a batch delivered meanwhile: Celery's broker cannot take its build,
+        so the delivery is refused (503 with Retry-After) and rolled back; the manager delivers again
+        after Retry-After, as a client does, and a thread follows the build to its exports."""
         tasks = self.consensus_tasks(10_000)
+        path = f"/api/projects/{self.cast.project_id}/batches/"
         with self.manager() as client:
-            created = client.post(f"/api/projects/{self.cast.project_id}/batches/",
-                                  json={"name": f"faults redis {time.time():.0f}", "tasks": tasks})
+            created = client.post(path, json={"name": f"faults redis {time.time():.0f}", "tasks": tasks})
             created.raise_for_status()
             batch = created.json()["id"]
             t = time.monotonic()
             self.redis.stop()
             time.sleep(1)
-            answer = self.load.call(client, "deliver", "POST", f"/api/projects/{self.cast.project_id}/batches/"
-                                                               f"{batch}/deliver/")
+            first = answer = self.load.call(client, "deliver", "POST", f"{path}{batch}/deliver/")
+            answered_at = time.monotonic()
+            state_meanwhile = self.batch_row(batch)[0]
             time.sleep(max(0.0, t + 5 - time.monotonic()))
             self.redis.start()
+            for attempt in range(20):
+                if answer is not None and answer.status_code < 500:
+                    break
+                time.sleep(max(0.0, answered_at + _retry_delay(answer, attempt) - time.monotonic()))
+                answer = self.load.call(client, "deliver", "POST", f"{path}{batch}/deliver/")
+                answered_at = time.monotonic()
+            delivered_s = round(answered_at - t, 2) if answer is not None and answer.status_code == 200 else None
         self.follow_build("redis_stop_5s", {"batch": batch, "tasks": len(tasks), "since": t,
-                                            "deliver_status": None if answer is None else answer.status_code})
+                                            "deliver_status": None if first is None else first.status_code,
+                                            "delivered_s": delivered_s})
         return {"down_s": round(time.monotonic() - t, 2), "batch": batch,
-                "deliver_status": None if answer is None else answer.status_code,
-                "deliver_retry_after": None if answer is None else answer.headers.get("Retry-After")}
+                "deliver_status": None if first is None else first.status_code,
+                "deliver_retry_after": None if first is None else first.headers.get("Retry-After"),
+                "export_state_while_down": state_meanwhile, "delivered_s": delivered_s}
 
     def deliver_batch(self, client, task_ids: list[int]) -> dict:
         """A batch of these consensus tasks, delivered (its build queued): the batch as the API shows it."""

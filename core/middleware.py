@@ -23,7 +23,7 @@ class RequestIdMiddleware:
 
 
 class OutageMiddleware:
-    """Answers a view that met an unreachable database or cache with 503 and Retry-After
+    """Answers a view that met an unreachable database, cache or job queue with 503 and Retry-After
     (core.outages), in the API's JSON error format, on every path: DRF hands such errors on
     (its handler, core.errors, answers only what the API decides), and so does the token check,
     which runs inside the view. The outage is logged once when it starts and once when it ends."""
@@ -46,9 +46,10 @@ class OutageMiddleware:
             return None
         if service == outages.DATABASE:
             outages.database.failed(exc)
-        else:
+        elif service == outages.CACHE:
             self._cache_paths.add(request.path)
             outages.cache.failed(exc)
+        # QUEUE: core.jobs logged the broker's outage when it found it, and logs its end
         return outages.unavailable_response(service)
 
 

@@ -7,7 +7,11 @@ dropped by the health check (``CONN_HEALTH_CHECKS``, core/postgresql/base.py) or
 query, at the end of its request. Redis is the cache, the live feed's channel layer and Celery's
 broker. Only the login throttles use the cache, and they fail closed: the token endpoint answers
 503 ``cache_unavailable`` rather than let passwords be guessed without a count. The feed drops its
-events while the layer is down (core.broadcast, tasks.consumers); nothing else waits for Redis.
+events while the layer is down (core.broadcast, tasks.consumers), and a socket closes with 1013
+(core.websocket_auth's FeedOutageGuard for the handshake). A request that queues a background job
+(a delivery's build, a report, a learning job) checks the broker before its transaction commits
+(core.jobs.enqueue_on_commit): while it is down the request is answered 503 ``queue_unavailable``
+and rolled back, so no row waits for a message that was never sent. Nothing else waits for Redis.
 
 An outage is logged when it starts and when it ends, once per process each (``OutageLog``), not once
 per request or event: an outage of minutes under load would otherwise bury the log in tracebacks.
@@ -30,7 +34,7 @@ log = logging.getLogger(__name__)
 # Seconds a client waits before retrying: a PostgreSQL restart or a Redis restart takes a few.
 RETRY_AFTER_SECONDS = 5
 
-DATABASE, CACHE = "database", "cache"
+DATABASE, CACHE, QUEUE = "database", "cache", "queue"
 # The errors of a Redis that does not answer (refused, reset, timed out); a Redis that answers with
 # an error (a wrong command, a full memory) is a bug or a configuration error, not an outage.
 REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
@@ -39,7 +43,13 @@ _DETAIL = {
     DATABASE: "The database is unreachable or did not answer in time. Retry after Retry-After seconds.",
     CACHE: "Logins are counted in a cache that is unreachable, so none are taken now; requests with an existing "
            "token still work. Retry after Retry-After seconds.",
+    QUEUE: "This request starts a background job, and the job queue is unreachable; nothing was changed. "
+           "Retry after Retry-After seconds.",
 }
+
+
+class JobQueueUnavailable(Exception):
+    """Celery's broker cannot take a job now (raised before the transaction that needs the job commits)."""
 
 
 def unavailable_service(exc: BaseException) -> str | None:
@@ -51,6 +61,8 @@ def unavailable_service(exc: BaseException) -> str | None:
         return None if getattr(exc.__cause__, "pgcode", None) in RETRYABLE_PGCODES else DATABASE
     if isinstance(exc, REDIS_UNREACHABLE):
         return CACHE
+    if isinstance(exc, JobQueueUnavailable):
+        return QUEUE
     return None
 
 
@@ -103,6 +115,7 @@ class OutageLog:
 database = OutageLog("PostgreSQL", "requests refused")
 cache = OutageLog("Redis (the cache)", "logins refused")
 channel_layer = OutageLog("Redis (the live feed's channel layer)", "feed events dropped")
+broker = OutageLog("Redis (Celery's broker)", "jobs refused")
 
 
 def _database_answered(sender, connection, **kwargs):

@@ -7,9 +7,12 @@ written to access logs (nginx's, uvicorn's), and a token lives for hours (core.l
 blanks it there anyway). A presented token wins over the session; a presented but invalid or
 expired token leaves the connection anonymous (the consumer closes it with 4401) rather than
 falling back to a session cookie. ``current_user`` looks the same credentials up again later, so a
-socket outlives neither its token nor its session.
+socket outlives neither its token nor its session. A handshake that meets an outage (the token's or
+the session's lookup with PostgreSQL down) is accepted and closed with 1013, try again later
+(FeedOutageGuard), as the feed closes its open sockets in one.
 """
 
+import contextlib
 from importlib import import_module
 from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
@@ -23,8 +26,11 @@ from django.contrib.auth.models import AnonymousUser
 from django.http.request import split_domain_port, validate_host
 from rest_framework.exceptions import AuthenticationFailed
 
+from core import outages
+
 SUBPROTOCOL = "radqueue"
 TOKEN_PREFIX = "token."
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455, section 7.4.1: a service the server needs is unavailable
 
 
 def presented_token(scope) -> str | None:
@@ -86,8 +92,61 @@ class TokenAuthMiddleware:
 
 
 def FeedAuthStack(app):  # noqa: N802 (named like channels' AuthMiddlewareStack)
-    """Session and user from the cookie first, then a presented token overrides them."""
-    return AuthMiddlewareStack(TokenAuthMiddleware(app))
+    """Session and user from the cookie first, then a presented token overrides them; an outage
+    on the way is a close with 1013."""
+    return FeedOutageGuard(AuthMiddlewareStack(TokenAuthMiddleware(app)))
+
+
+def _note_outage(exc: BaseException) -> bool:
+    """Log the outage ``exc`` shows (once per outage, core.outages) and say so; False for any other error."""
+    if isinstance(exc, outages.REDIS_UNREACHABLE):
+        outages.channel_layer.failed(exc, lost=0)
+    elif outages.unavailable_service(exc) == outages.DATABASE:
+        outages.database.failed(exc)
+    else:
+        return False
+    return True
+
+
+class FeedOutageGuard:
+    """Closes a socket with 1013 (try again later) when its handshake meets an unreachable
+    PostgreSQL or Redis: the credentials' lookup above the consumer, or the consumer's own first
+    queries. The handshake is accepted first, because a close before it cannot carry a code: the
+    client would see an HTTP 500 (an error raised to the server) or 403 (a close), and not know to
+    come back. The outage is logged once, not per socket."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "websocket":
+            return await self.app(scope, receive, send)
+        seen = {"connect": False, "accept": False}
+
+        async def receiving():
+            message = await receive()
+            seen["connect"] = seen["connect"] or message["type"] == "websocket.connect"
+            return message
+
+        async def sending(message):
+            if message["type"] == "websocket.close" and message.get("code") == CLOSE_TRY_AGAIN_LATER \
+                    and not seen["accept"]:
+                if not seen["connect"]:
+                    await receiving()  # ASGI: the connect event comes before the answer to it
+                offered = SUBPROTOCOL in (scope.get("subprotocols") or [])
+                # A browser that offered subprotocols fails a handshake that picks none.
+                await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL if offered else None})
+                seen["accept"] = True
+            seen["accept"] = seen["accept"] or message["type"] == "websocket.accept"
+            await send(message)
+
+        try:
+            return await self.app(scope, receiving, sending)
+        except Exception as exc:
+            if not _note_outage(exc):
+                raise
+            with contextlib.suppress(OSError, RuntimeError):  # unless the client has gone already
+                await sending({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
 
 
 class BrowserOriginValidator:

@@ -11,6 +11,7 @@ from django.utils import timezone
 from audit.trail import record_event
 from core.broadcast import broadcast_on_commit
 from core.errors import Conflict
+from core.jobs import enqueue_on_commit
 from core.models import Project, User
 from learning.models import LearningJob
 
@@ -35,9 +36,13 @@ def _payload(job: LearningJob) -> dict:
             "message": job.message, "error": job.error[:300]}
 
 
+@transaction.atomic
 def start_job(project: Project, kind: str, *, by: User | None, trigger: str = "manual",
               enqueue: bool = True) -> LearningJob:
-    """Queue a job (409 when one of the same kind is live for the project); runs on commit."""
+    """Queue a job (409 when one of the same kind is live for the project); runs on commit. The
+    broker down: core.outages.JobQueueUnavailable (503), and no job is created."""
+    from learning.jobs import run_learning_job
+
     try:
         with transaction.atomic():
             job = LearningJob.objects.create(project=project, kind=kind, requested_by=by, trigger=trigger,
@@ -47,16 +52,18 @@ def start_job(project: Project, kind: str, *, by: User | None, trigger: str = "m
     record_event("create", actor=by, project=project, obj=job, extra={"kind": kind, "trigger": trigger})
     broadcast_on_commit(project.pk, "job.progress", _payload(job))
     if enqueue:
-        transaction.on_commit(lambda: _enqueue(job.pk))
+        job.celery_task_id = enqueue_on_commit(run_learning_job, job.pk, on_lost=lambda: _not_queued(job.pk))
+        LearningJob.objects.filter(pk=job.pk).update(celery_task_id=job.celery_task_id)
     return job
 
 
-def _enqueue(job_id: int) -> None:
-    import core.celery  # noqa: F401 - the configured app (broker, eager mode) sends, not Celery's default
-    from learning.jobs import run_learning_job
-
-    result = run_learning_job.delay(job_id)
-    LearningJob.objects.filter(pk=job_id).update(celery_task_id=str(result.id or "")[:64])
+def _not_queued(job_id: int) -> None:
+    """The broker failed between the check and the send: fail the job now rather than at the queued timeout."""
+    with transaction.atomic():
+        if LearningJob.objects.filter(pk=job_id, state=LearningJob.State.QUEUED).update(
+                state=LearningJob.State.FAILED):
+            fail(LearningJob.objects.get(pk=job_id), "its message could not be queued (the job queue was "
+                                                     "unreachable); start it again")
 
 
 def _save(job: LearningJob, **fields) -> None:

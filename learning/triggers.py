@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from core.errors import Conflict
 from core.models import Project
+from core.outages import JobQueueUnavailable
 from learning.models import LearningConfig, LearningJob
 
 
@@ -31,7 +32,8 @@ def on_consensus_stored(project_id: int) -> LearningJob | None:
     try:
         with transaction.atomic():
             return start_job(Project.objects.get(pk=project_id), LearningJob.Kind.TRAIN, by=None, trigger="consensus")
-    except Conflict:
+    except (Conflict, JobQueueUnavailable):
+        # With the broker down the submit still succeeds: the next consensus asks again.
         return None
 
 
@@ -50,6 +52,6 @@ def start_scheduled_training(now=None) -> int:
             with transaction.atomic():
                 start_job(config.project, LearningJob.Kind.TRAIN, by=None, trigger="schedule")
             started += 1
-        except Conflict:
+        except (Conflict, JobQueueUnavailable):  # the broker down: the next run of the schedule asks again
             continue
     return started

@@ -26,6 +26,7 @@ from django.utils.dateparse import parse_datetime
 from audit.trail import record_event
 from core.broadcast import broadcast_on_commit
 from core.errors import Conflict, DomainError
+from core.jobs import enqueue_on_commit
 from tasks.costs import validate_pricing
 from tasks.exports import builder
 from tasks.models import Batch, Task
@@ -159,7 +160,7 @@ def request_report(batch: Batch, *, by) -> Batch:
     from tasks.jobs import compute_batch_report_job
 
     record_event("update", actor=by, project_id=batch.project_id, obj=batch, extra={"change": "report_requested"})
-    transaction.on_commit(lambda: compute_batch_report_job.delay(batch.pk))
+    enqueue_on_commit(compute_batch_report_job, batch.pk)  # the broker down: 503, nothing recorded
     return batch
 
 
@@ -198,13 +199,25 @@ def _is_current(batch: Batch, started: datetime | None) -> bool:
 
 
 def _start_build(batch: Batch) -> None:
-    """Mark the locked batch building and enqueue its job after commit, naming the build by its start."""
+    """Mark the locked batch building and enqueue its job after commit, naming the build by its start.
+    The broker down: JobQueueUnavailable (503) rolls the whole delivery or rebuild back."""
     from tasks.jobs import build_batch_delivery_job
 
     started = timezone.now()
     batch.export_state, batch.export_started_at, batch.export_error = Batch.ExportState.BUILDING, started, ""
     batch.save(update_fields=["export_state", "export_started_at", "export_error"])
-    transaction.on_commit(lambda: build_batch_delivery_job.delay(batch.pk, started.isoformat()))
+    enqueue_on_commit(build_batch_delivery_job, batch.pk, started.isoformat(),
+                      on_lost=lambda: _build_not_queued(batch.pk, started))
+
+
+def _build_not_queued(batch_id: int, started: datetime) -> None:
+    """The broker failed between the check and the send: the build is failed now, not left building
+    until the sweep; a rebuild queues it again."""
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update(**ROW_LOCK).get(pk=batch_id)
+        if _is_current(batch, started):
+            _fail_build(batch, "The build's job could not be queued (the job queue was unreachable); ask for a "
+                               "rebuild.", change="build_not_queued")
 
 
 def _fail_build(batch: Batch, reason: str, *, by=None, change: str = "build") -> None:

@@ -3,17 +3,20 @@ each on a PostgreSQL and a Redis of the test's own that the test stops and start
 
 PostgreSQL down: every path (the API, the token check, the login, DICOMweb) answers 503 in the API's
 JSON error format with Retry-After, and the same server answers again as soon as PostgreSQL is
-back, persistent connections included. Redis down: the API keeps working and publishing events,
-logins answer 503 (their counters live in the cache), the feed's sockets close with 1013 and its
-events are dropped with one log line for the outage and one for its end."""
+back, persistent connections included; a feed socket opened meanwhile closes with 1013 (try again
+later). Redis down: the API keeps working and publishing events, logins answer 503 (their counters
+live in the cache), the feed's sockets close with 1013 and its events are dropped with one log line
+for the outage and one for its end. Requests that queue a background job (a delivery's build, a
+report, a learning job) answer 503 while Celery's broker (Redis) is down and change nothing."""
 
 import asyncio
 import time
 
 import httpx
+import psycopg2
 import pytest
 
-from core.management.commands.seed_demo import DEMO_PASSWORD
+from tasks.management.commands.seed_demo import DEMO_PASSWORD
 from tests.reliability.services import PrivatePostgres, PrivateRedis, postgres_bin, prepare_database
 from tests.servers import asgi_servers, gunicorn_api_server, next_event
 
@@ -39,6 +42,10 @@ def redis(tmp_path):
     server = PrivateRedis(tmp_path / "redis")
     yield server
     server.close()
+
+
+def _connection(url: str):
+    return psycopg2.connect(url.replace("postgres://", "postgresql://"))
 
 
 def _token(http: httpx.Client, username: str) -> str:
@@ -192,3 +199,146 @@ def test_redis_down_keeps_the_api_serving_and_the_feed_logs_the_outage_once(post
     # the first error's traceback per outage logged (the layer's, the cache's; with what each wraps),
     # not one per dropped event (thirty)
     assert log.count("Traceback") <= 4, log
+
+
+def test_postgres_down_closes_a_new_feed_socket_with_1013_and_the_feed_opens_again_after(postgres, tmp_path):
+    from websockets.asyncio.client import connect
+
+    env = {"DATABASE_URL": postgres.url, "REDIS_URL": ""}
+
+    async def scenario(port: int):
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            token = (await http.post("/api/auth/token/", json={"username": "manager", "password": DEMO_PASSWORD})
+                     ).json()["token"]
+            project = (await http.get("/api/projects/", headers={"Authorization": f"Token {token}"})
+                       ).json()["results"][0]["id"]
+
+        def socket():
+            return connect(f"ws://127.0.0.1:{port}/ws/projects/{project}/", origin=base,
+                           subprotocols=["radqueue", f"token.{token}"])
+
+        postgres.stop()
+        try:
+            for _ in range(3):  # the token is looked up before the feed: the handshake is answered, then closed
+                async with socket() as refused:
+                    assert await _closed_code(refused, timeout=20) == 1013
+        finally:
+            postgres.start()
+        async with socket() as back:
+            await next_event(back, "feed.ready")
+
+    with asgi_servers(1, tmp_path, env=env) as (port,):
+        asyncio.run(scenario(port))
+
+    log = _log(tmp_path)
+    assert log.count(f"PostgreSQL {OUTAGE_LINE}") == 1, log
+    assert log.count(f"PostgreSQL {BACK_LINE}") == 1, log
+    assert log.count("Traceback") == 2, log  # the first error's (psycopg2's and Django's), not one per socket
+
+
+def _consensus_task(http: httpx.Client, project: int, manager: str) -> int:
+    """A task brought to consensus through the API: the demo's two annotators read it alike (k = 2)."""
+    readers = [{"Authorization": f"Token {_token(http, name)}"} for name in ("annotator", "second_annotator")]
+    for _ in range(10):
+        for reader in readers:
+            claimed = http.post("/api/queue/next/", json={}, headers=reader)
+            assert claimed.status_code == 200, claimed.text
+            submitted = http.post(f"/api/reads/{claimed.json()['read']}/submit/", json={"findings": []},
+                                  headers=reader)
+            assert submitted.status_code == 200, submitted.text
+        done = http.get(f"/api/projects/{project}/tasks/", params={"state": "consensus"},
+                        headers={"Authorization": f"Token {manager}"}).json()["results"]
+        if done:
+            return done[0]["id"]
+    raise AssertionError("no task reached consensus")
+
+
+def test_jobs_asked_for_while_the_broker_is_down_are_503_and_leave_nothing_half_done(postgres, redis, tmp_path):
+    import redis as redis_py
+
+    # Jobs go to Celery's broker (this Redis) as in production, where no worker takes them here.
+    env = {"DATABASE_URL": postgres.url, "REDIS_URL": redis.url, "RADQUEUE_TEST_SERVER_CELERY_EAGER": "0"}
+    with asgi_servers(1, tmp_path, env=env) as (port,), \
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        token = _token(http, "manager")
+        auth = {"Authorization": f"Token {token}"}
+        project = http.get("/api/projects/", headers=auth).json()["results"][0]["id"]
+        task = _consensus_task(http, project, token)
+        created = http.post(f"/api/projects/{project}/batches/", json={"name": "outage", "tasks": [task]}, headers=auth)
+        assert created.status_code == 201, created.text
+        batch = f"/api/projects/{project}/batches/{created.json()['id']}/"
+        with _connection(postgres.url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM audit_auditevent")
+            events = cur.fetchone()[0]
+
+        redis.stop()
+        try:
+            _assert_unavailable(http.post(f"{batch}deliver/", headers=auth), "queue_unavailable")
+            _assert_unavailable(http.post(f"{batch}report/", headers=auth), "queue_unavailable")
+            _assert_unavailable(http.post(f"/api/projects/{project}/learning/jobs/", json={"kind": "score"},
+                                          headers=auth), "queue_unavailable")
+            # nothing was done: no delivery, report or job recorded (the views below record theirs), the
+            # batch is open, its task not delivered, no job waits for a message that was never sent
+            with _connection(postgres.url) as conn, conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM audit_auditevent")
+                assert cur.fetchone()[0] == events
+            shown = http.get(batch, headers=auth).json()
+            assert (shown["state"], shown["export_state"]) == ("open", "none"), shown
+            assert http.get(f"/api/projects/{project}/tasks/{task}/", headers=auth).json()["state"] == "consensus"
+            assert http.get(f"/api/projects/{project}/learning/jobs/", headers=auth).json()["results"] == []
+        finally:
+            redis.start()
+
+        # back: the same requests are taken, and their jobs are queued
+        delivered = http.post(f"{batch}deliver/", headers=auth)
+        assert delivered.status_code == 200, delivered.text
+        assert (delivered.json()["state"], delivered.json()["export_state"]) == ("delivered", "building")
+        assert http.post(f"{batch}report/", headers=auth).status_code == 202
+        started = http.post(f"/api/projects/{project}/learning/jobs/", json={"kind": "score"}, headers=auth)
+        assert started.status_code == 202, started.text
+        broker = redis_py.Redis.from_url(redis.url)
+        queued = [message for queue in ("celery", "learning") for message in broker.lrange(queue, 0, -1)]
+        assert sum(b"tasks.build_batch_delivery" in m for m in queued) == 1, queued
+        assert sum(b"tasks.compute_batch_report" in m for m in queued) == 1, queued
+        assert sum(b"learning.run_job" in m for m in queued) == 1, queued
+
+    log = _log(tmp_path)
+    assert log.count(f"Redis (Celery's broker) {OUTAGE_LINE}") == 1, log
+    assert log.count(f"Redis (Celery's broker) {BACK_LINE}") == 1, log
+
+
+@pytest.mark.django_db
+def test_a_build_the_broker_lost_between_its_check_and_the_send_is_failed_at_once_and_can_be_rebuilt(
+        cast, api, monkeypatch, django_capture_on_commit_callbacks):
+    """The window the check before commit leaves (milliseconds): the delivery has committed, so it
+    is answered as done, and its build is failed now instead of building until the sweep."""
+    from kombu.exceptions import OperationalError
+
+    from core import jobs
+    from core.celery import app
+    from tasks.jobs import build_batch_delivery_job
+    from tests.delivery.conftest import consensus_tasks, laterality
+
+    tasks = consensus_tasks(cast, api, [laterality("left")])
+    url = f"/api/projects/{cast.project.pk}/batches/"
+    batch = api(cast.manager).post(url, {"name": "lost", "tasks": [t.pk for t in tasks]}, format="json").json()["id"]
+
+    def gone(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setitem(app.conf, "task_always_eager", False)
+    monkeypatch.setattr(jobs, "_check_broker", lambda app: None)  # the broker answered the check ...
+    monkeypatch.setattr(build_batch_delivery_job, "apply_async", gone)  # ... and was gone at the send
+    with django_capture_on_commit_callbacks(execute=True):
+        delivered = api(cast.manager).post(f"{url}{batch}/deliver/")
+    assert delivered.status_code == 200, delivered.json()
+    shown = api(cast.manager).get(f"{url}{batch}/").json()
+    assert (shown["state"], shown["export_state"]) == ("delivered", "failed")
+    assert "could not be queued" in shown["export_error"]
+
+    monkeypatch.undo()  # the broker is back (in-process here): the rebuild is queued and built
+    with django_capture_on_commit_callbacks(execute=True):
+        rebuilt = api(cast.manager).post(f"{url}{batch}/exports/")
+    assert rebuilt.status_code == 202, rebuilt.json()
+    assert api(cast.manager).get(f"{url}{batch}/").json()["export_state"] == "ready"
