@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from core.errors import DomainError, NotFound
 from core.models import LabelEntry, Project, ProtocolVersion, User
+from core.roles import Subspecialty, Tier
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "schema_templates"
 KINDS_WITH_CATEGORIES = {LabelEntry.Kind.CLASSIFICATION, LabelEntry.Kind.ORDINAL}
@@ -86,6 +87,76 @@ def validate_entries(entries) -> list[dict]:
     return clean
 
 
+TIER_NAMES = ("annotator", "radiologist", "subspecialist")
+AGREEMENT_BOUNDS = {"grade_within": (0, None), "dice": (0, 1), "iou": (0, 1), "landmark_mm": (0, None),
+                    "measurement_rel": (0, None)}
+RULE_CONDITIONS = {"modality", "body_part", "max_age", "subspecialty"}
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value  # not NaN
+
+
+def validate_rules(rules) -> dict:
+    """Check a protocol version's rules (their keys are described in core.schema.PROTOCOL_RULES_SCHEMA)
+    before anything stores them: task creation, routing and agreement read them later and must not
+    meet a value they cannot use. Keys this does not know are kept as they are. Raises DomainError
+    naming each bad key."""
+    if not isinstance(rules, dict):
+        raise DomainError("rules must be an object.", errors={"rules": ["Expected an object."]})
+    errors: dict[str, list[str]] = {}
+    agreement = rules.get("agreement", {})
+    if not isinstance(agreement, dict):
+        errors["rules.agreement"] = ["Expected an object."]
+    else:
+        for key, value in agreement.items():
+            if key not in AGREEMENT_BOUNDS:
+                errors[f"rules.agreement.{key}"] = [f"Unknown; known: {', '.join(AGREEMENT_BOUNDS)}."]
+                continue
+            low, high = AGREEMENT_BOUNDS[key]
+            whole = key == "grade_within"
+            if not _number(value) or (whole and not isinstance(value, int)) or value < low or (
+                    high is not None and value > high):
+                errors[f"rules.agreement.{key}"] = [
+                    f"Expected a {'whole ' if whole else ''}number from {low}" + (f" to {high}." if high else " up.")]
+    if rules.get("unit", "study") not in ("study", "series"):
+        errors["rules.unit"] = ["Expected study or series."]
+    for key in ("modalities", "required_sequences"):
+        value = rules.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            errors[f"rules.{key}"] = ["Expected a list of strings."]
+    for key in ("first_read_tier", "gold_first_read_tier", "adjudication_tier"):
+        value = rules.get(key)
+        if value is not None and not (isinstance(value, str) and value.lower() in TIER_NAMES) and not (
+                isinstance(value, int) and not isinstance(value, bool) and value in Tier.values):
+            errors[f"rules.{key}"] = [f"Expected one of {', '.join(TIER_NAMES)}."]
+    for key in ("first_read_subspecialty", "adjudication_subspecialty", "adjudication_requires_subspecialist"):
+        if key in rules and not isinstance(rules[key], bool):
+            errors[f"rules.{key}"] = ["Expected true or false."]
+    subspecialty_rules = rules.get("subspecialty_rules", [])
+    if not isinstance(subspecialty_rules, list):
+        errors["rules.subspecialty_rules"] = ["Expected a list of rules."]
+        subspecialty_rules = []
+    for i, rule in enumerate(subspecialty_rules):
+        where = f"rules.subspecialty_rules[{i}]"
+        if not isinstance(rule, dict):
+            errors[where] = ["Expected an object with a subspecialty."]
+            continue
+        problems = [f"{key}: unknown; known: {', '.join(sorted(RULE_CONDITIONS))}." for key in rule
+                    if key not in RULE_CONDITIONS]
+        if rule.get("subspecialty") not in Subspecialty.values:
+            problems.append(f"subspecialty: expected one of {', '.join(Subspecialty.values)}.")
+        problems += [f"{key}: expected a string." for key in ("modality", "body_part")
+                     if key in rule and not isinstance(rule[key], str)]
+        if "max_age" in rule and not _number(rule["max_age"]):
+            problems.append("max_age: expected a number of years.")
+        if problems:
+            errors[where] = problems
+    if errors:
+        raise DomainError("The protocol's rules are not valid.", code="invalid_rules", errors=errors)
+    return rules
+
+
 def _write_entries(version: ProtocolVersion, entries: list[dict]) -> None:
     version.entries.all().delete()
     LabelEntry.objects.bulk_create(
@@ -106,8 +177,8 @@ def create_protocol_version(*, project: Project, name: str, entries=None, rules=
         entries = [{f: getattr(e, f) for f in ENTRY_FIELDS} for e in latest.entries.all()]
         rules = latest.rules if rules is None else rules
     entries = validate_entries(entries)
-    if rules is not None and not isinstance(rules, dict):
-        raise DomainError("rules must be an object.", errors={"rules": ["Expected an object."]})
+    if rules is not None:
+        validate_rules(rules)
     number = (project.protocol_versions.aggregate(n=Max("number"))["n"] or 0) + 1
     version = ProtocolVersion.objects.create(
         project=project, number=number, name=name, notes=notes, rules=rules or {}, created_by=by
@@ -128,8 +199,8 @@ def update_protocol_version(version: ProtocolVersion, *, by: User | None = None,
         )
     if "entries" in changes:
         _write_entries(version, validate_entries(changes.pop("entries")))
-    if "rules" in changes and not isinstance(changes["rules"], dict):
-        raise DomainError("rules must be an object.", errors={"rules": ["Expected an object."]})
+    if "rules" in changes:
+        validate_rules(changes["rules"])
     for field in ("name", "notes", "rules"):
         if field in changes:
             setattr(version, field, changes[field])

@@ -143,6 +143,8 @@ class LearningJobListView(AuditedViewMixin, APIView):
 
 
 class LearningJobDetailView(AuditedViewMixin, APIView):
+    """One learning job: its state, progress and, when it failed, why."""
+
     audit_object_type = "learning.learningjob"
 
     def audit_target(self):

@@ -13,6 +13,7 @@ from drf_spectacular.utils import (
     OpenApiResponse,
     PolymorphicProxySerializer,
     extend_schema,
+    extend_schema_field,
     extend_schema_view,
 )
 from rest_framework import exceptions, mixins, serializers, status, viewsets
@@ -22,13 +23,13 @@ from rest_framework.views import APIView
 from audit.recorder import AuditedViewMixin
 from core import idempotency
 from core.api.pagination import page_of, paginated_response
-from core.api.serializers import LabelEntrySerializer
+from core.api.serializers import LabelEntrySerializer, RulesField
 from core.errors import DomainError, Forbidden, NotFound, error_body
 from core.models import ProtocolVersion, User
 from core.roles import READER_ROLE_TIERS, Perm
 from core.selectors import get_project_for, projects_visible_to
 from tasks import adjudication as adjudication_service
-from tasks import creation, gold, queue, reports, selectors
+from tasks import api_schema, creation, gold, queue, reports, selectors
 from tasks.models import Adjudication, Read, Task
 from tasks.progress import workforce_by_tier
 from tasks.states import ReadState, TaskState
@@ -49,7 +50,7 @@ def _dicomweb(request, task: Task, study_series: list | None = None) -> dict:
 class ProtocolSchemaSerializer(serializers.Serializer):
     number = serializers.IntegerField()
     name = serializers.CharField()
-    rules = serializers.DictField()
+    rules = RulesField()
     entries = LabelEntrySerializer(many=True)
 
 
@@ -186,6 +187,20 @@ class ManagedReadSerializer(ReadSerializer):
         return data
 
 
+class VisibleReadSerializer(ManagedReadSerializer):
+    """A read as /api/reads/ shows it (the schema of its list and detail): with who holds it to whoever
+    sees other people's reads (managers, QA); without the three fields to a reader, who sees only their
+    own (ReadSerializer). Not read-only, so that the schema calls them optional (drf-spectacular
+    documents every read-only field as required); nothing is ever written through this serializer."""
+
+    reader = serializers.CharField(source="reader.username", required=False, allow_null=True, help_text=(
+        "Username (managers); null for QA. Absent when you see only your own reads."))
+    reader_pseudonym = serializers.CharField(source="reader.pseudonym", required=False, allow_null=True, help_text=(
+        "Pseudonym (managers and QA). Absent when you see only your own reads."))
+    tier = serializers.CharField(source="get_tier_display", required=False, help_text=(
+        "The reader's tier on the project. Absent when you see only your own reads."))
+
+
 class ClaimRequestSerializer(serializers.Serializer):
     project = serializers.IntegerField(required=False, help_text="Claim only from this project.")
     another = serializers.BooleanField(
@@ -210,12 +225,18 @@ class OpenReadLimitSerializer(serializers.Serializer):
         "the past is ended by the next sweep (about a minute) or by releasing the read."))
 
 
+@extend_schema_field(api_schema.FINDINGS_SCHEMA)
+class FindingsField(serializers.JSONField):
+    """Any JSON here: tasks.submission checks it and names every bad field; the schema shows its shape."""
+
+
 class SubmitSerializer(serializers.Serializer):
-    findings = serializers.JSONField(help_text="A list of findings (see the annotation payload documentation).")
+    findings = FindingsField()
 
 
 class DraftSerializer(serializers.Serializer):
-    draft = serializers.JSONField()
+    draft = serializers.JSONField(help_text="Any JSON list or object, stored as sent (not validated) until the "
+                                            "read is submitted: usually the findings so far.")
 
 
 def _empty_claim_body(request) -> bool:
@@ -321,7 +342,9 @@ class ReadViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelM
     def get_serializer_class(self):
         # Readers (who see only their own reads) get no identities; managers and QA do.
         user = self.request.user
-        if getattr(self, "swagger_fake_view", False) or user.is_superuser:
+        if getattr(self, "swagger_fake_view", False):
+            return VisibleReadSerializer  # what either may get: the schema
+        if user.is_superuser:
             return ManagedReadSerializer
         if self.get_queryset().exclude(reader=user).exists():
             return ManagedReadSerializer
@@ -332,25 +355,33 @@ class ReadViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelM
 
     @extend_schema(request=None, responses={200: ReadSerializer, 409: OpenApiResponse(description="Lease lost")})
     def heartbeat(self, request, pk=None):
+        """Extend the lease of a read you hold by the project's lease length, crediting the time since the last
+        beat (capped) as active reading; 409 once the lease was lost or the read is no longer open."""
         return Response(ReadSerializer(queue.heartbeat_read(pk, request.user)).data)
 
     @extend_schema(request=None, responses={200: ReadSerializer})
     def release(self, request, pk=None):
+        """Give a held read back unsubmitted: it ends as released and its place in the queue goes to another
+        reader."""
         return Response(ReadSerializer(queue.release_read(pk, request.user)).data)
 
-    @extend_schema(request=DraftSerializer, responses={200: ReadSerializer})
+    @extend_schema(request=DraftSerializer, responses={200: ReadSerializer}, examples=api_schema.DRAFT_EXAMPLES)
     def draft(self, request, pk=None):
+        """Keep work in progress on a held read: any JSON list or object, replaced on every save, not validated."""
         data = DraftSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         return Response(ReadSerializer(queue.save_draft(pk, request.user, data.validated_data["draft"])).data)
 
-    @extend_schema(request=SubmitSerializer,
+    @extend_schema(request=SubmitSerializer, examples=api_schema.SUBMIT_EXAMPLES,
                    parameters=[idempotency.PARAMETER],
                    responses={200: ReadSerializer,
                               400: OpenApiResponse(description="Findings invalid (field paths), or an "
                                                                "Idempotency-Key no retry could match"),
                               409: OpenApiResponse(description="Lease lost or already submitted")})
     def submit(self, request, pk=None):
+        """Submit the findings of a held read: all of them checked against the protocol's labels and the study's
+        geometry and stored normalised, or none stored and a 400 naming each bad field. With an Idempotency-Key,
+        a retry returns the first answer."""
         data = SubmitSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         key = idempotency.key_from(request)
@@ -695,6 +726,54 @@ class WorkforceView(AuditedViewMixin, APIView):
         return Response(WorkforceMemberSerializer(rows, many=True).data)
 
 
+class ConcordanceRowSerializer(serializers.Serializer):
+    modality = serializers.CharField()
+    finding_class = serializers.CharField(help_text="The label (protocol entry key).")
+    kind = serializers.CharField(help_text="The label's kind: classification, ordinal, mask, bbox, ...")
+    comparison = serializers.ChoiceField(["reader_vs_reader", "reader_vs_consensus", "model_vs_consensus"])
+    metric = serializers.ChoiceField(["kappa", "weighted_kappa", "dice", "agreement_rate"], help_text=(
+        "kappa: Cohen's kappa, unweighted (classification; the model's classes). weighted_kappa: Cohen's kappa "
+        "with quadratic weights, (i - j)^2 between the positions i and j of the ordered categories, as "
+        "scikit-learn's cohen_kappa_score(weights='quadratic') (ordinal grades). dice: mean Dice (masks). "
+        "agreement_rate: the share of pairs that agree under the protocol's agreement rules (boxes, polygons, "
+        "landmarks, measurements). A label a read did not use counts as the category \"(absent)\" for kappa and "
+        "as disagreement elsewhere."))
+    n = serializers.IntegerField(help_text="Pairs compared.")
+    value = serializers.FloatField(allow_null=True, help_text="null where the metric is undefined for the data "
+                                                              "(e.g. kappa when both readers used one category).")
+    ci95 = serializers.ListField(child=serializers.FloatField(allow_null=True), min_length=2, max_length=2,
+                                 help_text="Bootstrap 95% interval [low, high]; null ends where undefined.")
+    model_version = serializers.IntegerField(required=False, help_text="model_vs_consensus rows only.")
+
+
+class ScorecardSerializer(serializers.Serializer):
+    reader = serializers.CharField(help_text="Username (managers) or pseudonym (QA).")
+    reads = serializers.IntegerField()
+    agreement_with_consensus = serializers.FloatField(allow_null=True)
+    mean_active_minutes = serializers.FloatField()
+
+
+class TierScorecardSerializer(serializers.Serializer):
+    tier = serializers.CharField()
+    readers = serializers.IntegerField()
+    reads = serializers.IntegerField()
+    agreement_with_consensus = serializers.FloatField(allow_null=True)
+    mean_active_minutes = serializers.FloatField()
+
+
+class ConcordanceReportSerializer(serializers.Serializer):
+    project = serializers.IntegerField()
+    batch = serializers.IntegerField(allow_null=True)
+    since = serializers.CharField(allow_null=True)
+    until = serializers.CharField(allow_null=True)
+    tasks = serializers.IntegerField(help_text="Tasks that reached consensus in [since, until).")
+    rows = ConcordanceRowSerializer(many=True)
+    scorecards = ScorecardSerializer(many=True, required=False, help_text=(
+        "Per reader: managers and QA only (absent for clients)."))
+    scorecards_by_tier = TierScorecardSerializer(many=True)
+    model_version = serializers.IntegerField(allow_null=True)
+
+
 class ConcordanceView(AuditedViewMixin, APIView):
     """Concordance per modality x finding class (JSON, or CSV with ?output=csv); scorecards per reader
     for managers (by username) and QA (by pseudonym), per tier only for clients."""
@@ -707,7 +786,11 @@ class ConcordanceView(AuditedViewMixin, APIView):
     @extend_schema(parameters=[OpenApiParameter("since", OpenApiTypes.DATETIME),
                                OpenApiParameter("until", OpenApiTypes.DATETIME),
                                OpenApiParameter("output", str, enum=["json", "csv"])],
-                   responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="The report (or text/csv).")})
+                   responses={(200, "application/json"): OpenApiResponse(ConcordanceReportSerializer, description=(
+                       "The report over the tasks that reached consensus in [since, until); with output=csv "
+                       "its rows as text/csv (modality, finding_class, kind, comparison, metric, n, value, "
+                       "ci95_low, ci95_high).")),
+                              (200, "text/csv"): OpenApiTypes.STR})
     def get(self, request, project_pk):
         project = get_project_for(request.user, project_pk, Perm.VIEW_PROGRESS)
         bounds = {}

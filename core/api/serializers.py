@@ -1,10 +1,12 @@
 """Input and output shapes of the core API. No business rules: those are in core services."""
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.models import LabelEntry, Membership, Organization, Project, ProtocolVersion, User
 from core.projects import is_deid_frozen
 from core.roles import Role, Subspecialty
+from core.schema import PROTOCOL_RULES_SCHEMA
 
 
 class OrganizationSerializer(serializers.ModelSerializer):
@@ -153,8 +155,14 @@ class LabelEntrySerializer(serializers.ModelSerializer):
         validators = []
 
 
+@extend_schema_field(PROTOCOL_RULES_SCHEMA)
+class RulesField(serializers.DictField):
+    """A protocol version's rules: an object here, its keys checked by core.protocols.validate_rules."""
+
+
 class ProtocolVersionSerializer(serializers.ModelSerializer):
     entries = LabelEntrySerializer(many=True, read_only=True)
+    rules = RulesField(read_only=True)
     is_locked = serializers.BooleanField(read_only=True)
 
     class Meta:
@@ -167,7 +175,7 @@ class ProtocolVersionSerializer(serializers.ModelSerializer):
 class ProtocolVersionCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     notes = serializers.CharField(required=False, allow_blank=True)
-    rules = serializers.DictField(required=False)
+    rules = RulesField(required=False)
     entries = LabelEntrySerializer(many=True, required=False)
     template = serializers.CharField(required=False, help_text="Key of a shipped schema template.")
 
@@ -180,7 +188,7 @@ class ProtocolVersionCreateSerializer(serializers.Serializer):
 class ProtocolVersionUpdateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False)
     notes = serializers.CharField(required=False, allow_blank=True)
-    rules = serializers.DictField(required=False)
+    rules = RulesField(required=False)
     entries = LabelEntrySerializer(many=True, required=False)
 
 

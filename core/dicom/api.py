@@ -129,7 +129,15 @@ class StudyUploadView(AuditedViewMixin, APIView):
     @extend_schema(
         request={"multipart/form-data": {"type": "object", "properties": {
             "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
-        responses={201: IngestReportSerializer, 200: IngestReportSerializer, 400: IngestReportSerializer},
+        responses={
+            201: OpenApiResponse(IngestReportSerializer, description="At least one file accepted; each file reported."),
+            200: OpenApiResponse(IngestReportSerializer, description="Every file was already stored (duplicates)."),
+            400: OpenApiResponse({"oneOf": [{"$ref": "#/components/schemas/IngestReport"},
+                                            {"$ref": "#/components/schemas/Error"}]}, description=(
+                "Nothing could be ingested: the report, every file rejected with its reason; or, when the "
+                "request itself is refused (no file part, a body that is not multipart/form-data), the API's "
+                "error body, e.g. code `no_files` with `errors.files`.")),
+        },
     )
     def post(self, request, project_pk):
         project = get_project_for(request.user, project_pk, Perm.INGEST)
@@ -174,6 +182,8 @@ class StudyListView(ProjectIndexMixin, APIView):
 
 
 class StudyDetailView(ProjectIndexMixin, APIView):
+    """One study of the project with its series and their volume checks (managers and QA)."""
+
     audit_object_type = "core.study"
 
     @extend_schema(responses=StudySerializer)
@@ -202,7 +212,8 @@ class ClearQuarantineView(AuditedViewMixin, APIView):
 
     audit_object_type = "core.instance"
 
-    @extend_schema(request=None, responses={200: InstanceSerializer})
+    @extend_schema(request=None, responses={200: InstanceSerializer, 409: OpenApiResponse(
+        description="code not_quarantined: the instance is not in quarantine (cleared already, or never held).")})
     def post(self, request, project_pk, pk):
         project = get_project_for(request.user, project_pk, Perm.MANAGE)
         with transaction.atomic():
@@ -220,6 +231,9 @@ class ClearQuarantineView(AuditedViewMixin, APIView):
 
 
 class IngestBatchListView(ProjectIndexMixin, APIView):
+    """The project's ingests (uploads, STOW-RS), newest first, with how many files each accepted,
+    found already stored, rejected or quarantined."""
+
     audit_object_type = "core.ingestbatch"
 
     @extend_schema(responses=page_of(IngestBatchSerializer), operation_id="api_projects_ingest_batches_list")

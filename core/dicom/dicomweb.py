@@ -255,6 +255,35 @@ QIDO_PARAMS = [
     OpenApiParameter("includefield", str, description="Accepted; every indexed attribute is returned."),
 ]
 
+# What the OpenAPI schema says DICOMweb answers: PS3.18's media types for what succeeds, the API's JSON
+# error body (core.schema adds 400, 401, 403 and 404 to every operation) for what does not.
+DICOM_ATTRIBUTE = {
+    "type": "object", "required": ["vr"],
+    "description": "One attribute: its VR and its values, or a BulkDataURI to fetch them from.",
+    "properties": {"vr": {"type": "string", "example": "UI"}, "Value": {"type": "array", "items": {}},
+                   "BulkDataURI": {"type": "string", "format": "uri"}, "InlineBinary": {"type": "string"}},
+}
+DICOM_DATASET = {"type": "object", "additionalProperties": DICOM_ATTRIBUTE,
+                 "description": "A DICOM JSON dataset (PS3.18 F.2): attributes keyed by their tag, eight hex digits."}
+DICOM_DATASETS = {"type": "array", "items": DICOM_DATASET}
+MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
+MULTIPART_OCTETS = 'multipart/related; type="application/octet-stream"'
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+NOT_ACCEPTABLE = {406: OpenApiResponse(ERROR_REF, description="The Accept header admits nothing offered here.")}
+QIDO_RESPONSES = {(200, DICOM_JSON): OpenApiResponse(DICOM_DATASETS, description=(
+    "The matches, possibly none. Query keys it cannot match on are ignored and named in a Warning header."))}
+STOW_RESPONSES = {
+    (200, DICOM_JSON): OpenApiResponse(DICOM_DATASET, description=(
+        "All stored: (0008,1199) ReferencedSOPSequence lists each instance and its retrieve URL; a duplicate "
+        "carries warning 0111 in (0008,1196).")),
+    (202, DICOM_JSON): OpenApiResponse(DICOM_DATASET, description=(
+        "Some stored, some refused: (0008,1198) FailedSOPSequence lists the refused ones, each with its "
+        "failure reason (0008,1197) and radqueue's explanation in (0009,1001).")),
+    (409, DICOM_JSON): OpenApiResponse(DICOM_DATASET, description="None stored: FailedSOPSequence says why."),
+    415: OpenApiResponse(ERROR_REF, description=f'The body is not {MULTIPART_DICOM}.'),
+}
+STOW_REQUEST = {MULTIPART_DICOM: OpenApiTypes.BINARY}
+
 
 class StudiesView(DicomwebView):
     """QIDO-RS search for studies (GET) and STOW-RS store (POST, ``?project=ID``)."""
@@ -264,7 +293,7 @@ class StudiesView(DicomwebView):
         parameters=[*QIDO_PARAMS, OpenApiParameter("PatientID", str), OpenApiParameter("PatientName", str),
                     OpenApiParameter("StudyDate", str, description="YYYYMMDD or YYYYMMDD-YYYYMMDD"),
                     OpenApiParameter("ModalitiesInStudy", str), OpenApiParameter("StudyInstanceUID", str)],
-        responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="application/dicom+json")},
+        responses=QIDO_RESPONSES,
     )
     def get(self, request):
         self.audit_verb = "list"
@@ -295,12 +324,10 @@ class StudiesView(DicomwebView):
 
     @extend_schema(
         summary="STOW-RS: store instances", operation_id="stow_store_instances",
-        request={"multipart/related": OpenApiTypes.BINARY},
+        request=STOW_REQUEST,
         parameters=[OpenApiParameter("project", int, description="Target project (optional when the caller can "
                                                                     "ingest into exactly one).")],
-        responses={200: OpenApiResponse(description="All stored (application/dicom+json)"),
-                   202: OpenApiResponse(description="Some stored, some failed"),
-                   409: OpenApiResponse(description="None stored")},
+        responses=STOW_RESPONSES,
     )
     def post(self, request, study=None):
         return store_instances(self, request, study)
@@ -364,7 +391,7 @@ class SeriesSearchView(DicomwebView):
     @extend_schema(summary="QIDO-RS: search for series of a study", operation_id="qido_search_series",
                    parameters=[*QIDO_PARAMS, OpenApiParameter("Modality", str),
                                OpenApiParameter("SeriesInstanceUID", str), OpenApiParameter("SeriesNumber", int)],
-                   responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="application/dicom+json")})
+                   responses=QIDO_RESPONSES)
     def get(self, request, study):
         self.audit_verb = "list"
         study_obj = self.study(study)
@@ -391,7 +418,7 @@ class InstanceSearchView(DicomwebView):
     @extend_schema(summary="QIDO-RS: search for instances of a series", operation_id="qido_search_instances",
                    parameters=[*QIDO_PARAMS, OpenApiParameter("SOPInstanceUID", str),
                                OpenApiParameter("InstanceNumber", int)],
-                   responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="application/dicom+json")})
+                   responses=QIDO_RESPONSES)
     def get(self, request, study, series):
         self.audit_verb = "list"
         series_obj = self.series_of(self.study(study), series)
@@ -490,9 +517,11 @@ def _metadata_of(instance: Instance, base: str) -> dict:
     return data
 
 
-WADO_RESPONSES = {200: OpenApiResponse(OpenApiTypes.BINARY, description='multipart/related; type="application/dicom"'),
-                  406: OpenApiResponse(description="Unsupported Accept")}
-META_RESPONSES = {200: OpenApiResponse(OpenApiTypes.OBJECT, description="application/dicom+json with BulkDataURI")}
+WADO_RESPONSES = {(200, MULTIPART_DICOM): OpenApiResponse(OpenApiTypes.BINARY, description=(
+    "One application/dicom part per instance (DICOM Part 10 files), each with its Content-Location.")),
+                  **NOT_ACCEPTABLE}
+META_RESPONSES = {(200, DICOM_JSON): OpenApiResponse(DICOM_DATASETS, description=(
+    "Each instance's attributes; large values and the pixel data by BulkDataURI (bulk and frames)."))}
 
 
 class StudyRetrieveView(RetrieveMixin, DicomwebView):
@@ -502,10 +531,8 @@ class StudyRetrieveView(RetrieveMixin, DicomwebView):
 
     @extend_schema(summary="STOW-RS: store instances of one study (its original or de-identified UID)",
                    operation_id="stow_store_study_instances",
-                   request={"multipart/related": OpenApiTypes.BINARY}, parameters=[OpenApiParameter("project", int)],
-                   responses={200: OpenApiResponse(description="application/dicom+json"),
-                              202: OpenApiResponse(description="Some stored, some failed"),
-                              409: OpenApiResponse(description="None stored")})
+                   request=STOW_REQUEST, parameters=[OpenApiParameter("project", int)],
+                   responses=STOW_RESPONSES)
     def post(self, request, study):
         return store_instances(self, request, study)
 
@@ -600,9 +627,9 @@ def stored_frames(instance: Instance, numbers: list[int]) -> list[bytes]:
 
 class FramesView(DicomwebView):
     @extend_schema(summary="WADO-RS: frames (uncompressed application/octet-stream)",
-                   responses={200: OpenApiResponse(OpenApiTypes.BINARY,
-                                                   description='multipart/related; type="application/octet-stream"'),
-                              406: OpenApiResponse(description="Unsupported Accept")})
+                   responses={(200, MULTIPART_OCTETS): OpenApiResponse(OpenApiTypes.BINARY, description=(
+                       "One application/octet-stream part per frame asked for, in the order asked: its native "
+                       "(uncompressed, little-endian) pixel bytes.")), **NOT_ACCEPTABLE})
     def get(self, request, study, series, instance, frames):
         self.audit_verb = "download"
         if not _accepts(request, "application/octet-stream"):
@@ -618,7 +645,8 @@ class FramesView(DicomwebView):
 
 class BulkDataView(DicomwebView):
     @extend_schema(summary="WADO-RS: bulk data of one attribute",
-                   responses={200: OpenApiResponse(OpenApiTypes.BINARY)})
+                   responses={(200, MULTIPART_OCTETS): OpenApiResponse(OpenApiTypes.BINARY, description=(
+                       "One application/octet-stream part: the attribute's value."))})
     def get(self, request, study, series, instance, tag):
         self.audit_verb = "download"
         obj = self.instance_of(self.series_of(self.study(study), series), instance)
@@ -671,7 +699,8 @@ class RenderedView(DicomwebView):
     @extend_schema(summary="WADO-RS: rendered instance (image/jpeg)",
                    parameters=[OpenApiParameter("window", str, description="center,width"),
                                OpenApiParameter("viewport", str, description="width,height")],
-                   responses={200: OpenApiResponse(OpenApiTypes.BINARY, description="image/jpeg")})
+                   responses={(200, "image/jpeg"): OpenApiResponse(OpenApiTypes.BINARY, description=(
+                       "The first frame as an 8-bit JPEG, windowed.")), **NOT_ACCEPTABLE})
     def get(self, request, study, series, instance):
         self.audit_verb = "download"
         if not _accepts(request, "image/jpeg"):
@@ -700,6 +729,7 @@ class ThumbnailView(RenderedView):
     thumbnail = True
 
     @extend_schema(summary="WADO-RS: thumbnail (image/jpeg)",
-                   responses={200: OpenApiResponse(OpenApiTypes.BINARY, description="image/jpeg")})
+                   responses={(200, "image/jpeg"): OpenApiResponse(OpenApiTypes.BINARY, description=(
+                       "The first frame as a JPEG of at most 128 pixels a side.")), **NOT_ACCEPTABLE})
     def get(self, request, study, series, instance):
         return super().get(request, study, series, instance)
