@@ -186,10 +186,10 @@ class _GroupCommit:
     group of GROUP_FILES files (or GROUP_BYTES of data), instead of several per file.
 
     At flush: one query finds the group's duplicates (already stored: idempotent, their objects
-    untouched); the new objects are written, made durable together (fsync) and indexed with
-    one multi-row insert, all before the transaction commits, so no committed row points at an
-    object a crash could lose. Should the multi-row insert fail, each file is retried in its own
-    savepoint so one bad file still fails alone.
+    untouched); the new objects are written, made durable together (fsync, the group's files at
+    once) and indexed with one multi-row insert, all before the transaction commits, so no
+    committed row points at an object a crash could lose. Should the multi-row insert fail, each
+    file is retried in its own savepoint so one bad file still fails alone.
     """
 
     GROUP_FILES = 32

@@ -35,7 +35,7 @@ from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, DeflatedExplicitVRLittleEndian
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, PersonName
 
 # Float, Double Float and Pixel Data (PS3.3 C.7.6.3): bulk values that are copied, never parsed.
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
@@ -166,7 +166,7 @@ class Part10:
             run.extend((start, end))
 
         pixels_done = self.pixels is None
-        for tag in sorted(map(int, self.ds._dict)):  # plain ints: BaseTag compares in Python
+        for tag in sorted(self.ds._dict, key=int):  # BaseTag compares in Python; its objects hash and match fast
             if not pixels_done and tag >= self.pixels.start_tag:
                 flush_encoded()
                 copy_range(self.pixels.start, self.pixels.end)
@@ -185,7 +185,12 @@ class Part10:
                 # A deferred value that changed hands: load it to encode it. An empty raw value
                 # (None for some VRs) pydicom writes only decoded.
                 elem = self.ds.get_item(tag) if elem.length else self.ds[tag]
-            write_data_element(out, elem, encodings)
+            simple = (_sequence_bytes(elem, implicit, little, encodings) if elem.VR == "SQ" and not elem.is_raw
+                      else _text_element_bytes(elem, implicit, little))
+            if simple is None:
+                write_data_element(out, elem, encodings)
+            else:
+                out.write(simple)
         if not pixels_done:
             flush_encoded()
             copy_range(self.pixels.start, self.pixels.end)
@@ -347,6 +352,104 @@ def _file_meta_bytes(meta: Dataset, sop_class: str, sop_instance: str) -> bytes 
             return None
         body += data
     return struct.pack("<HH2sHI", 2, 0, b"UL", 4, len(body)) + bytes(body)
+
+
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
+                       "UR", "UT"})
+
+
+def _text_element_bytes(elem, implicit: bool, little: bool) -> bytes | None:
+    """A decoded text element whose values are plain ASCII (the same bytes in every character set,
+    PS3.5 6.1.2.2), encoded as pydicom's write_data_element encodes it but without its general
+    machinery: most of what de-identification writes (UIDs, pseudonyms, shifted dates, blanks).
+    None for anything else, which pydicom then encodes."""
+    vr = elem.VR
+    if elem.is_raw or vr not in _TEXT_VRS:
+        return None
+    value = elem.value
+    if value is None or value == "":
+        data = b""
+    else:
+        if isinstance(value, list | MultiValue):
+            if not all(isinstance(v, str | PersonName) for v in value):
+                return None
+            text = "\\".join(str(v) for v in value)
+        elif isinstance(value, str | PersonName):
+            text = str(value)
+        else:
+            return None
+        if not text.isascii():
+            return None
+        data = text.encode()
+        if len(data) % 2:
+            data += b"\0" if vr == "UI" else b" "
+    tag = elem.tag
+    prefix = "<" if little else ">"
+    if implicit:
+        return struct.pack(prefix + "HHI", tag >> 16, tag & 0xFFFF, len(data)) + data
+    if vr in ("UC", "UR", "UT"):
+        return struct.pack(prefix + "HH2s2xI", tag >> 16, tag & 0xFFFF, vr.encode(), len(data)) + data
+    if len(data) > 0xFFFF:
+        return None
+    return struct.pack(prefix + "HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(data)) + data
+
+
+class _Unsimple(Exception):
+    """An element in a sequence that only pydicom's writer encodes."""
+
+
+def _sequence_bytes(elem, implicit: bool, little: bool, encodings) -> bytes | None:
+    """A sequence that de-identification changed, encoded with undefined lengths (PS3.5 7.5.2): its
+    raw elements as read, its plain text elements and nested sequences here, other decoded values
+    by pydicom. None when something in it needs pydicom's whole writer (an ambiguous VR to resolve,
+    an item's own character set, a value not in memory)."""
+    out = bytearray()
+    try:
+        _encode_sequence(out, elem, implicit, little, encodings)
+    except _Unsimple:
+        return None
+    return bytes(out)
+
+
+def _encode_sequence(out: bytearray, elem, implicit: bool, little: bool, encodings) -> None:
+    p = "<" if little else ">"
+    tag = elem.tag
+    out += struct.pack(p + "HH", tag >> 16, tag & 0xFFFF)
+    out += struct.pack(p + "I", _UNDEFINED) if implicit else b"SQ\0\0" + struct.pack(p + "I", _UNDEFINED)
+    for item in elem.value:
+        if 0x00080005 in item._dict:
+            raise _Unsimple
+        out += struct.pack(p + "HHI", 0xFFFE, 0xE000, _UNDEFINED)
+        for key in sorted(item._dict, key=int):
+            child = item._dict[key]
+            if child.is_raw:
+                value, vr = child.value, child.VR
+                if value is None and child.length:
+                    raise _Unsimple
+                value = value or b""
+                if implicit:
+                    out += struct.pack(p + "HHI", key >> 16, key & 0xFFFF, len(value))
+                elif vr is None or child.length == _UNDEFINED:
+                    raise _Unsimple
+                elif vr.encode() in _LONG_VRS:
+                    out += struct.pack(p + "HH2s2xI", key >> 16, key & 0xFFFF, vr.encode(), len(value))
+                elif len(value) <= 0xFFFF:
+                    out += struct.pack(p + "HH2sH", key >> 16, key & 0xFFFF, vr.encode(), len(value))
+                else:
+                    raise _Unsimple
+                out += value
+            elif child.VR == "SQ":
+                _encode_sequence(out, child, implicit, little, encodings)
+            elif (simple := _text_element_bytes(child, implicit, little)) is not None:
+                out += simple
+            elif " or " in (child.VR or " or "):
+                raise _Unsimple
+            else:
+                encoded = _encoder(implicit, little)
+                write_data_element(encoded, child, encodings)
+                out += encoded.getvalue()
+        out += struct.pack(p + "HHI", 0xFFFE, 0xE00D, 0)
+    out += struct.pack(p + "HHI", 0xFFFE, 0xE0DD, 0)
 
 
 def _encoder(implicit: bool, little: bool) -> DicomBytesIO:

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -57,6 +58,7 @@ T = TypeVar("T")
 # Sealed objects wait here, inside the store's folder (dot-prefixed: names() never lists them).
 INCOMING = ".incoming"
 COPY_CHUNK = 1024 * 1024
+SYNC_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -165,19 +167,20 @@ class EncryptedStore:
         return str(folder)
 
     def sync(self, names: Iterable[str]) -> None:
-        """Make objects written with ``durable=False`` (and their directory entries) durable."""
+        """Make objects written with ``durable=False`` (and their directory entries) durable.
+
+        The files are synced from several threads at once: concurrent fsyncs share the filesystem's
+        journal commits (ext4's jbd2 batches them), where one after another each waits for its own.
+        """
         if not isinstance(self.storage, FileSystemStorage):
             return  # remote backends acknowledge durable writes
-        folders = set()
-        for name in names:
-            path = Path(self.storage.path(_check_name(name)))
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            folders.add(path.parent)
-        for folder in folders:
+        paths = [Path(self.storage.path(_check_name(name))) for name in names]
+        if len(paths) > 1:
+            with ThreadPoolExecutor(max_workers=min(SYNC_THREADS, len(paths))) as pool:
+                list(pool.map(_fsync_file, paths))
+        elif paths:
+            _fsync_file(paths[0])
+        for folder in {path.parent for path in paths}:
             _fsync_dir(folder)
 
     def open(self, name: str) -> DecryptingReader:
@@ -272,6 +275,14 @@ class EncryptedStore:
             raise RuntimeError(f"storage backend stored {name!r} as {saved!r}; configure it to overwrite "
                                "existing names (S3: file_overwrite=True)")
         return result
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:
