@@ -7,6 +7,7 @@ accepted, duplicate (the same de-identified SOP Instance UID is already stored: 
 rejected with a reason.
 """
 
+import gc
 import io
 import logging
 import multiprocessing
@@ -365,8 +366,19 @@ def _prepared(batch: _Batch, items: Iterable[IngestItem], workers: int) -> Itera
     # A bounded window of files in flight keeps memory flat on folders of any size. Workers open
     # local files themselves and send back the path of a sealed file (ciphertext) and de-identified
     # metadata: this process only stores and indexes.
-    window: deque = deque()
     deid.warm(batch.options)  # forked workers inherit the loaded profile table
+    # What the workers inherit is left out of garbage collection (until the pool is done): a
+    # collection in a worker would otherwise write to, and so copy, every page of the parent's objects.
+    gc.freeze()
+    try:
+        yield from _prepared_in_pool(batch, items, workers, prepare_one)
+    finally:
+        gc.unfreeze()
+
+
+def _prepared_in_pool(batch: _Batch, items: Iterable[IngestItem], workers: int,
+                      prepare_one) -> Iterator[tuple[IngestItem, object]]:
+    window: deque = deque()
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
         for item in items:
             if item.path is not None and not item.reason:

@@ -166,12 +166,16 @@ class Part10:
             run.extend((start, end))
 
         pixels_done = self.pixels is None
-        for tag in sorted(self.ds._dict, key=int):  # BaseTag compares in Python; its objects hash and match fast
-            if not pixels_done and tag >= self.pixels.start_tag:
+        pixels_from = int(self.pixels.start_tag) if self.pixels is not None else 0
+        # Sorted and compared as ints (BaseTag compares in Python), looked up as the very BaseTag
+        # objects the dicts hold (found by identity, without BaseTag.__eq__).
+        for tag in sorted(self.ds._dict, key=int):
+            key = int(tag)
+            if not pixels_done and key >= pixels_from:
                 flush_encoded()
                 copy_range(self.pixels.start, self.pixels.end)
                 pixels_done = True
-            if tag in PIXEL_TAGS:
+            if key in PIXEL_TAGS:
                 continue  # copied from the source with the span, as read
             elem = self.ds._dict[tag]  # not get_item: that would load a deferred value
             start = starts.get(tag)
