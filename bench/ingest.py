@@ -60,32 +60,93 @@ def new_project(name: str):
                                   modalities=["CT"])
 
 
-def time_radqueue(paths: list[Path]) -> float:
+def _cpu(times) -> float:
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def time_radqueue(paths: list[Path]) -> tuple[float, float]:
+    """(instances/s, CPU ms per instance of this process and its workers, PostgreSQL's not counted)."""
     from core.dicom.ingest import IngestItem, ingest_files
     from core.dicom.models import Instance
 
     project = new_project("ingest bench")
     items = (IngestItem(p.name, path=str(p), size=p.stat().st_size) for p in paths)
-    start = time.perf_counter()
-    # As `manage.py ingest` runs it: parsing and de-identification in one process per core.
+    start, cpu = time.perf_counter(), _cpu(os.times())
+    # As `manage.py ingest` runs it: parsing and de-identification in one process per core. The
+    # pool is joined when it returns, so its workers' CPU time is counted in children_*.
     report = ingest_files(project, items, by=None, source="folder", workers=os.cpu_count() or 1)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _cpu(os.times()) - cpu
     assert report.accepted == len(paths), report.as_dict()["files"][:3]
     assert Instance.objects.filter(project=project).count() == len(paths)
-    return len(paths) / elapsed
+    return len(paths) / elapsed, cpu * 1000 / len(paths)
 
 
-def time_orthanc(paths: list[Path], warm_up: bytes) -> float:
+def time_orthanc(paths: list[Path], warm_up: bytes) -> tuple[float, float]:
+    """(instances/s, CPU ms per instance of the Orthanc process, the client's not counted)."""
     from bench import orthanc
 
     payloads = [p.read_bytes() for p in paths]
-    with orthanc.running_orthanc() as url:
+    with orthanc.running_orthanc_process() as (url, process):
         orthanc.upload(url, warm_up)  # another series' file: the first request opens the index
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), orthanc.cpu_seconds(process)
         for data in payloads:
             answer = orthanc.upload(url, data)
             assert answer.get("Status") == "Success", answer
-        return len(payloads) / (time.perf_counter() - start)
+        elapsed, cpu = time.perf_counter() - start, orthanc.cpu_seconds(process) - cpu
+        return len(payloads) / elapsed, cpu * 1000 / len(payloads)
+
+
+def stages(paths: list[Path]) -> dict:
+    """CPU ms per file of each stage of radqueue's prepare-and-seal, in this process (best of 3
+    passes): parse up to the pixel data, validate and check every value, read the index metadata,
+    de-identify, write the de-identified file (pixel data copied), encrypt it."""
+    import io
+
+    from core.dicom import deid, part10, prepare
+    from core.dicom.crypto import EncryptingWriter, KeyRing
+
+    datas = [p.read_bytes() for p in paths[:50]]
+    ring, options, secret = KeyRing.generate(), deid.DeidOptions(), b"bench" * 8
+
+    def parsed(data):
+        return prepare.parse(io.BytesIO(data), len(data), 1 << 40)
+
+    def indexed(data):
+        part = parsed(data)
+        prepare.index_metadata(part.ds)
+        return part
+
+    def deidentified(data):
+        part = indexed(data)
+        part.remember()
+        deid.deidentify_dataset(part.ds, secret=secret, options=options)
+        return part
+
+    def written(data):
+        deidentified(data).write(io.BytesIO())
+
+    def sealed(data):
+        writer = EncryptingWriter(io.BytesIO(), ring, context=b"bench")
+        deidentified(data).write(writer)
+        writer.finish()
+
+    steps = {"read": lambda d: part10.read(io.BytesIO(d)), "validate": parsed, "index_metadata": indexed,
+             "deidentify": deidentified, "write": written, "encrypt": sealed}
+    cumulative = {}
+    for name, step in steps.items():
+        best = float("inf")
+        for _ in range(3):
+            started = time.process_time()
+            for data in datas:
+                step(data)
+            best = min(best, (time.process_time() - started) * 1000 / len(datas))
+        cumulative[name] = best
+    result, before = {}, 0.0
+    for name, total in cumulative.items():  # each step's own share: its cumulative time less the one before
+        result[name] = round(max(total - before, 0.0), 2)
+        before = max(total, before)
+    result["total"] = round(before, 2)
+    return result
 
 
 def throughput(paths: list[Path], warm_up: bytes, rounds: int) -> dict:
@@ -95,21 +156,28 @@ def throughput(paths: list[Path], warm_up: bytes, rounds: int) -> dict:
     reason = orthanc.unavailable_reason()
     ours: list[float] = []
     theirs: list[float] = []
+    cpu: dict[str, list[float]] = {"radqueue": [], "orthanc": []}
     time_radqueue(paths[:4])  # warm: imports, the profile table, the first project's secret
     for index in range(rounds):
         order = ("A", "B") if index % 2 == 0 else ("B", "A")
         for side in order:
             if side == "A":
-                ours.append(time_radqueue(paths))
+                rate, ms = time_radqueue(paths)
+                ours.append(rate)
+                cpu["radqueue"].append(ms)
             elif not reason:
                 try:
-                    theirs.append(time_orthanc(paths, warm_up))
+                    rate, ms = time_orthanc(paths, warm_up)
+                    theirs.append(rate)
+                    cpu["orthanc"].append(ms)
                 except RuntimeError as exc:
                     reason = str(exc)
         pair = f"radqueue {ours[-1]:6.1f}/s" + (f", Orthanc {theirs[-1]:6.1f}/s" if len(theirs) > index else "")
         print(f"round {index + 1} ({' '.join(order)}): {pair}")
     result = {"instances_per_s": round(statistics.median(ours), 1), "radqueue_rounds": [round(r, 1) for r in ours],
-              "orthanc_instances_per_s": None, "ratio_vs_orthanc": None}
+              "orthanc_instances_per_s": None, "ratio_vs_orthanc": None,
+              "radqueue_cpu_ms_per_instance": round(statistics.median(cpu["radqueue"]), 2),
+              "orthanc_cpu_ms_per_instance": round(statistics.median(cpu["orthanc"]), 2) if cpu["orthanc"] else None}
     if len(theirs) == rounds:
         median = statistics.median(theirs)
         result.update(orthanc_instances_per_s=round(median, 1), orthanc_rounds=[round(r, 1) for r in theirs],
@@ -257,6 +325,10 @@ def main() -> None:
             path.read_bytes()
         warm_up = synthetic.to_bytes(synthetic.make_ct_series(n_slices=1, rows=512, cols=512, seed=2)[0])
         result.update(throughput(paths, warm_up, args.rounds))
+        result["stage_cpu_ms_per_file"] = stages(paths)
+    print(f"CPU per instance: radqueue {result['radqueue_cpu_ms_per_instance']} ms (this process and its workers), "
+          f"Orthanc {result['orthanc_cpu_ms_per_instance']} ms (its process); radqueue's stages, ms per file: "
+          + ", ".join(f"{k} {v}" for k, v in result["stage_cpu_ms_per_file"].items()))
     print(f"ingest: radqueue {result['instances_per_s']} instances/s, Orthanc {result['orthanc_instances_per_s']}"
           f" instances/s (median of {args.rounds} alternating rounds), ratio {result['ratio_vs_orthanc']}")
     deid = measure(test_files(), rounds=args.rounds)

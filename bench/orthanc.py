@@ -1,6 +1,7 @@
 """A private Orthanc (Debian's orthanc + orthanc-dicomweb) on loopback, for tests and benchmarks."""
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -32,6 +33,19 @@ def _free_port() -> int:
 @contextmanager
 def running_orthanc(timeout: float = 30.0):
     """Start Orthanc bound to 127.0.0.1 in a throw-away folder; yield its base URL."""
+    with running_orthanc_process(timeout) as (url, _process):
+        yield url
+
+
+def cpu_seconds(process: subprocess.Popen) -> float:
+    """User plus system CPU time the running Orthanc process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def running_orthanc_process(timeout: float = 30.0):
+    """running_orthanc, yielding (base URL, the Orthanc process)."""
     reason = unavailable_reason()
     if reason:
         raise RuntimeError(reason)
@@ -59,7 +73,7 @@ def running_orthanc(timeout: float = 30.0):
                     if process.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError("Orthanc did not start") from None
                     time.sleep(0.2)
-            yield url
+            yield url, process
         finally:
             process.terminate()
             try:
