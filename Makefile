@@ -49,6 +49,7 @@ pytest: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 schema: install
 	$(ON_DB) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null

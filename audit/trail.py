@@ -41,7 +41,7 @@ from django.utils import timezone
 
 from audit import context
 from audit.models import AuditAnchor, AuditChainHead, AuditEvent
-from core import rows
+from pgsql import prepared
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +91,31 @@ def event_hash(values: dict) -> str:
     return hashlib.sha256(canonical(values)).hexdigest()
 
 
-def _membership_table() -> tuple[str, str, str]:
-    from core.models import Membership
+@dataclass(frozen=True)
+class RoleSource:
+    """Where an event's actor roles come from: the membership table (``table``, its user and
+    project columns, active rows) and the tier of each reader role. The trail imports no other
+    app; core says this at start-up (core.apps) with ``use_roles``."""
 
-    meta = Membership._meta
-    return meta.db_table, meta.get_field("user").column, meta.get_field("project").column
+    table: str
+    user_column: str
+    project_column: str
+    reader_tiers: dict[str, int]
+
+
+_ROLE_SOURCE: list[RoleSource] = []
+
+
+def use_roles(source: RoleSource) -> None:
+    _ROLE_SOURCE[:] = [source]
+    _append_statement.cache_clear()
+
+
+def _roles_source() -> RoleSource:
+    if not _ROLE_SOURCE:
+        raise RuntimeError("audit.trail.use_roles was not called: the app that owns memberships says where "
+                           "roles live at start-up (core.apps.CoreConfig.ready)")
+    return _ROLE_SOURCE[0]
 
 
 def _known_roles(actor, project_id) -> tuple[str, int | None] | None:
@@ -115,17 +135,17 @@ def _remember_roles(actor, project_id, roles: tuple[str, int | None]) -> None:
 def _roles_of(actor, project_id) -> tuple[str, int | None]:
     """(comma-joined active roles on the project, highest reader tier); "superuser" for a superuser
     without a role there."""
-    from core.roles import READER_ROLE_TIERS
-
     known = _known_roles(actor, project_id)
     if known is not None:
         return known
-    table, user, project = _membership_table()
+    source = _roles_source()
+    table, user, project, reader_tiers = (source.table, source.user_column, source.project_column,
+                                          source.reader_tiers)
     with connection.cursor() as cursor:  # raw SQL: the ORM's query building costs more than the query
         cursor.execute(f"SELECT role FROM {table} WHERE {user} = %s AND {project} = %s AND is_active",
                        [actor.pk, project_id])
         roles = sorted(role for (role,) in cursor.fetchall())
-    tiers = [READER_ROLE_TIERS[r] for r in roles if r in READER_ROLE_TIERS]
+    tiers = [reader_tiers[r] for r in roles if r in reader_tiers]
     result = (",".join(roles) or ("superuser" if actor.is_superuser else "")), (max(tiers) if tiers else None)
     _remember_roles(actor, project_id, result)
     return result
@@ -241,7 +261,7 @@ def _head_for_writer(shard: int) -> AuditChainHead:
 # json.dumps(ensure_ascii=False) does) and hashes the same bytes event_hash would, so
 # verification is unchanged and checks this path. Roles are aggregated as _roles_of does:
 # sorted by code point (COLLATE "C"), comma-joined, highest reader tier. The statement is
-# prepared once per database session where connections are kept (core.rows.execute_prepared:
+# prepared once per database session where connections are kept (pgsql.prepared.execute_prepared:
 # prepared statements outlive rollbacks; a pooler in transaction mode would need session pooling
 # for this). _append_statement builds its CTEs, which embedded_event below also puts into the
 # caller's own statement.
@@ -328,8 +348,6 @@ def _append_statement(lookup_roles: bool, after: str | None, holes: tuple[str, .
     returns the stored event's id, seq, prev_hash, hash and roles. ``holes``: the stand-in fields
     in the order their values appear in the hashed text. ``after``: the caller's CTE the head's
     UPDATE reads (embedded_event), or None for the stand-alone append."""
-    from core.roles import READER_ROLE_TIERS
-
     assert after is None or after.isidentifier(), after  # spliced into SQL, as are the expressions (code)
     names: list[str] = []
 
@@ -339,10 +357,11 @@ def _append_statement(lookup_roles: bool, after: str | None, holes: tuple[str, .
 
     roles_cte = ""
     if lookup_roles:
-        table, user, project = _membership_table()
-        for role in READER_ROLE_TIERS:
+        source = _roles_source()
+        table, user, project = source.table, source.user_column, source.project_column
+        for role in source.reader_tiers:
             assert role.isidentifier() and role.islower(), role  # spliced into SQL below
-        tiers = " ".join(f"WHEN '{role}' THEN {int(tier)}" for role, tier in READER_ROLE_TIERS.items())
+        tiers = " ".join(f"WHEN '{role}' THEN {int(tier)}" for role, tier in source.reader_tiers.items())
         roles_cte = f"""audit_roles AS (
     SELECT left(coalesce(nullif(string_agg(role, ',' ORDER BY role COLLATE "C"), ''),
                          {arg("superuser_fallback", "text")}), 200) AS names,
@@ -424,7 +443,7 @@ def _append_postgresql(db, shard: int, values: dict, lookup: tuple | None) -> Au
         args["superuser_fallback"] = "superuser" if lookup[0].is_superuser else ""
     with db.cursor() as cursor:
         name = "radqueue_audit_append_roles" if lookup is not None else "radqueue_audit_append"
-        rows.execute_prepared(cursor, name, f"WITH {ctes}\nSELECT * FROM audit_event",
+        prepared.execute_prepared(cursor, name, f"WITH {ctes}\nSELECT * FROM audit_event",
                               [args[n] for n in arg_names])
         row = cursor.fetchone()
     if row is None:

@@ -336,9 +336,9 @@ def raw_sql_rates(project, readers, clients: int, seconds: float) -> tuple[float
     # pgbench's client n claims as reader first + n: the readers' ids must run on without gaps.
     assert [r.pk for r in readers[:clients]] == list(range(first, first + clients)), "reader ids not contiguous"
     claim = claim_statement(project, readers[0])
-    from tasks.queue import CLAIM_LOCK
+    from tasks.locks import AdvisoryLock
 
-    app_script = f"BEGIN;\nSELECT pg_advisory_xact_lock({CLAIM_LOCK}, :reader);\n{claim};\nCOMMIT;"
+    app_script = f"BEGIN;\nSELECT pg_advisory_xact_lock({int(AdvisoryLock.CLAIM)}, :reader);\n{claim};\nCOMMIT;"
     rate, done = pgbench(app_script, first, clients, seconds)
     reads = Read.objects.count()
     # Every transaction must have claimed a slot (an empty queue would count as a fast claim).

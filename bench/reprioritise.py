@@ -87,7 +87,7 @@ def run_mode(mode: str, project, readers, tasks: int, before_s: float) -> dict:
     from bench.claims import claim_statement, reset_queue
     from learning import scoring
     from learning.models import LearningJob, TaskScore
-    from tasks.queue import CLAIM_LOCK
+    from tasks.locks import AdvisoryLock
 
     with connection.cursor() as cursor:
         cursor.execute("UPDATE tasks_task SET priority = 0 WHERE project_id = %s", [project.pk])
@@ -97,7 +97,7 @@ def run_mode(mode: str, project, readers, tasks: int, before_s: float) -> dict:
     reset_queue(project)
     job = stage(project, tasks)
     claim = claim_statement(project, readers[0])
-    script = f"BEGIN;\nSELECT pg_advisory_xact_lock({CLAIM_LOCK}, :reader);\n{claim};\nCOMMIT;"
+    script = f"BEGIN;\nSELECT pg_advisory_xact_lock({int(AdvisoryLock.CLAIM)}, :reader);\n{claim};\nCOMMIT;"
     claimers = Claimers(script, readers[0].pk)
     time.sleep(before_s)
     t0 = time.time()

@@ -25,3 +25,13 @@ class CoreConfig(AppConfig):
         from core import log_redaction
 
         log_redaction.install()
+
+        # The audit trail records each actor's roles on the project but imports no other app:
+        # it is told here where memberships live.
+        from audit.trail import RoleSource, use_roles
+        from core.models import Membership
+        from core.roles import READER_ROLE_TIERS
+
+        meta = Membership._meta
+        use_roles(RoleSource(meta.db_table, meta.get_field("user").column, meta.get_field("project").column,
+                             {role: int(tier) for role, tier in READER_ROLE_TIERS.items()}))

@@ -13,7 +13,7 @@ from knox.models import get_token_model
 from knox.settings import CONSTANTS, knox_settings
 from rest_framework import exceptions
 
-from core import rows
+from pgsql import rows
 
 
 class TokenAuthentication(knox.auth.TokenAuthentication):

@@ -71,6 +71,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "core.urls"
+# The live feed's websocket routes, named as ROOT_URLCONF names the HTTP ones (core imports no app).
+WEBSOCKET_URLCONF = "tasks.websocket_urls"
 WSGI_APPLICATION = "core.wsgi.application"
 ASGI_APPLICATION = "core.asgi.application"
 

@@ -5,16 +5,9 @@ predictor the runner uses, in the worker, never in the web process.
 """
 
 from celery import shared_task
-from django.conf import settings
 
 from learning import runs, triggers
-
-
-@shared_task(name="learning.run_job", ignore_result=True, acks_late=True,
-             time_limit=getattr(settings, "CELERY_TASK_TIME_LIMIT", 6 * 3600))
-def run_learning_job(job_id: int) -> None:
-    """Run a queued training, scoring or pre-annotation job. Idempotent (a taken job is skipped)."""
-    runs.run_job(job_id)
+from learning.runs import run_learning_job  # noqa: F401 - defined beside start_job, which queues it
 
 
 @shared_task(name="learning.sweep_stale_jobs", time_limit=600, ignore_result=True)

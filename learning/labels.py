@@ -4,8 +4,8 @@ classification / ordinal labels: the label's categories are the classes; any oth
 (masks, boxes, landmarks...): absent / present.
 """
 
+from tasks.findings.loading import labels_of
 from tasks.models import Task
-from tasks.submission_service import labels_of
 
 PRESENCE = ["absent", "present"]
 

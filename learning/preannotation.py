@@ -3,7 +3,7 @@ check (learning.scoring.served_tasks), offered to readers as a suggestion where 
 it (never when blind-to-model; see learning.exposure)."""
 
 from core.errors import DomainError
-from learning import registry, runs
+from learning import job_state, registry
 from learning.models import LearningJob, Suggestion
 from learning.scoring import PREDICT_CHUNK, _chunks, served_tasks
 from learning.volumes import volume_of
@@ -37,6 +37,6 @@ def preannotate(job: LearningJob, predictor) -> None:
                                                        findings=suggestion_findings(version, list(p)))
                                             for t, p in zip(readable, proba, strict=True)])
             created += len(readable)
-        runs.report_progress(job, done * PREDICT_CHUNK / max(len(tasks), 1), f"pre-annotated {created}")
-    runs.succeed(job, f"{created} suggestions from model v{version.number}", {"suggestions": created,
+        job_state.report_progress(job, done * PREDICT_CHUNK / max(len(tasks), 1), f"pre-annotated {created}")
+    job_state.succeed(job, f"{created} suggestions from model v{version.number}", {"suggestions": created,
                                                                                "model_version": version.number})

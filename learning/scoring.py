@@ -17,7 +17,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from core.errors import DomainError
-from learning import priority, registry, runs
+from learning import job_state, priority, registry
 from learning.models import LearningJob, TaskScore
 from learning.volumes import volume_of
 from tasks.models import QueueSlot, Task
@@ -96,7 +96,7 @@ def compute_scores(job: LearningJob, predictor) -> tuple[list[TaskScore], list[s
                                         strategy=config.strategy, probabilities=[round(float(x), 6) for x in p],
                                         priority_before=task.priority,
                                         priority_after=priority.task_priority(inputs, w)))
-        runs.report_progress(job, 0.8 * done * PREDICT_CHUNK / max(len(tasks), 1),
+        job_state.report_progress(job, 0.8 * done * PREDICT_CHUNK / max(len(tasks), 1),
                              f"scored {min(done * PREDICT_CHUNK, len(tasks))} of {len(tasks)} tasks")
     if tasks and not staged:
         raise DomainError("No task of the queue could be read: " + "; ".join(skipped[:3]), code="no_volumes")
@@ -140,7 +140,7 @@ def apply_scores(job: LearningJob, *, batch_rows: int = BATCH_ROWS) -> int:
             job.result = {**job.result, "applied_through": batch[-1].pk}
             LearningJob.objects.filter(pk=job.pk).update(result=job.result, heartbeat_at=timezone.now())
         applied += len(batch)
-        runs.report_progress(job, 0.8 + 0.2 * applied / len(scores), f"applied {applied} of {len(scores)}")
+        job_state.report_progress(job, 0.8 + 0.2 * applied / len(scores), f"applied {applied} of {len(scores)}")
     return applied
 
 
@@ -165,8 +165,8 @@ def score_queue(job: LearningJob, predictor, *, batch_rows: int = BATCH_ROWS) ->
     """Score, stage and apply (the three phases above); the job succeeds when every batch is in."""
     staged, skipped = compute_scores(job, predictor)
     TaskScore.objects.bulk_create(staged, batch_size=1000)
-    runs.report_progress(job, 0.8, f"applying {len(staged)} priorities", state=LearningJob.State.APPLYING)
+    job_state.report_progress(job, 0.8, f"applying {len(staged)} priorities", state=LearningJob.State.APPLYING)
     applied = apply_scores(job, batch_rows=batch_rows)
     version = staged[0].model_version.number if staged else None
-    runs.succeed(job, f"scored {applied} tasks with model v{version}" if staged else "the queue is empty",
+    job_state.succeed(job, f"scored {applied} tasks with model v{version}" if staged else "the queue is empty",
                  {**job.result, "scored": applied, "skipped": skipped[:20], "model_version": version})

@@ -9,7 +9,7 @@ version is compared with the current one on the same gold set; learning.registry
 from django.db.models import Q
 
 from core.errors import DomainError
-from learning import labels, registry, runs
+from learning import job_state, labels, registry
 from learning.models import LearningJob
 from learning.volumes import volume_of
 from tasks.models import Consensus, Task
@@ -57,13 +57,13 @@ def train_model(job: LearningJob, predictor) -> None:
                           f"{MIN_TRAINING_LABELS}.", code="too_few_labels")
     if not gold_ids:
         raise DomainError("No gold task with a reference to evaluate on.", code="no_gold")
-    runs.report_progress(job, 0.05, f"training on {len(train_ids)} labels")
+    job_state.report_progress(job, 0.05, f"training on {len(train_ids)} labels")
 
     def progress(fraction: float) -> None:
-        runs.report_progress(job, 0.05 + 0.75 * float(fraction), "training")
+        job_state.report_progress(job, 0.05 + 0.75 * float(fraction), "training")
 
     weights = predictor.train(spec, train_volumes, train_ys, epochs=config.epochs, seed=job.pk, progress=progress)
-    runs.report_progress(job, 0.85, f"evaluating on {len(gold_ids)} gold tasks")
+    job_state.report_progress(job, 0.85, f"evaluating on {len(gold_ids)} gold tasks")
     metrics = predictor.evaluate(spec, weights, gold_volumes, gold_ys)
     current = registry.current_version(job.project_id)
     current_on_gold = None
@@ -74,7 +74,7 @@ def train_model(job: LearningJob, predictor) -> None:
         job, weights=weights, architecture=spec["architecture"], task_kind=spec["task"],
         label_key=config.label_key, classes=classes, input_spec=spec, trained_on=train_ids, gold_ids=gold_ids,
         gold_metrics=metrics, current_on_gold=current_on_gold)
-    runs.succeed(job, f"model v{version.number} {'promoted' if version.is_current else 'kept back'}: "
+    job_state.succeed(job, f"model v{version.number} {'promoted' if version.is_current else 'kept back'}: "
                       f"{version.decision_reason}",
                  {"model_version": version.number, "promoted": version.is_current, "reason": version.decision_reason,
                   "trained_on": len(train_ids), "gold": len(gold_ids)})

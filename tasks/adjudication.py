@@ -19,8 +19,8 @@ from core.models import Membership, User
 from core.roles import READER_ROLE_TIERS, Perm
 from core.selectors import projects_visible_to
 from tasks.consensus import store_consensus_from_adjudication
+from tasks.locks import ROW_LOCK
 from tasks.models import Adjudication, Read
-from tasks.queue import ROW_LOCK
 from tasks.selectors import holder_is_member
 from tasks.states import ReadState
 
@@ -93,7 +93,7 @@ _NOT_CLAIMED = {
 def resolve_adjudication(adjudication_id, user: User, *, resolution: str, rationale: str, read_id=None,
                          findings=None):
     """Pick one read, or edit / write findings (validated like a submit); rationale required."""
-    from tasks.submission_service import validate_for_task
+    from tasks.findings.loading import validate_for_task
 
     if not (rationale or "").strip():
         raise DomainError("A rationale is required.", errors={"rationale": ["Say why this is the answer."]})

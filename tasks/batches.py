@@ -16,6 +16,7 @@ beat sweep, or by the next rebuild request. A failed build can be rebuilt. Each 
 import logging
 from datetime import datetime, timedelta
 
+from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -29,9 +30,9 @@ from core.errors import Conflict, DomainError
 from core.jobs import enqueue_on_commit
 from tasks.costs import validate_pricing
 from tasks.exports import builder
+from tasks.locks import ROW_LOCK
 from tasks.models import Batch, Task
 from tasks.progress import announce_progress
-from tasks.queue import ROW_LOCK
 from tasks.reports import concordance_report
 from tasks.states import TaskState, check_task_transition
 
@@ -157,8 +158,6 @@ def request_exports(batch: Batch, *, by) -> Batch:
 @transaction.atomic
 def request_report(batch: Batch, *, by) -> Batch:
     """Recompute the batch's concordance report in the background job (open batches too: a preview)."""
-    from tasks.jobs import compute_batch_report_job
-
     record_event("update", actor=by, project_id=batch.project_id, obj=batch, extra={"change": "report_requested"})
     enqueue_on_commit(compute_batch_report_job, batch.pk)  # the broker down: 503, nothing recorded
     return batch
@@ -201,8 +200,6 @@ def _is_current(batch: Batch, started: datetime | None) -> bool:
 def _start_build(batch: Batch) -> None:
     """Mark the locked batch building and enqueue its job after commit, naming the build by its start.
     The broker down: JobQueueUnavailable (503) rolls the whole delivery or rebuild back."""
-    from tasks.jobs import build_batch_delivery_job
-
     started = timezone.now()
     batch.export_state, batch.export_started_at, batch.export_error = Batch.ExportState.BUILDING, started, ""
     batch.save(update_fields=["export_state", "export_started_at", "export_error"])
@@ -304,3 +301,27 @@ def _build_failed(batch_id: int, started: datetime | None, stage: str, exc: Exce
             return None
         _fail_build(batch, reason)
     return batch
+
+
+# --- the Celery jobs (beside the code that queues them; tasks.jobs lists them for the worker) ---------
+
+# Soft limit: the job records the timeout itself; hard limit: the worker kills it before the sweep's
+# bound (BATCH_BUILD_TIMEOUT), so a build the sweep marks failed is no longer writing files.
+@shared_task(name="tasks.build_batch_delivery", ignore_result=True, soft_time_limit=settings.BATCH_BUILD_TIMEOUT - 120,
+             time_limit=settings.BATCH_BUILD_TIMEOUT - 60)
+def build_batch_delivery_job(batch_id: int, build: str | None = None) -> None:
+    """A delivered batch's concordance report and export files, for the build named by ``build``
+    (when it was asked for, ISO 8601). Idempotent: a rerun replaces both; a superseded build does nothing."""
+    build_delivery(batch_id, build)
+
+
+@shared_task(name="tasks.fail_stale_batch_builds", time_limit=300, ignore_result=True)
+def fail_stale_batch_builds_job() -> int:
+    """Mark failed the delivery builds that outlived BATCH_BUILD_TIMEOUT (lost message, dead worker)."""
+    return fail_stale_builds()
+
+
+@shared_task(name="tasks.compute_batch_report", time_limit=3600, ignore_result=True)
+def compute_batch_report_job(batch_id: int) -> None:
+    """A batch's concordance report, on demand (open batches too). Idempotent."""
+    store_batch_report(batch_id)

@@ -26,14 +26,15 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.trail import record_event
-from core import rows
 from core.broadcast import broadcast_on_commit
+from pgsql import rows
+from tasks.findings.loading import labels_of
+from tasks.findings.masks import rle_decode, rle_encode
+from tasks.learning_seam import learning
+from tasks.locks import ROW_LOCK
 from tasks.models import Adjudication, Consensus, Read, Task
 from tasks.progress import announce_progress
-from tasks.queue import ROW_LOCK
 from tasks.states import ReadState, TaskState, check_task_transition
-from tasks.submission import rle_decode, rle_encode
-from tasks.submission_service import labels_of
 
 AGREEMENT_DEFAULTS = {"grade_within": 0, "dice": 0.7, "iou": 0.5, "landmark_mm": 5.0, "measurement_rel": 0.1}
 
@@ -280,6 +281,4 @@ def store_consensus_from_adjudication(adjudication: Adjudication, findings: list
 
 def _consensus_stored(project_id: int) -> None:
     """Active learning may retrain after N new labels (learning.triggers; the job starts on commit)."""
-    from learning.triggers import on_consensus_stored
-
-    on_consensus_stored(project_id)
+    learning().on_consensus_stored(project_id)

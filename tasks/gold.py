@@ -32,8 +32,9 @@ from core.errors import DomainError
 from core.models import Membership, Project, User
 from core.roles import READER_ROLE_TIERS
 from tasks.consensus import compute_agreement
+from tasks.ending import end_task_work
+from tasks.locks import ROW_LOCK, lock_task_work
 from tasks.models import Consensus, Read, Task
-from tasks.queue import ROW_LOCK, end_task_work, lock_task_work
 from tasks.states import LIVE_READ_STATES, ReadState, TaskState, check_reference_import
 
 MIN_GOLD_CHECKS = 3
@@ -47,9 +48,9 @@ def references(project_id: int, kind: str):
 @transaction.atomic
 def import_reference(task: Task, findings, *, by: User) -> Consensus:
     """A manager's reference for a gold or calibration task (validated like a read). The task's
-    open work ends (tasks.queue.end_task_work): radiologists need not read it any more, and an
+    open work ends (tasks.ending.end_task_work): radiologists need not read it any more, and an
     adjudication of its reads has nothing left to settle."""
-    from tasks.submission_service import validate_for_task
+    from tasks.findings.loading import validate_for_task
 
     work = lock_task_work(task.pk)
     task = Task.objects.select_for_update(**ROW_LOCK).select_related("study", "protocol_version").get(pk=task.pk)

@@ -29,6 +29,7 @@ from django.utils import timezone
 from core.broadcast import broadcast_on_commit
 from core.models import Membership, Project
 from core.roles import READER_ROLE_TIERS, Tier
+from tasks.locks import AdvisoryLock
 from tasks.models import (
     Batch,
     Consensus,
@@ -47,7 +48,7 @@ from tasks.states import ReadState, TaskState
 ETA_WINDOW_DAYS = 7
 THROUGHPUT_DAYS = 30
 DONE_STATES = (TaskState.CONSENSUS, TaskState.DELIVERED)
-FOLD_LOCK = 7302  # advisory lock class: one fold per project at a time (tasks.queue uses 7301)
+FOLD_LOCK = AdvisoryLock.FOLD  # one fold per project at a time (spliced into the fold's text as a number)
 
 # Each delta table, the tally it folds into, the tally's key columns and its summed columns.
 _TALLIES = (
@@ -100,7 +101,7 @@ def fold_deltas(project_id: int) -> None:
         # Two folds of one project would upsert the same tally rows: take turns. One round trip;
         # the consensus ids to count come back from the last statement.
         # synchronous_commit off is safe here: a fold lost in a crash is lost whole, its deltas intact.
-        cursor.execute(f"SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({FOLD_LOCK}, %(p)s); "
+        cursor.execute(f"SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({int(FOLD_LOCK)}, %(p)s); "
                        f"{_FOLDS}; "
                        "DELETE FROM tasks_uncountedconsensus WHERE project_id = %(p)s RETURNING consensus_id",
                        {"p": project_id})
@@ -119,7 +120,7 @@ def recount_progress(project_id: int) -> None:
     from tasks.models import Adjudication
 
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [FOLD_LOCK, project_id])
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [int(FOLD_LOCK), project_id])
         # Deltas committed from now on wait for this transaction's view of the tables to be the base.
         cursor.execute("LOCK TABLE tasks_task, tasks_read, tasks_adjudication, tasks_consensus "
                        "IN SHARE MODE")

@@ -28,25 +28,22 @@ from django.utils import timezone
 
 from audit.trail import EmbeddedEvent, embedded_event, record_event
 from audit.trail import is_enabled as audit_enabled
-from core import rows
-from core.broadcast import broadcast_on_commit, broadcast_to_reader_on_commit
+from core.broadcast import broadcast_to_reader_on_commit
 from core.errors import Conflict, DomainError, NotFound
 from core.idempotency import checked_key
 from core.models import Project, User
 from core.selectors import projects_visible_to
-from tasks.models import Adjudication, QueueSlot, Read, Task
+from pgsql import prepared, rows
+from tasks.ending import end_task_work
+from tasks.locks import ROW_LOCK, AdvisoryLock, lock_task_work
+from tasks.models import QueueSlot, Read, Task
 from tasks.progress import announce_progress
 from tasks.routing import Eligibility, digest_check, eligibility, eligibility_and_digest
 from tasks.selectors import reader_membership_sql
 from tasks.states import LIVE_READ_STATES, ReadState, TaskState, check_read_transition, task_state_after_reads
 
-CLAIM_LOCK = 7301  # the advisory lock class of one reader's claims (bench/claims.py takes it too)
-# A claim on known rules also tries the one-key advisory lock of the task it takes (its id; no other
-# code uses one-key advisory locks, whose key space is apart from the two-key ones): _candidates_sql.
+CLAIM_LOCK = AdvisoryLock.CLAIM  # what the claim statement's text takes (tasks.locks: the lock order)
 HEARTBEAT_CREDIT_CAP = timedelta(minutes=5)  # longer gaps between heartbeats are not active time
-# Row locks take only the row itself, FOR NO KEY UPDATE: no key ever changes, and concurrent
-# foreign-key checks (KEY SHARE) must not wait on them (see get_read_for_update).
-ROW_LOCK = {"of": ("self",), "no_key": True}
 
 
 @dataclass
@@ -282,7 +279,7 @@ def _candidates_sql(rules: list[Eligibility], reader_id: int, now, params: list,
     the whole queue; NOT IN hashes all of the reader's reads on every claim (thousands, for a
     reader months in). A project where the reader already holds the most open reads it allows
     yields nothing (the count is a one-time subplan, evaluated under the reader's advisory lock).
-    Every placeholder carries its type: the statement is prepared (core.rows.execute_prepared).
+    Every placeholder carries its type: the statement is prepared (pgsql.prepared).
 
     ``skip_busy_tasks``: also skip a slot whose task another claim is taking at this moment (it
     holds the task's transaction-level advisory lock, which this scan tries to take, without
@@ -353,7 +350,7 @@ def _claim_postgresql(user, rules, leases, now, *, unchanged: tuple[str, list, s
     before = None if lock is None else ("SELECT pg_advisory_xact_lock(%s, %s)", list(lock))
     with connection.cursor() as cursor:
         # The text depends only on how many projects are eligible; everything else is an argument.
-        rows.execute_prepared(cursor, f"radqueue_claim_{len(rules)}", sql, args, before)
+        prepared.execute_prepared(cursor, f"radqueue_claim_{len(rules)}", sql, args, before)
         row = cursor.fetchone()
     if row is None:
         return None
@@ -524,7 +521,7 @@ def _locked_read(read_id, user: User) -> Read | None:
         return None
     models, sql = _locked_read_statement()
     with connection.cursor() as cursor:
-        rows.execute_prepared(cursor, "radqueue_locked_read", sql, [read_id, user.pk])
+        prepared.execute_prepared(cursor, "radqueue_locked_read", sql, [read_id, user.pk])
         row = cursor.fetchone()
     if row is None:
         return None
@@ -590,13 +587,13 @@ def release_read(read_id, user: User) -> Read:
     read = get_read_for_update(read_id, user)
     check_read_transition(read.state, ReadState.RELEASED)
     slot = _live_slot(read)
-    _free_slot(slot, read, ReadState.RELEASED)
+    free_slot(slot, read, ReadState.RELEASED)
     record_event("release", actor=user, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid)
     broadcast_to_reader_on_commit(user.pk, read.project_id, "read.released", {"read": read.pk, "task": read.task_id})
     return read
 
 
-def _free_slot(slot: QueueSlot | None, read: Read, state: str) -> None:
+def free_slot(slot: QueueSlot | None, read: Read, state: str) -> None:
     now = timezone.now()
     Read.objects.filter(pk=read.pk).update(state=state, ended_at=now)
     read.state, read.ended_at = state, now
@@ -643,7 +640,7 @@ def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> 
     A retry with the same idempotency key returns the first result; the lease must still be
     the caller's (409 if it passed and the slot went to another reader).
     """
-    from tasks.submission_service import validated_findings
+    from tasks.findings.loading import validated_findings
 
     idempotency_key = checked_key(idempotency_key)
     with transaction.atomic():
@@ -723,7 +720,7 @@ def _count_submission(slot: QueueSlot, task: Task, now, event: EmbeddedEvent | N
             cursor.execute(count.format(""), [task.pk])
             counted, recorded = cursor.fetchone(), False
         else:
-            rows.execute_prepared(cursor, "radqueue_count_submission",
+            prepared.execute_prepared(cursor, "radqueue_count_submission",
                                   f"WITH counted AS ({count.format('::bigint')}), {event.sql}\n"
                                   "SELECT counted.*, (SELECT count(*) FROM audit_event) FROM counted",
                                   [task.pk, *event.args])
@@ -787,7 +784,7 @@ def sweep_expired_leases(now=None) -> int:
 
 
 def _expire(slot: QueueSlot | None, read: Read) -> None:
-    _free_slot(slot, read, ReadState.EXPIRED)
+    free_slot(slot, read, ReadState.EXPIRED)
     record_event("expire", actor=None, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid)
     broadcast_to_reader_on_commit(read.reader_id, read.project_id, "read.expired", {"read": read.pk})
 
@@ -852,60 +849,3 @@ def cancel_task(task_id, *, by: User, project: Project) -> Task:
     task.save(update_fields=["state", "updated_at"])
     record_event("cancel", actor=by, project=project, obj=task, study_uid=task.study.study_uid)
     return task
-
-
-# --- what hangs off a task that leaves reading ---------------------------------------------
-
-@dataclass
-class TaskWork:
-    """A task's open work, locked: its claimed reads, its queue slots, its open or claimed adjudication."""
-
-    task_id: int
-    reads: list[Read]
-    slot_ids: list[int]
-    adjudication: Adjudication | None
-
-
-def lock_task_work(task_id: int) -> TaskWork:
-    """Lock a task's open work before the task itself, in the order a heartbeat or submit (read,
-    slot, then task) and a resolution (adjudication, then task) take theirs, each kind in
-    primary-key order, so a state change of the task never waits on them while they wait on it."""
-    def claimed_reads():
-        return list(Read.objects.select_for_update(**ROW_LOCK).select_related("task__study")
-                    .filter(task_id=task_id, state=ReadState.CLAIMED).order_by("pk"))
-
-    reads = claimed_reads()
-    # Slots are deleted, so they take the full row lock. Once they are held no claim can take one.
-    slot_ids = list(QueueSlot.objects.select_for_update(of=("self",)).filter(task_id=task_id)
-                    .order_by("pk").values_list("pk", flat=True))
-    if slot_ids:
-        reads = claimed_reads()  # a claim that committed in between
-    adjudication = (Adjudication.objects.select_for_update(**ROW_LOCK)
-                    .filter(task_id=task_id, state__in=[Adjudication.State.OPEN, Adjudication.State.CLAIMED])
-                    .first())
-    return TaskWork(task_id, reads, slot_ids, adjudication)
-
-
-def end_task_work(work: TaskWork, *, by: User | None, reason: str) -> None:
-    """End what hangs off a task that leaves reading (``reason``: task_cancelled, task_settled):
-    each claimed read is cancelled (its reader hears ``read.cancelled``; DICOMweb access and the
-    open-read place end with it), the slots go, and an open or claimed adjudication is cancelled
-    (a later resolution answers 409). Each end is audited."""
-    now = timezone.now()
-    for read in work.reads:
-        Read.objects.filter(pk=read.pk).update(state=ReadState.CANCELLED, ended_at=now)
-        read.state, read.ended_at = ReadState.CANCELLED, now
-        record_event("cancel", actor=by, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid,
-                     extra={"task": read.task_id, "reason": reason})
-        broadcast_to_reader_on_commit(read.reader_id, read.project_id, "read.cancelled",
-                                      {"read": read.pk, "task": read.task_id, "reason": reason})
-    QueueSlot.objects.filter(pk__in=work.slot_ids).delete()
-    adjudication = work.adjudication
-    if adjudication is not None:
-        Adjudication.objects.filter(pk=adjudication.pk).update(state=Adjudication.State.CANCELLED,
-                                                               lease_expires_at=None)
-        adjudication.state = Adjudication.State.CANCELLED
-        record_event("cancel", actor=by, project_id=adjudication.project_id, obj=adjudication,
-                     extra={"task": work.task_id, "reason": reason})
-        broadcast_on_commit(adjudication.project_id, "adjudication.cancelled",
-                            {"adjudication": adjudication.pk, "task": work.task_id, "reason": reason})

@@ -26,9 +26,10 @@ from django.db.models import Max
 from core.roles import Tier
 from tasks import metrics
 from tasks.consensus import agreement_rules, compare_pair, findings_of_label
+from tasks.findings.loading import labels_of
+from tasks.learning_seam import learning
 from tasks.models import Consensus, Read, Task
 from tasks.states import ReadState
-from tasks.submission_service import labels_of
 
 ABSENT = "(absent)"
 BOOTSTRAP_DRAWS = 1000
@@ -104,10 +105,9 @@ def concordance_report(project, *, since=None, until=None, named: bool = True, b
         consensus = consensus.filter(created_at__gte=since)
     if until:
         consensus = consensus.filter(created_at__lt=until)
-    from learning.concordance import model_samples, scores_marker
-
     key = (f"concordance:{project.pk}:{batch.pk if batch else ''}:{since}:{until}:{named}:"
-           f"{consensus.aggregate(m=Max('id'))['m']}:{consensus.count() if batch else ''}:{scores_marker(project)}")
+           f"{consensus.aggregate(m=Max('id'))['m']}:{consensus.count() if batch else ''}:"
+           f"{learning().scores_marker(project)}")
     cached = cache.get(key)
     if cached is not None:
         return cached
@@ -152,7 +152,7 @@ def concordance_report(project, *, since=None, until=None, named: bool = True, b
                        pairs)
             if row is not None:
                 report_rows.append(row)
-    version, model = model_samples(project, consensus)
+    version, model = learning().model_samples(project, consensus)
     for (modality, label), pairs in sorted(model.items()):
         row = _row(modality, label, kinds.get((modality, label), "classification"), "model_vs_consensus", "kappa",
                    pairs)

@@ -12,14 +12,14 @@ From then on the lookups of held work (tasks.selectors) answer 404 to the person
 work's state: they require the role as well as the holder.
 """
 
-from django.db import connection
 
 from audit.trail import record_event
 from core.broadcast import broadcast_to_reader_on_commit, recheck_feed_on_commit
 from core.models import Membership, Project, User
 from core.roles import Perm
+from tasks.locks import ROW_LOCK, AdvisoryLock, advisory_xact_lock
 from tasks.models import Adjudication, QueueSlot, Read
-from tasks.queue import CLAIM_LOCK, ROW_LOCK, _free_slot
+from tasks.queue import free_slot
 from tasks.selectors import roles_with
 from tasks.states import ReadState
 
@@ -34,8 +34,7 @@ def release_work_of_departed_member(*, user: User, project: Project, roles, by: 
     """Release the open reads and claimed adjudications ``user`` may no longer work on; audited."""
     # A claim of this person's that is running now commits first and is released below (this
     # statement's snapshot follows it); one that starts later waits, then sees the ended role.
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [CLAIM_LOCK, user.pk])
+    advisory_xact_lock(AdvisoryLock.CLAIM, user.pk)
     if not _still_holds(user, project, Perm.READ):
         _release_reads(user, project, by)
     if not _still_holds(user, project, Perm.ADJUDICATE):
@@ -50,7 +49,7 @@ def _release_reads(user: User, project: Project, by: User | None) -> None:
     for read in reads:
         slot = (None if read.is_check else
                 QueueSlot.objects.select_for_update(**ROW_LOCK).filter(read=read, reader=user).first())
-        _free_slot(slot, read, ReadState.RELEASED)
+        free_slot(slot, read, ReadState.RELEASED)
         record_event("release", actor=by, project=project, obj=read, study_uid=read.task.study.study_uid,
                      extra={"reason": REASON, "reader": user.pseudonym})
         broadcast_to_reader_on_commit(user.pk, project.pk, "read.released", {"read": read.pk, "task": read.task_id})

@@ -22,6 +22,7 @@ from django.db import connection
 
 from core.models import Membership
 from core.roles import READER_ROLE_TIERS, Subspecialty, Tier
+from tasks.learning_seam import learning
 
 BRAIN_PARTS = {"BRAIN", "HEAD", "SKULL", "HEADNECK", "NECK"}
 MSK_PARTS = {"KNEE", "SHOULDER", "HIP", "ANKLE", "WRIST", "ELBOW", "HAND", "FOOT", "EXTREMITY", "LEG", "ARM",
@@ -195,11 +196,9 @@ def _eligibility_source(typed: bool, projects: int | None, locked: bool = False)
     """FROM and WHERE of a reader's reader memberships with their projects: on ``projects`` of them
     (how many ids follow the user's; typed: one array, whatever the number), or on every project
     (None); ``locked``: after the CTE claim_lock. Built once per shape (the claim path's hot text)."""
-    from learning.models import LearningConfig
-
     memberships = Membership._meta.db_table
     project_table = Membership._meta.get_field("project").related_model._meta.db_table
-    learning_table = LearningConfig._meta.db_table
+    learning_table = learning().config_relation
     for role in READER_ROLE_TIERS:
         assert role.isidentifier(), role  # spliced into the text below as a literal
     roles = ", ".join(f"'{role}'" for role in READER_ROLE_TIERS)

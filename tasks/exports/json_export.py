@@ -1,7 +1,7 @@
 """The JSON export: every task's consensus findings, linked to Study / Series / SOP Instance UIDs and frames.
 
 Schema ``radqueue.delivery.findings`` version FINDINGS_SCHEMA_VERSION (documented in README,
-"Delivery batches and exports"). Findings are the normalised form tasks.submission produces:
+"Delivery batches and exports"). Findings are the normalised form tasks.findings.validation produces:
 2D geometry in DICOM SCOORD pixel coordinates (x = column, y = row, the top-left corner of the
 image at 0,0, so pixel centres at +0.5), ``slice`` the 0-based index along the series' slice
 normal, ``frame`` 1-based; masks are run lengths over C-order (slice, row, column) voxels starting

@@ -10,6 +10,7 @@ from importlib import metadata
 
 from core.dicom.models import DeidRecord
 from core.roles import Tier
+from tasks.learning_seam import learning
 from tasks.models import Read
 from tasks.states import ReadState
 
@@ -22,19 +23,6 @@ def software_version() -> str:
         return f"radqueue {metadata.version('radqueue')}"
     except metadata.PackageNotFoundError:
         return "radqueue (unpackaged)"
-
-
-def _model_versions(task_ids: list[int]) -> dict[int, int]:
-    """The model version (number) whose scoring run last set each task's priority: the newest
-    ``learning.TaskScore`` of a scoring job that succeeded. Absent: the task was never scored."""
-    from learning.models import LearningJob, TaskScore
-
-    latest: dict[int, int] = {}
-    scores = (TaskScore.objects.filter(task_id__in=task_ids, job__state=LearningJob.State.SUCCEEDED)
-              .order_by("task_id", "created_at", "id").values_list("task_id", "model_version__number"))
-    for task_id, number in scores:
-        latest[task_id] = number
-    return latest
 
 
 def _deid(tasks: list) -> tuple[dict, list[dict]]:
@@ -63,7 +51,7 @@ def provenance(batch, tasks: list) -> dict:
                                                          is_check=False)
                                      .order_by("id").values_list("task_id", "tier", "reader__pseudonym")):
         reads.setdefault(task_id, []).append({"reader": pseudonym, "tier": Tier(tier).label})
-    models = _model_versions(task_ids)
+    models = learning().model_versions(task_ids)
     deid_by_study, profiles = _deid(tasks)
     project = batch.project
     entries = []

@@ -15,7 +15,7 @@ import numpy as np
 
 from core.dicom.volume import load_volume
 from tasks.exports.dicom_common import mask_of
-from tasks.submission import rle_decode
+from tasks.findings.masks import rle_decode
 
 
 def nifti_masks(task, sources) -> list[tuple[int, dict, bytes]]:

@@ -12,7 +12,7 @@ import numpy as np
 from pydicom.sr.codedict import codes
 
 from tasks.exports.dicom_common import concept_of, device, mask_of, pseudonymous_patient_names
-from tasks.submission import rle_decode
+from tasks.findings.masks import rle_decode
 
 
 def segmentations(task, sources) -> list[tuple[str, bytes]]:

@@ -7,8 +7,8 @@ import pydicom
 
 from core.dicom.models import Instance
 from core.dicom.storage import get_store
-from tasks.submission import StudyGeom
-from tasks.submission_service import study_geometry
+from tasks.findings.geometry import StudyGeom
+from tasks.findings.loading import study_geometry
 
 
 @dataclass

@@ -1,10 +1,10 @@
-"""core.rows.execute_prepared (server-side prepared statements for the hot path, on PostgreSQL),
+"""pgsql.prepared.execute_prepared (server-side prepared statements for the hot path),
 and the answer a transaction PostgreSQL aborted against another one gets."""
 
 import pytest
 from django.db import DatabaseError, connection, transaction
 
-from core import rows
+from pgsql import prepared, rows
 
 pytestmark = pytest.mark.django_db
 
@@ -30,36 +30,36 @@ SQL = "SELECT %s::bigint + %s::bigint, %s::text"
 
 def test_a_statement_is_prepared_once_per_session_and_runs_with_its_arguments(kept_connection):
     with connection.cursor() as cursor:
-        rows.execute_prepared(cursor, "rq_test_sum", SQL, [2, 3, "x"])
+        prepared.execute_prepared(cursor, "rq_test_sum", SQL, [2, 3, "x"])
         assert cursor.fetchone() == (5, "x")
         names = {n for n in _prepared_names() if n.startswith("rq_test_sum_")}
         assert len(names) == 1
-        rows.execute_prepared(cursor, "rq_test_sum", SQL, [40, 2, "it's"])  # quoting is the driver's
+        prepared.execute_prepared(cursor, "rq_test_sum", SQL, [40, 2, "it's"])  # quoting is the driver's
         assert cursor.fetchone() == (42, "it's")
     assert {n for n in _prepared_names() if n.startswith("rq_test_sum_")} == names  # not prepared again
 
 
 def test_text_a_plain_substitution_would_get_wrong_is_refused(kept_connection):
     with connection.cursor() as cursor, pytest.raises(ValueError, match="cast"):
-        rows.execute_prepared(cursor, "rq_test_uncast", "SELECT %s + 1", [1])
+        prepared.execute_prepared(cursor, "rq_test_uncast", "SELECT %s + 1", [1])
 
 
 def test_a_session_whose_statements_vanished_fails_once_and_is_closed_after_the_request(kept_connection):
     with connection.cursor() as cursor:
-        rows.execute_prepared(cursor, "rq_test_sum", SQL, [1, 1, "a"])
+        prepared.execute_prepared(cursor, "rq_test_sum", SQL, [1, 1, "a"])
         cursor.execute("DEALLOCATE ALL")  # what a pooler's DISCARD ALL does behind the process's back
         with pytest.raises(DatabaseError), transaction.atomic():
-            rows.execute_prepared(cursor, "rq_test_sum", SQL, [1, 1, "a"])
+            prepared.execute_prepared(cursor, "rq_test_sum", SQL, [1, 1, "a"])
     assert connection.close_at == 0 and "_rows_prepared" not in connection.__dict__
     with connection.cursor() as cursor:  # forgotten: the next call prepares again and works
-        rows.execute_prepared(cursor, "rq_test_sum", SQL, [1, 2, "b"])
+        prepared.execute_prepared(cursor, "rq_test_sum", SQL, [1, 2, "b"])
         assert cursor.fetchone() == (3, "b")
 
 
 def test_without_kept_connections_the_statement_runs_unprepared(kept_connection):
     connection.settings_dict["CONN_MAX_AGE"] = 0
     with connection.cursor() as cursor:
-        rows.execute_prepared(cursor, "rq_test_plain", SQL, [1, 2, "c"])
+        prepared.execute_prepared(cursor, "rq_test_plain", SQL, [1, 2, "c"])
         assert cursor.fetchone() == (3, "c")
     assert not {n for n in _prepared_names() if n.startswith("rq_test_plain_")}
 
@@ -71,14 +71,14 @@ def test_a_statement_sent_before_runs_first_in_the_same_transaction(kept_connect
     if not kept:
         connection.settings_dict["CONN_MAX_AGE"] = 0
     with connection.cursor() as cursor:
-        rows.execute_prepared(cursor, "rq_test_after", "SELECT %s::bigint, txid_current()::bigint", [7],
+        prepared.execute_prepared(cursor, "rq_test_after", "SELECT %s::bigint, txid_current()::bigint", [7],
                               before=("SELECT txid_current(), set_config('rq.test', %s, true)", ["set"]))
         value, txid = cursor.fetchone()
         assert value == 7
         cursor.execute("SELECT txid_current()")
         inside = cursor.fetchone()[0] == txid  # pytest-django's test transaction: the same one
         assert inside == (not connection.get_autocommit())
-        rows.execute_prepared(cursor, "rq_test_after", "SELECT current_setting('rq.test', true)::text", [],
+        prepared.execute_prepared(cursor, "rq_test_after", "SELECT current_setting('rq.test', true)::text", [],
                               before=("SELECT set_config('rq.test', %s, true)", ["seen"]))
         assert cursor.fetchone() == ("seen",)  # the setting (transaction-local) was in force
 

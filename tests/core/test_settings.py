@@ -16,8 +16,8 @@ PROD = {
 
 
 def _manage(*args, env):
+    # The test's own PostgreSQL (DATABASE_URL, and PGHOST for the embedded one) stays: settings need one.
     base = {k: v for k, v in os.environ.items() if k not in PROD}
-    base.pop("DATABASE_URL", None)
     return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**base, **env},
                           capture_output=True, text=True, timeout=120)
 

@@ -15,8 +15,8 @@ from django.db.models import F
 from audit.models import AuditEvent
 from core.celery import app
 from tasks import batches
+from tasks.batches import build_batch_delivery_job, fail_stale_batch_builds_job
 from tasks.exports import builder
-from tasks.jobs import build_batch_delivery_job, fail_stale_batch_builds_job
 from tasks.models import Batch
 from tests.delivery.conftest import consensus_tasks, laterality
 

@@ -14,9 +14,9 @@ from core.dicom.models import Instance, Series, Study
 from core.dicom.storage import get_store
 from tasks.batches import create_batch, deliver_batch
 from tasks.exports.nifti import read_nifti
+from tasks.findings.loading import study_geometry
+from tasks.findings.masks import rle_decode
 from tasks.models import Batch
-from tasks.submission import rle_decode
-from tasks.submission_service import study_geometry
 
 pytestmark = pytest.mark.django_db
 

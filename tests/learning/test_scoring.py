@@ -4,7 +4,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from learning import runs, scoring
+from learning import job_state, runs, scoring
 from learning.models import LearningJob, TaskScore
 from tasks.models import QueueSlot, Task
 from tasks.queue import claim_next_read
@@ -32,7 +32,7 @@ def _score(project, predictor, probabilities, **kwargs):
         scoring.score_queue(job, predictor, **kwargs)
     except Exception as exc:
         scoring.revert_job(job)
-        runs.fail(job, str(exc))
+        job_state.fail(job, str(exc))
     job.refresh_from_db()
     return job
 

@@ -15,6 +15,7 @@ from core.memberships import grant_membership
 from core.protocols import create_protocol_version
 from tasks import queue
 from tasks.creation import create_tasks
+from tasks.locks import AdvisoryLock
 from tasks.models import QueueSlot, Read
 from tasks.states import ReadState
 from tests.factories import ProjectFactory
@@ -138,7 +139,7 @@ def test_outside_a_transaction_the_claim_commits_with_its_audit_event(cast, api,
                            [str(read_id)])
             assert cursor.fetchone() == (1,)
             # The transaction-level claim lock went with the implicit transaction.
-            cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [queue.CLAIM_LOCK, cast.annotator.pk])
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [int(AdvisoryLock.CLAIM), cast.annotator.pk])
             assert cursor.fetchone() == (True,)
     finally:
         other.close()

@@ -1,4 +1,4 @@
-"""Findings validation and normalisation (tasks.submission): pure geometry, no database."""
+"""Findings validation and normalisation (tasks.findings): pure geometry, no database."""
 
 import base64
 import math
@@ -10,19 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
-from tasks.submission import (
-    MAX_FINDINGS,
-    InstanceGeom,
-    LabelSpec,
-    PayloadError,
-    SeriesGeom,
-    StudyGeom,
-    polygon_mask,
-    rle_decode,
-    rle_encode,
-    summarise,
-    validate_findings,
-)
+from tasks.findings.geometry import InstanceGeom, LabelSpec, SeriesGeom, StudyGeom
+from tasks.findings.masks import polygon_mask, rle_decode, rle_encode
+from tasks.findings.validation import MAX_FINDINGS, PayloadError, summarise, validate_findings
 
 HU = "[hnsf'U]"
 
@@ -674,7 +664,7 @@ def test_packbits_decoding_is_the_same_across_chunk_boundaries(mask):
     study, shape = grid_study(mask.shape), list(mask.shape)
     finding = {"label": "liver", "mask": {"series_uid": "G", "shape": shape, "encoding": "packbits-base64",
                                           "data": packbits(mask)}}
-    with patch("tasks.submission.PACKBITS_CHUNK", 1):
+    with patch("tasks.findings.masks.PACKBITS_CHUNK", 1):
         assert one(finding, study=study)["mask"]["rle"] == rle_encode(mask)
 
 

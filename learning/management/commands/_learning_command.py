@@ -5,7 +5,7 @@ from tqdm import tqdm
 
 from core.errors import DomainError
 from core.models import Project
-from learning import runs
+from learning import job_state, runs
 from learning.models import LearningJob
 
 
@@ -24,7 +24,7 @@ class LearningJobCommand(BaseCommand):
         except DomainError as exc:
             raise CommandError(exc.detail) from None
         bar = tqdm(total=100, desc=f"{self.kind} job {job.pk}", unit="%", file=self.stderr._out)
-        original = runs.report_progress
+        original = job_state.report_progress
 
         def report(j, progress, message="", **kwargs):
             original(j, progress, message, **kwargs)
@@ -33,11 +33,11 @@ class LearningJobCommand(BaseCommand):
                 bar.set_postfix_str(j.message[:60])
                 bar.refresh()
 
-        runs.report_progress = report
+        job_state.report_progress = report
         try:
             job = runs.run_job(job.pk)
         finally:
-            runs.report_progress = original
+            job_state.report_progress = original
             job.refresh_from_db()
             bar.n = round(100 * job.progress)
             bar.set_postfix_str(job.message[:60])

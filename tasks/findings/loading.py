@@ -1,5 +1,6 @@
-"""Findings checked against the read's protocol version and the study's geometry (tasks.submission
-does the checking; this module feeds it from the database and the object store)."""
+"""Findings checked against the read's protocol version and the study's geometry: this module loads
+the label specs and geometry from the database and the object store; tasks.findings.validation
+does the checking."""
 
 import io
 from functools import lru_cache
@@ -10,8 +11,9 @@ import pydicom
 from core.dicom.storage import get_store
 from core.errors import DomainError
 from core.models import LabelEntry
+from tasks.findings.geometry import InstanceGeom, LabelSpec, SeriesGeom, StudyGeom
+from tasks.findings.validation import PayloadError, summarise, validate_findings
 from tasks.models import Read
-from tasks.submission import InstanceGeom, LabelSpec, PayloadError, SeriesGeom, StudyGeom, summarise, validate_findings
 
 
 @lru_cache(maxsize=256)
