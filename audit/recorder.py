@@ -47,6 +47,8 @@ def record_request(request, response, *, action: str, object_type: str, object_i
         project_id = int(project_id) if project_id not in (None, "") else None
     except (TypeError, ValueError):
         project_id = None
+    if project_id is not None and not 0 < project_id < 2**63:
+        project_id = None  # client input no project can have (a claim's body): the column is a bigint
     record_event(
         action, actor=user, project_id=project_id, object_type=object_type, object_id=object_id,
         study_uid=study_uid, protocol_version=protocol_version, outcome=outcome_for(status), reason=reason,

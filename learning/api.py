@@ -1,6 +1,6 @@
 """Active learning over REST: the model registry, the project's learning settings, and jobs."""
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -133,7 +133,8 @@ class LearningJobListView(AuditedViewMixin, APIView):
         return paginated_response(request, self, LearningJob.objects.filter(project=project).order_by("-id"),
                                   LearningJobSerializer)
 
-    @extend_schema(request=StartJobSerializer, responses={202: LearningJobSerializer})
+    @extend_schema(request=StartJobSerializer, responses={202: LearningJobSerializer, 409: OpenApiResponse(
+        description="code job_running: a job of that kind is already queued or running for the project.")})
     def post(self, request, project_pk):
         project = get_project_for(request.user, project_pk, Perm.MANAGE)
         data = StartJobSerializer(data=request.data)

@@ -201,8 +201,11 @@ class VisibleReadSerializer(ManagedReadSerializer):
         "The reader's tier on the project. Absent when you see only your own reads."))
 
 
+BIGINT_MAX = 2**63 - 1  # the claim's plain SQL takes the project id as given: a larger one was a 500
+
+
 class ClaimRequestSerializer(serializers.Serializer):
-    project = serializers.IntegerField(required=False, help_text="Claim only from this project.")
+    project = serializers.IntegerField(required=False, max_value=BIGINT_MAX, help_text="Claim only from this project.")
     another = serializers.BooleanField(
         default=False, help_text="Take a new read even though you hold some (up to the project's open-read "
                                  "limit). Without it a claim first hands back the oldest read still leased to you.")
@@ -318,6 +321,10 @@ class ReadFilter(django_filters.FilterSet):
         fields = ["state", "project", "task"]
 
 
+READ_NOT_OPEN = OpenApiResponse(description=(
+    "The read is no longer open (code read_submitted, read_released, read_expired, ...) or its lease was lost."))
+
+
 @extend_schema_view(list=extend_schema(operation_id="api_reads_list"),
                     retrieve=extend_schema(operation_id="api_reads_retrieve"))
 class ReadViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -359,13 +366,14 @@ class ReadViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelM
         beat (capped) as active reading; 409 once the lease was lost or the read is no longer open."""
         return Response(ReadSerializer(queue.heartbeat_read(pk, request.user)).data)
 
-    @extend_schema(request=None, responses={200: ReadSerializer})
+    @extend_schema(request=None, responses={200: ReadSerializer, 409: READ_NOT_OPEN})
     def release(self, request, pk=None):
         """Give a held read back unsubmitted: it ends as released and its place in the queue goes to another
         reader."""
         return Response(ReadSerializer(queue.release_read(pk, request.user)).data)
 
-    @extend_schema(request=DraftSerializer, responses={200: ReadSerializer}, examples=api_schema.DRAFT_EXAMPLES)
+    @extend_schema(request=DraftSerializer, responses={200: ReadSerializer, 409: READ_NOT_OPEN},
+                   examples=api_schema.DRAFT_EXAMPLES)
     def draft(self, request, pk=None):
         """Keep work in progress on a held read: any JSON list or object, replaced on every save, not validated."""
         data = DraftSerializer(data=request.data)

@@ -91,7 +91,8 @@ class BatchListView(AuditedViewMixin, APIView):
         qs = Batch.objects.filter(project=project).prefetch_related("tasks").order_by("-id")
         return paginated_response(request, self, qs, BatchSerializer)
 
-    @extend_schema(request=BatchCreateSerializer, responses={201: BatchSerializer})
+    @extend_schema(request=BatchCreateSerializer, responses={201: BatchSerializer, 409: OpenApiResponse(
+        description="code batch_exists: the project already has a batch of that name.")})
     def post(self, request, project_pk):
         project = get_project_for(request.user, project_pk, Perm.MANAGE)
         data = BatchCreateSerializer(data=request.data)
@@ -103,6 +104,8 @@ class BatchListView(AuditedViewMixin, APIView):
 
 
 class BatchDetailView(AuditedViewMixin, APIView):
+    """One delivery batch: its state, tasks and pricing (managers, QA, client)."""
+
     audit_object_type = "tasks.batch"
 
     def audit_action(self, request):

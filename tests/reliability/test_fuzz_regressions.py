@@ -206,3 +206,11 @@ def test_no_operation_is_described_by_an_internal_docstring():
     described = [(path, method, operation.get("description", "")) for path, operations in _schema()["paths"].items()
                  for method, operation in operations.items()]
     assert described and not [(path, method) for path, method, text in described if internal in text]
+
+
+@pytest.mark.parametrize("fmt", ["json", "multipart"])
+def test_a_claim_for_a_project_id_beyond_bigint_is_a_400_naming_the_project(cast, fmt):
+    response = token_client(cast.annotator).post("/api/queue/next/", {"project": BEYOND_BIGINT * 2**20,
+                                                                      "another": True}, format=fmt)
+    assert response.status_code == 400, response.content
+    assert "project" in response.json()["errors"]
