@@ -201,11 +201,8 @@ class VisibleReadSerializer(ManagedReadSerializer):
         "The reader's tier on the project. Absent when you see only your own reads."))
 
 
-BIGINT_MAX = 2**63 - 1  # the claim's plain SQL takes the project id as given: a larger one was a 500
-
-
 class ClaimRequestSerializer(serializers.Serializer):
-    project = serializers.IntegerField(required=False, max_value=BIGINT_MAX, help_text="Claim only from this project.")
+    project = serializers.IntegerField(required=False, help_text="Claim only from this project.")
     another = serializers.BooleanField(
         default=False, help_text="Take a new read even though you hold some (up to the project's open-read "
                                  "limit). Without it a claim first hands back the oldest read still leased to you.")

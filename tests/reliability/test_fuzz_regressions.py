@@ -209,8 +209,8 @@ def test_no_operation_is_described_by_an_internal_docstring():
 
 
 @pytest.mark.parametrize("fmt", ["json", "multipart"])
-def test_a_claim_for_a_project_id_beyond_bigint_is_a_400_naming_the_project(cast, fmt):
+def test_a_claim_for_a_project_id_beyond_bigint_is_a_404_like_any_project_that_does_not_exist(cast, fmt):
+    # The refusal's audit event took the id for its project column (a bigint): the answer was a 500.
     response = token_client(cast.annotator).post("/api/queue/next/", {"project": BEYOND_BIGINT * 2**20,
                                                                       "another": True}, format=fmt)
-    assert response.status_code == 400, response.content
-    assert "project" in response.json()["errors"]
+    assert response.status_code == 404 and response.json()["code"] == "not_found", response.content
