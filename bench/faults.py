@@ -46,9 +46,9 @@ directory and its logs).
 --soak MINUTES instead runs the mixed load (claims, heartbeats, submits, releases, progress polls,
 the feed, a batch delivered and built every minute) without faults, samples the memory of every
 server process (RSS, and PSS, which counts pages the gunicorn workers share once) and each minute's
-p99 latency, writes the plot (--plot, PNG) and a markdown table (--table), and checks that memory
-does not grow once warm: the least-squares slope of the processes' RSS over the second half of the
-samples must stay under --max-growth MB per minute.
+p99 latency, writes the plot (--plot, PNG; docs/img/soak.png by default) and a markdown table
+(--table), and checks that memory does not grow once warm: the least-squares slope of the
+processes' RSS over the second half of the samples must stay under --max-growth MB per minute.
 
 Human-readable lines first; the last line is one JSON object (acknowledged, lost, duplicated,
 over_read, recovery_s per fault, server_errors_during_outage, retry_after_present, and the
@@ -984,6 +984,7 @@ class Run:
             state_meanwhile = self.batch_row(batch)[0]
             time.sleep(max(0.0, t + 5 - time.monotonic()))
             self.redis.start()
+            down_s = round(time.monotonic() - t, 2)
             for attempt in range(20):
                 if answer is not None and answer.status_code < 500:
                     break
@@ -994,8 +995,7 @@ class Run:
         self.follow_build("redis_stop_5s", {"batch": batch, "tasks": len(tasks), "since": t,
                                             "deliver_status": None if first is None else first.status_code,
                                             "delivered_s": delivered_s})
-        return {"down_s": round(time.monotonic() - t, 2), "batch": batch,
-                "deliver_status": None if first is None else first.status_code,
+        return {"down_s": down_s, "batch": batch, "deliver_status": None if first is None else first.status_code,
                 "deliver_retry_after": None if first is None else first.headers.get("Retry-After"),
                 "export_state_while_down": state_meanwhile, "delivered_s": delivered_s}
 
@@ -1248,6 +1248,7 @@ def write_soak(soak: dict, plot: Path | None, table: Path | None) -> None:
     lat.set_ylim(bottom=0)
     lat.legend(fontsize=8)
     fig.tight_layout()
+    plot.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(plot)
     plt.close(fig)
     print(f"plot written to {plot}")
@@ -1299,7 +1300,7 @@ def main() -> None:
         else:
             args.tasks = 6_000 if args.quick else 20_000
     if args.soak and args.plot is None:
-        args.plot = ROOT / "docs" / "reliability-soak.png"
+        args.plot = ROOT / "docs" / "img" / "soak.png"
 
     root = Path(tempfile.mkdtemp(prefix="radqueue-faults-"))
     root.chmod(0o755)  # PostgreSQL's user must reach its directories inside

@@ -55,6 +55,12 @@ class PrivatePostgres:
         subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q",
                         "-c", "CREATE DATABASE radqueue"], check=True, capture_output=True)
 
+    def create_database(self, name: str, template: str = "template1") -> str:
+        """A new database on this server (a copy of ``template``, which nobody may be connected to); its URL."""
+        subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q",
+                        "-c", f'CREATE DATABASE "{name}" TEMPLATE "{template}"'], check=True, capture_output=True)
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
     def _run(self, program: str, *args: str) -> None:
         done = subprocess.run([*self._as, str(self.bin / program), *args], capture_output=True, text=True)
         assert done.returncode == 0, f"{program} failed:\n{done.stdout}{done.stderr}"

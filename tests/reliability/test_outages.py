@@ -32,9 +32,16 @@ def postgres():
     pg = PrivatePostgres()
     try:
         prepare_database(pg.url)
+        pg.create_database("seeded", template="radqueue")  # as seeded, for tests that need it untouched
         yield pg
     finally:
         pg.close()
+
+
+@pytest.fixture
+def seeded_database(postgres, request) -> str:
+    """A database of the test's own on the module's PostgreSQL, as seed_demo left it."""
+    return postgres.create_database(f"t{abs(hash(request.node.nodeid))}", template="seeded")
 
 
 @pytest.fixture
@@ -254,13 +261,16 @@ def _consensus_task(http: httpx.Client, project: int, manager: str) -> int:
     raise AssertionError("no task reached consensus")
 
 
-def test_jobs_asked_for_while_the_broker_is_down_are_503_and_leave_nothing_half_done(postgres, redis, tmp_path):
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+def test_jobs_asked_for_while_the_broker_is_down_are_503_and_leave_nothing_half_done(
+        seeded_database, redis, server, tmp_path):
     import redis as redis_py
 
     # Jobs go to Celery's broker (this Redis) as in production, where no worker takes them here.
-    env = {"DATABASE_URL": postgres.url, "REDIS_URL": redis.url, "RADQUEUE_TEST_SERVER_CELERY_EAGER": "0"}
-    with asgi_servers(1, tmp_path, env=env) as (port,), \
-            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+    env = {"DATABASE_URL": seeded_database, "REDIS_URL": redis.url, "RADQUEUE_TEST_SERVER_CELERY_EAGER": "0"}
+    started = asgi_servers(1, tmp_path, env=env) if server == "uvicorn" else gunicorn_api_server(tmp_path, env=env)
+    with started as ports, httpx.Client(base_url=f"http://127.0.0.1:{ports[0] if server == 'uvicorn' else ports}",
+                                        timeout=30) as http:
         token = _token(http, "manager")
         auth = {"Authorization": f"Token {token}"}
         project = http.get("/api/projects/", headers=auth).json()["results"][0]["id"]
@@ -268,7 +278,7 @@ def test_jobs_asked_for_while_the_broker_is_down_are_503_and_leave_nothing_half_
         created = http.post(f"/api/projects/{project}/batches/", json={"name": "outage", "tasks": [task]}, headers=auth)
         assert created.status_code == 201, created.text
         batch = f"/api/projects/{project}/batches/{created.json()['id']}/"
-        with _connection(postgres.url) as conn, conn.cursor() as cur:
+        with _connection(seeded_database) as conn, conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM audit_auditevent")
             events = cur.fetchone()[0]
 
@@ -280,7 +290,7 @@ def test_jobs_asked_for_while_the_broker_is_down_are_503_and_leave_nothing_half_
                                           headers=auth), "queue_unavailable")
             # nothing was done: no delivery, report or job recorded (the views below record theirs), the
             # batch is open, its task not delivered, no job waits for a message that was never sent
-            with _connection(postgres.url) as conn, conn.cursor() as cur:
+            with _connection(seeded_database) as conn, conn.cursor() as cur:
                 cur.execute("SELECT count(*) FROM audit_auditevent")
                 assert cur.fetchone()[0] == events
             shown = http.get(batch, headers=auth).json()
@@ -304,8 +314,14 @@ def test_jobs_asked_for_while_the_broker_is_down_are_503_and_leave_nothing_half_
         assert sum(b"learning.run_job" in m for m in queued) == 1, queued
 
     log = _log(tmp_path)
-    assert log.count(f"Redis (Celery's broker) {OUTAGE_LINE}") == 1, log
-    assert log.count(f"Redis (Celery's broker) {BACK_LINE}") == 1, log
+    # once per process and outage; a gunicorn worker logs the end at its next job (if the requests after
+    # the outage came to it)
+    broker = "Redis (Celery's broker)"
+    refused, back = log.count(f"{broker} {OUTAGE_LINE}"), log.count(f"{broker} {BACK_LINE}")
+    if server == "uvicorn":
+        assert (refused, back) == (1, 1), log
+    else:
+        assert 1 <= refused <= 2 and back <= refused, log
 
 
 @pytest.mark.django_db
@@ -317,7 +333,7 @@ def test_a_build_the_broker_lost_between_its_check_and_the_send_is_failed_at_onc
 
     from core import jobs
     from core.celery import app
-    from tasks.jobs import build_batch_delivery_job
+    from tasks.batches import build_batch_delivery_job
     from tests.delivery.conftest import consensus_tasks, laterality
 
     tasks = consensus_tasks(cast, api, [laterality("left")])
