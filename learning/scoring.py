@@ -20,7 +20,7 @@ from core.errors import DomainError
 from learning import job_state, priority, registry
 from learning.models import LearningJob, TaskScore
 from learning.volumes import volume_of
-from tasks.models import QueueSlot, Task
+from tasks.models import Adjudication, QueueSlot, Task
 from tasks.states import TaskState
 
 BATCH_ROWS = 5000
@@ -113,7 +113,8 @@ def _set_priorities(rows: list[tuple[int, float, float | None]]) -> None:
     if not rows:
         return
     tables = [("tasks_queueslot", "task_id", ""), ("tasks_task", "id", ""),
-              ("tasks_adjudication", "task_id", "AND x.state IN ('open', 'claimed')")]
+              ("tasks_adjudication", "task_id",
+               f"AND x.state IN ('{Adjudication.State.OPEN}', '{Adjudication.State.CLAIMED}')")]
     values = ", ".join(["(%s::bigint, %s::double precision, %s::double precision)"] * len(rows))
     params = [v for row in rows for v in row]
     with connection.cursor() as cursor:

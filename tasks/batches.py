@@ -34,7 +34,8 @@ from tasks.locks import ROW_LOCK
 from tasks.models import Batch, Task
 from tasks.progress import announce_progress
 from tasks.reports import concordance_report
-from tasks.states import TaskState, check_task_transition
+from tasks.states import TaskState
+from tasks.transitions import advance_tasks
 
 MAX_TASKS_PER_CALL = 10_000
 
@@ -120,11 +121,8 @@ def deliver_batch(batch: Batch, *, by) -> Batch:
     if not_ready:
         raise DomainError("Every task of a delivered batch needs a consensus label; nothing was delivered.",
                           code="tasks_not_consensus", errors={"tasks": [f"Not in state consensus: {not_ready[:20]}."]})
-    for task in tasks:
-        check_task_transition(task.state, TaskState.DELIVERED)
+    advance_tasks(tasks, TaskState.DELIVERED, project_id=batch.project_id)
     now = timezone.now()
-    Task.objects.filter(pk__in=[t.pk for t in tasks]).update(state=TaskState.DELIVERED, updated_at=now)
-    announce_progress(batch.project_id, **{TaskState.CONSENSUS: -len(tasks), TaskState.DELIVERED: len(tasks)})
     batch.state, batch.delivered_at, batch.delivered_by = Batch.State.DELIVERED, now, by
     batch.save(update_fields=["state", "delivered_at", "delivered_by"])
     record_event("update", actor=by, project_id=batch.project_id, obj=batch,

@@ -33,8 +33,8 @@ from tasks.findings.masks import rle_decode, rle_encode
 from tasks.learning_seam import learning
 from tasks.locks import ROW_LOCK
 from tasks.models import Adjudication, Consensus, Read, Task
-from tasks.progress import announce_progress
-from tasks.states import ReadState, TaskState, check_task_transition
+from tasks.states import ReadState, TaskState
+from tasks.transitions import advance_task
 
 AGREEMENT_DEFAULTS = {"grade_within": 0, "dice": 0.7, "iou": 0.5, "landmark_mm": 5.0, "measurement_rel": 0.1}
 
@@ -216,16 +216,7 @@ def derive_consensus(task: Task, reads: list[Read]) -> list[dict]:
 
 
 def _set_task_state(task: Task, state: str) -> None:
-    check_task_transition(task.state, state)
-    if task.kind == Task.Kind.PRODUCTION:
-        announce_progress(task.project_id, **{task.state: -1, state: 1})
-    task.state = state
-    # task.save(update_fields=...) as plain SQL: its building cost more than its running (the
-    # last submit of every task passes here).
-    task.updated_at = timezone.now()
-    with connection.cursor() as cursor:
-        cursor.execute("UPDATE tasks_task SET state = %s, updated_at = %s WHERE id = %s",
-                       [state, task.updated_at, task.pk])
+    advance_task(task, state)
 
 
 def _submitted_reads(task: Task) -> list[Read]:

@@ -7,8 +7,9 @@ from audit.trail import record_event
 from core.broadcast import broadcast_on_commit, broadcast_to_reader_on_commit
 from core.models import User
 from tasks.locks import TaskWork
-from tasks.models import Adjudication, QueueSlot, Read
+from tasks.models import Adjudication, QueueSlot
 from tasks.states import ReadState
+from tasks.transitions import advance_read
 
 
 def end_task_work(work: TaskWork, *, by: User | None, reason: str) -> None:
@@ -18,8 +19,7 @@ def end_task_work(work: TaskWork, *, by: User | None, reason: str) -> None:
     (a later resolution answers 409). Each end is audited."""
     now = timezone.now()
     for read in work.reads:
-        Read.objects.filter(pk=read.pk).update(state=ReadState.CANCELLED, ended_at=now)
-        read.state, read.ended_at = ReadState.CANCELLED, now
+        advance_read(read, ReadState.CANCELLED, now=now)
         record_event("cancel", actor=by, project_id=read.project_id, obj=read, study_uid=read.task.study.study_uid,
                      extra={"task": read.task_id, "reason": reason})
         broadcast_to_reader_on_commit(read.reader_id, read.project_id, "read.cancelled",

@@ -36,6 +36,7 @@ from tasks.ending import end_task_work
 from tasks.locks import ROW_LOCK, lock_task_work
 from tasks.models import Consensus, Read, Task
 from tasks.states import LIVE_READ_STATES, ReadState, TaskState, check_reference_import
+from tasks.transitions import advance_task
 
 MIN_GOLD_CHECKS = 3
 
@@ -63,8 +64,7 @@ def import_reference(task: Task, findings, *, by: User) -> Consensus:
     consensus = Consensus.objects.create(task=task, method=Consensus.Method.GOLD_REFERENCE, findings=normalised,
                                          imported_by=by)
     end_task_work(work, by=by, reason="task_settled")
-    Task.objects.filter(pk=task.pk).update(state=TaskState.CONSENSUS, completed_at=timezone.now(),
-                                           updated_at=timezone.now())
+    advance_task(task, TaskState.CONSENSUS, reference_import=True)
     record_event("create", actor=by, project_id=task.project_id, obj=consensus, study_uid=task.study.study_uid,
                  extra={"task": task.pk, "reference": "imported"})
     from tasks.consensus import _consensus_stored

@@ -40,7 +40,15 @@ from tasks.models import QueueSlot, Read, Task
 from tasks.progress import announce_progress
 from tasks.routing import Eligibility, digest_check, eligibility, eligibility_and_digest
 from tasks.selectors import reader_membership_sql
-from tasks.states import LIVE_READ_STATES, ReadState, TaskState, check_read_transition, task_state_after_reads
+from tasks.states import (
+    LIVE_READ_STATES,
+    ReadState,
+    TaskState,
+    check_read_transition,
+    check_task_transition,
+    task_state_after_reads,
+)
+from tasks.transitions import advance_read, advance_task
 
 CLAIM_LOCK = AdvisoryLock.CLAIM  # what the claim statement's text takes (tasks.locks: the lock order)
 HEARTBEAT_CREDIT_CAP = timedelta(minutes=5)  # longer gaps between heartbeats are not active time
@@ -292,7 +300,7 @@ def _candidates_sql(rules: list[Eligibility], reader_id: int, now, params: list,
     """
     scans = []
     probe = ("(SELECT r.id FROM tasks_read r WHERE r.task_id = s.task_id AND r.reader_id = %s::bigint "
-             "AND r.state IN ('claimed', 'submitted')) IS NULL")
+             f"AND r.state IN ('{ReadState.CLAIMED}', '{ReadState.SUBMITTED}')) IS NULL")
     if skip_busy_tasks:
         # One expression, so that the lock is tried only where the probe passed (and after the
         # cheaper filters, which the planner orders first): a CASE keeps its order.
@@ -305,7 +313,7 @@ def _candidates_sql(rules: list[Eligibility], reader_id: int, now, params: list,
         WHERE s.project_id = %s::bigint AND s.tier = ANY(%s::smallint[])
           AND (s.subspecialty = '' OR s.subspecialty = ANY(%s::varchar[]))
           AND (SELECT count(*) FROM tasks_read o WHERE o.reader_id = %s::bigint AND o.project_id = %s::bigint
-               AND o.state = 'claimed') < %s::bigint
+               AND o.state = '{ReadState.CLAIMED}') < %s::bigint
           AND (s.reader_id IS NULL OR s.lease_expires_at < %s::timestamptz)
           AND {probe}
         ORDER BY s.priority DESC, s.id
@@ -402,8 +410,9 @@ def claim_statement(reader_id: int, rules, leases, now, event: EmbeddedEvent | N
     holding, holding_params = "true", []
     if holding_none:
         # The partial index read_open_per_reader answers this (a handful of rows per reader).
-        holding = ("NOT EXISTS (SELECT 1 FROM tasks_read h WHERE h.reader_id = %s::bigint AND h.state = 'claimed' "
-                   "AND h.project_id = ANY(%s::bigint[]) AND h.lease_expires_at > %s::timestamptz)")
+        holding = ("NOT EXISTS (SELECT 1 FROM tasks_read h WHERE h.reader_id = %s::bigint "
+                   f"AND h.state = '{ReadState.CLAIMED}' AND h.project_id = ANY(%s::bigint[]) "
+                   "AND h.lease_expires_at > %s::timestamptz)")
         holding_params = [reader_id, [r.project_id for r in rules], now]
     if unchanged is not None:
         expression, fresh_params, expected = unchanged
@@ -432,10 +441,10 @@ def claim_statement(reader_id: int, rules, leases, now, event: EmbeddedEvent | N
         expired, expired_params, expired_columns = "", [], "NULL::bigint, NULL::bigint"
         counts = "(SELECT count(*) FROM leased)"
     else:
-        expired = """, expired AS (
-    UPDATE tasks_read r SET state = 'expired', ended_at = %s::timestamptz
+        expired = f""", expired AS (
+    UPDATE tasks_read r SET state = '{ReadState.EXPIRED}', ended_at = %s::timestamptz
     FROM c WHERE r.task_id = c.task_id AND r.reader_id = c.old_reader_id AND r.id = c.old_read_id
-      AND r.state = 'claimed'
+      AND r.state = '{ReadState.CLAIMED}'
     RETURNING r.id, r.reader_id
 )"""
         expired_params, expired_columns = [now], "(SELECT id FROM expired), (SELECT reader_id FROM expired)"
@@ -452,7 +461,7 @@ WITH {fresh}c AS (
 ), new_read AS (
     INSERT INTO tasks_read (project_id, task_id, reader_id, state, tier, claimed_at, lease_expires_at,
                             active_seconds, findings_count, slices_touched, idempotency_key, is_check)
-    SELECT c.project_id, c.task_id, %s::bigint, 'claimed', {tier_case}, %s::timestamptz,
+    SELECT c.project_id, c.task_id, %s::bigint, '{ReadState.CLAIMED}', {tier_case}, %s::timestamptz,
            %s::timestamptz + make_interval(secs => {lease_case}),
            0, 0, 0, '', false
     FROM c
@@ -463,8 +472,8 @@ WITH {fresh}c AS (
     FROM new_read, c WHERE s.id = c.id
     RETURNING s.id
 ){expired}, started AS (
-    UPDATE tasks_task t SET state = 'in_reading', updated_at = %s::timestamptz
-    FROM c WHERE t.id = c.task_id AND t.state = 'queued'
+    UPDATE tasks_task t SET state = '{TaskState.IN_READING}', updated_at = %s::timestamptz
+    FROM c WHERE t.id = c.task_id AND t.state = '{TaskState.QUEUED}'
     RETURNING t.id
 ), claimed AS (
     SELECT new_read.id AS read_id, new_read.task_id AS claimed_task_id, t.project_id, new_read.tier AS read_tier,
@@ -594,9 +603,7 @@ def release_read(read_id, user: User) -> Read:
 
 
 def free_slot(slot: QueueSlot | None, read: Read, state: str) -> None:
-    now = timezone.now()
-    Read.objects.filter(pk=read.pk).update(state=state, ended_at=now)
-    read.state, read.ended_at = state, now
+    advance_read(read, state)
     if slot is None:  # a check read: its task is not in the queue
         return
     QueueSlot.objects.filter(pk=slot.pk).update(reader=None, lease_expires_at=None, read=None)
@@ -611,12 +618,7 @@ def _refresh_task_state(task_id: int) -> Task:
     claimed = Read.objects.filter(task_id=task_id, state=ReadState.CLAIMED).count()
     target = task_state_after_reads(submitted=task.reads_submitted, claimed=claimed, required=task.reads_required)
     if target != task.state:
-        if task.kind == Task.Kind.PRODUCTION:
-            announce_progress(task.project_id, **{task.state: -1, target: 1})
-        task.state = target
-        task.completed_at = timezone.now() if target == TaskState.READS_COMPLETE else None
-        Task.objects.filter(pk=task.pk).update(state=task.state, completed_at=task.completed_at,
-                                               updated_at=timezone.now())
+        advance_task(task, target)
     return task
 
 
@@ -735,12 +737,8 @@ def _count_submission(slot: QueueSlot, task: Task, now, event: EmbeddedEvent | N
         target = task_state_after_reads(submitted=submitted, claimed=cursor.fetchone()[0], required=required)
         if target == state:
             return False, bool(recorded)
-        completed_at = now if target == TaskState.READS_COMPLETE else None
-        cursor.execute("UPDATE tasks_task SET state = %s, completed_at = %s, updated_at = %s WHERE id = %s",
-                       [target, completed_at, now, task.pk])
-        task.state, task.completed_at, task.updated_at = target, completed_at, now
-    if kind == Task.Kind.PRODUCTION:
-        announce_progress(project_id, **{state: -1, target: 1})
+    task.kind, task.project_id = kind, project_id
+    advance_task(task, target, now=now)
     return target == TaskState.READS_COMPLETE, bool(recorded)
 
 
@@ -813,7 +811,7 @@ def reassign_read(read_id, to_user: User, *, by: User) -> Read:
     if Read.objects.filter(task_id=read.task_id, reader=to_user, state__in=LIVE_READ_STATES).exists():
         raise Conflict("That person already reads this task.", code="already_reading")
     now = timezone.now()
-    Read.objects.filter(pk=read.pk).update(state=ReadState.CANCELLED, ended_at=now)
+    advance_read(read, ReadState.CANCELLED, now=now)
     try:
         with transaction.atomic():
             new = Read.objects.create(project_id=read.project_id, task_id=read.task_id, reader=to_user,
@@ -839,13 +837,8 @@ def cancel_task(task_id, *, by: User, project: Project) -> Task:
         raise NotFound("No such task.")
     work = lock_task_work(task_id)
     task = Task.objects.select_for_update(**ROW_LOCK).select_related("study").get(pk=task_id)
-    from tasks.states import check_task_transition
-
-    check_task_transition(task.state, TaskState.CANCELLED)
+    check_task_transition(task.state, TaskState.CANCELLED)  # before any of its work ends
     end_task_work(work, by=by, reason="task_cancelled")
-    if task.kind == Task.Kind.PRODUCTION:
-        announce_progress(task.project_id, **{task.state: -1, TaskState.CANCELLED: 1})
-    task.state = TaskState.CANCELLED
-    task.save(update_fields=["state", "updated_at"])
+    advance_task(task, TaskState.CANCELLED)
     record_event("cancel", actor=by, project=project, obj=task, study_uid=task.study.study_uid)
     return task

@@ -972,7 +972,13 @@ def _options_key(options: DeidOptions) -> tuple[bool, ...]:
 
 def _put(ds: Dataset, tag: int, vr: str, value) -> None:
     # Our own values are valid by construction; validating each again costs more than the walk.
-    ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    elem = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    if vr == "SQ" or tag >> 16 & 1 or tag in _PIXEL_TAGS or isinstance(ds, FileMetaDataset):
+        ds[tag] = elem
+    else:
+        # What Dataset.__setitem__ adds concerns private, pixel and sequence elements (and the
+        # File Meta group's checks) only: for the rest it is the dict assignment, by BaseTag.
+        ds._dict[elem.tag] = elem
 
 
 def _dummy(vr: str):
