@@ -30,6 +30,7 @@ from core.roles import READER_ROLE_TIERS, Perm
 from core.selectors import get_project_for, projects_visible_to
 from tasks import adjudication as adjudication_service
 from tasks import api_schema, creation, gold, queue, reports, selectors
+from tasks.learning_seam import learning
 from tasks.models import Adjudication, Read, Task
 from tasks.progress import workforce_by_tier
 from tasks.states import ReadState, TaskState
@@ -116,15 +117,13 @@ def claim_representation(claim, request) -> dict:
     walk over the fields cost a sixth of a claim request's CPU, and the claim view skips even the
     serializer's construction. The model's view of the task only where the project is not
     blind-to-model and offers suggestions; otherwise the key is absent (learning.exposure decides)."""
-    from learning.exposure import model_block_for_reader
-
     task = claim.task
     data = {"read": claim.read.pk, "task": task.pk, "project": task.project_id,
             "lease_expires_at": _DATETIME.to_representation(claim.read.lease_expires_at),
             "protocol_version": protocol_schema(task.protocol_version), "study_uid": task.study.study_uid,
             "series_uid": task.series.series_uid if task.series else None,
             "dicomweb": _dicomweb(request, task, claim.study_series), "resumed": claim.resumed}
-    if claim.readers_see_model and (block := model_block_for_reader(claim.task)) is not None:
+    if claim.readers_see_model and (block := learning().model_block_for_reader(claim.task)) is not None:
         data["model"] = block
     return data
 
@@ -227,7 +226,7 @@ class OpenReadLimitSerializer(serializers.Serializer):
 
 @extend_schema_field(api_schema.FINDINGS_SCHEMA)
 class FindingsField(serializers.JSONField):
-    """Any JSON here: tasks.submission checks it and names every bad field; the schema shows its shape."""
+    """Any JSON here: tasks.findings.validation checks it and names every bad field; the schema shows its shape."""
 
 
 class SubmitSerializer(serializers.Serializer):
@@ -562,9 +561,7 @@ class AdjudicationSerializer(serializers.ModelSerializer):
 
     def get_model_output(self, adjudication) -> dict | None:
         """The current model's output for the task; null when the project is blind-to-model."""
-        from learning.exposure import model_output_for_adjudicator
-
-        return model_output_for_adjudicator(adjudication.task)
+        return learning().model_output_for_adjudicator(adjudication.task)
 
 
 class ResolveSerializer(serializers.Serializer):
