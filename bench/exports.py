@@ -74,7 +74,8 @@ def seed(project, users, studies: int, slices: int, size: int) -> list:
     from core.dicom.models import Instance
     from tasks.creation import create_tasks
     from tasks.findings.masks import rle_encode
-    from tasks.queue import claim_next_read, submit_read
+    from tasks.queue import claim_next_read
+    from tasks.reads import submit_read
 
     for n in range(studies):
         datasets = synthetic.make_ct_series(n_slices=slices, rows=size, cols=size, seed=1000 + n,

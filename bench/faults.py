@@ -3,8 +3,9 @@ are killed and its backing services restarted; after each fault, every promise c
 
     .venv/bin/python bench/faults.py [--quick] [--soak MINUTES] [--keep]
 
-Nothing shared is touched: the run initdb's its own PostgreSQL (binaries under
-/usr/lib/postgresql/*/bin, a free port, a temporary directory; as user postgres when run as root)
+Nothing shared is touched: the run initdb's its own PostgreSQL (Debian's binaries under
+/usr/lib/postgresql/*/bin, else the pip wheel's; a free port, a temporary directory; as an account
+of its own when run as root)
 and starts its own Redis on another free port; both go when the run ends (--keep leaves the
 directory and its logs).
 
@@ -58,7 +59,6 @@ details). Exit status 1 when a promise does not hold.
 import argparse
 import base64
 import contextlib
-import glob
 import math
 import os
 import random
@@ -78,6 +78,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, bench_organizations, print_result, setup_django, use_bench_database  # noqa: E402
+from core.postgresql.embedded import server_programs  # noqa: E402
 
 DATABASE = "radqueue_bench_faults"
 STUDY_UID = "1.2.826.0.1.3680043.8.498.77.{}"
@@ -159,23 +160,23 @@ def memory_kb(pids) -> tuple[int, int]:
 
 def _as_postgres(command: list[str]) -> list[str]:
     # initdb and postgres refuse to run as root.
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+    account = server_programs()[1]
+    return ["runuser", "-u", account, "--", *command] if account else command
 
 
 class Postgres:
     """A PostgreSQL cluster of our own in ``root``, on ``port``; pg_ctl starts, restarts and stops it."""
 
     def __init__(self, root: Path, port: int) -> None:
-        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name))
-        if not bins:
-            sys.exit("No PostgreSQL binaries under /usr/lib/postgresql/*/bin.")
-        self.bin, self.port = Path(bins[-1]), port
+        # Debian's PostgreSQL where installed, else the wheel's (core.postgresql.embedded).
+        self.bin, account = server_programs()
+        self.port = port
         self.data, logs = root / "pg", root / "pglog"
         self.log = logs / "postgres.log"
         for d in (self.data, logs):
             d.mkdir(mode=0o700)
-            if os.geteuid() == 0:
-                shutil.chown(d, "postgres", "postgres")
+            if account:
+                shutil.chown(d, account, account)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgres://postgres@127.0.0.1:{self.port}/{database}"

@@ -29,7 +29,7 @@ from core.models import ProtocolVersion, User
 from core.roles import READER_ROLE_TIERS, Perm
 from core.selectors import get_project_for, projects_visible_to
 from tasks import adjudication as adjudication_service
-from tasks import api_schema, creation, gold, queue, reports, selectors
+from tasks import api_schema, creation, gold, queue, reads, reports, selectors
 from tasks.learning_seam import learning
 from tasks.models import Adjudication, Read, Task
 from tasks.progress import workforce_by_tier
@@ -360,13 +360,13 @@ class ReadViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelM
     def heartbeat(self, request, pk=None):
         """Extend the lease of a read you hold by the project's lease length, crediting the time since the last
         beat (capped) as active reading; 409 once the lease was lost or the read is no longer open."""
-        return Response(ReadSerializer(queue.heartbeat_read(pk, request.user)).data)
+        return Response(ReadSerializer(reads.heartbeat_read(pk, request.user)).data)
 
     @extend_schema(request=None, responses={200: ReadSerializer, 409: READ_NOT_OPEN})
     def release(self, request, pk=None):
         """Give a held read back unsubmitted: it ends as released and its place in the queue goes to another
         reader."""
-        return Response(ReadSerializer(queue.release_read(pk, request.user)).data)
+        return Response(ReadSerializer(reads.release_read(pk, request.user)).data)
 
     @extend_schema(request=DraftSerializer, responses={200: ReadSerializer, 409: READ_NOT_OPEN},
                    examples=api_schema.DRAFT_EXAMPLES)
@@ -374,7 +374,7 @@ class ReadViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelM
         """Keep work in progress on a held read: any JSON list or object, replaced on every save, not validated."""
         data = DraftSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return Response(ReadSerializer(queue.save_draft(pk, request.user, data.validated_data["draft"])).data)
+        return Response(ReadSerializer(reads.save_draft(pk, request.user, data.validated_data["draft"])).data)
 
     @extend_schema(request=SubmitSerializer, examples=api_schema.SUBMIT_EXAMPLES,
                    parameters=[idempotency.PARAMETER],
@@ -389,7 +389,7 @@ class ReadViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelM
         data = SubmitSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         key = idempotency.key_from(request)
-        read, _ = queue.submit_read(pk, request.user, data.validated_data["findings"], idempotency_key=key)
+        read, _ = reads.submit_read(pk, request.user, data.validated_data["findings"], idempotency_key=key)
         return Response(ReadSerializer(read).data)
 
 
@@ -500,7 +500,7 @@ class ProjectTaskViewSet(AuditedViewMixin, mixins.ListModelMixin, viewsets.Gener
     @extend_schema(request=None, responses={200: TaskSerializer})
     def cancel(self, request, project_pk=None, pk=None):
         project = get_project_for(request.user, project_pk, Perm.MANAGE)
-        return Response(TaskSerializer(queue.cancel_task(pk, by=request.user, project=project)).data)
+        return Response(TaskSerializer(reads.cancel_task(pk, by=request.user, project=project)).data)
 
 
 class ReassignReadView(AuditedViewMixin, APIView):
@@ -515,7 +515,7 @@ class ReassignReadView(AuditedViewMixin, APIView):
             raise NotFound("No such read.")
         data = ReassignSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        read = queue.reassign_read(pk, data.validated_data["reader"], by=request.user)
+        read = reads.reassign_read(pk, data.validated_data["reader"], by=request.user)
         visibility = selectors.reader_visibility(request.user, project)
         return Response(ManagedReadSerializer(read, context={"reader_visibility": lambda _: visibility}).data)
 

@@ -97,7 +97,7 @@ def may_take_check(user: User, task: Task, rule) -> bool:
 
 def claim_check(user: User, project_id: int, kind: str, tier: int, lease_seconds: int) -> Read | None:
     """A check read of a reference task the user may be served (_unread; no queue slot); None if none.
-    Leased like any read: the sweep expires it (tasks.queue.sweep_expired_leases)."""
+    Leased like any read: the sweep expires it (tasks.reads.sweep_expired_leases)."""
     task = _unread(user, project_id, kind).first()
     if task is None:
         return None

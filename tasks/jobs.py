@@ -7,7 +7,7 @@ from tasks.batches import (  # noqa: F401 - defined beside the code that queues 
     compute_batch_report_job,
     fail_stale_batch_builds_job,
 )
-from tasks.queue import sweep_expired_leases
+from tasks.reads import sweep_expired_leases
 
 
 @shared_task(name="tasks.sweep_expired_leases", time_limit=300, ignore_result=True)

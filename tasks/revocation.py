@@ -19,7 +19,7 @@ from core.models import Membership, Project, User
 from core.roles import Perm
 from tasks.locks import ROW_LOCK, AdvisoryLock, advisory_xact_lock
 from tasks.models import Adjudication, QueueSlot, Read
-from tasks.queue import free_slot
+from tasks.reads import free_slot
 from tasks.selectors import roles_with
 from tasks.states import ReadState
 

@@ -1,7 +1,8 @@
 """The one state machine for tasks and reads: which transitions are legal.
 
-Every state change goes through ``advance_task`` / ``advance_read``, which refuse an illegal
-transition with a DomainError (409) instead of writing it.
+Every state change goes through tasks.transitions (``advance_task``, ``advance_tasks``,
+``advance_read``), which checks these tables and refuses an illegal transition with a 409 instead
+of writing it; the claim statement's own writes are guarded by the same source states.
 """
 
 from django.db import models

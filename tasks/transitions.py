@@ -81,7 +81,7 @@ def advance_read(read: Read, to: str, *, now=None) -> None:
     findings with the state in tasks.queue's one UPDATE, after the same check)."""
     check_read_transition(read.state, to)
     if to == ReadState.SUBMITTED:
-        raise ValueError("a submit stores its findings with its state (tasks.queue.submit_read)")
+        raise ValueError("a submit stores its findings with its state (tasks.reads.submit_read)")
     now = now or timezone.now()
     moved = Read.objects.filter(pk=read.pk, state=read.state).update(state=to, ended_at=now)
     if moved != 1:

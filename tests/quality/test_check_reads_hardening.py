@@ -11,7 +11,7 @@ from core.memberships import grant_membership, revoke_membership
 from core.models import Membership
 from tasks.creation import create_tasks
 from tasks.models import Adjudication, QueueSlot, Read, Task
-from tasks.queue import sweep_expired_leases
+from tasks.reads import sweep_expired_leases
 from tasks.states import ReadState
 from tests.factories import UserFactory
 from tests.tasks.conftest import add_ct_studies

@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from core.postgresql.embedded import server_programs
 from tests.servers import ROOT
 
 
@@ -32,24 +33,23 @@ def _wait_for_port(port: int, up: bool, seconds: float = 30) -> None:
 
 
 def postgres_bin() -> Path | None:
-    """The newest installed PostgreSQL's programs (Debian keeps them under /usr/lib/postgresql)."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
-    return found[-1].parent if found else None
+    """PostgreSQL's programs: Debian's where installed, else the pip wheel's (core.postgresql.embedded)."""
+    return server_programs()[0]
 
 
 class PrivatePostgres:
     """``initdb`` into a temporary folder, served on a free port with ``trust`` on loopback.
-    PostgreSQL refuses to run as root: as root, it runs as the ``postgres`` account (and its folder
-    is outside pytest's, which only root may enter)."""
+    PostgreSQL refuses to run as root: as root, it runs as the account server_programs names (and
+    its folder is outside pytest's, which only root may enter)."""
 
     def __init__(self):
-        self.bin, self.port = postgres_bin(), free_port()
+        (self.bin, account), self.port = server_programs(), free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="radqueue-test-postgres-"))
         self.data = self.folder / "data"
         self.url = f"postgres://postgres@127.0.0.1:{self.port}/radqueue"
-        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if self._as:
-            shutil.chown(self.folder, "postgres")
+        self._as = ["runuser", "-u", account, "--"] if account else []
+        if account:
+            shutil.chown(self.folder, account)
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
         self.start()
         subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q",

@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from tasks import queue
+from tasks import queue, reads
 from tasks.creation import create_tasks
 from tasks.models import QueueSlot, Read, Task
 from tasks.states import ReadState
@@ -93,7 +93,7 @@ def test_a_lapsed_lease_is_not_resumed(cast, api, queued):
     QueueSlot.objects.filter(read_id=lost).update(lease_expires_at=past)
     refused = api(cast.annotator).post(NEXT, {}, format="json")  # still counted until swept
     assert refused.status_code == 409 and [h["read"] for h in refused.json()["held_reads"]] == [lost]
-    queue.sweep_expired_leases()
+    reads.sweep_expired_leases()
     response = api(cast.annotator).post(NEXT, {}, format="json")
     assert response.status_code == 200 and response.json()["read"] != lost and not response.json()["resumed"]
 

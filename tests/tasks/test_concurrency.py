@@ -10,7 +10,8 @@ from core.memberships import grant_membership
 from tasks import queue
 from tasks.creation import create_tasks
 from tasks.models import Read
-from tasks.queue import claim_next_read, submit_read
+from tasks.queue import claim_next_read
+from tasks.reads import submit_read
 from tasks.states import LIVE_READ_STATES, ReadState
 from tests.factories import UserFactory
 from tests.tasks.conftest import add_ct_studies

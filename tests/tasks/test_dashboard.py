@@ -9,7 +9,8 @@ from django.test import Client
 from audit.models import AuditEvent
 from tasks.creation import create_tasks
 from tasks.progress import project_progress
-from tasks.queue import claim_next_read, submit_read
+from tasks.queue import claim_next_read
+from tasks.reads import submit_read
 from tests.conftest import PASSWORD
 from tests.tasks.conftest import add_ct_studies
 

@@ -13,7 +13,8 @@ from core.asgi import application
 from core.broadcast import broadcast_on_commit
 from tasks.adjudication import claim_next_adjudication, resolve_adjudication
 from tasks.creation import create_tasks
-from tasks.queue import claim_next_read, release_read, submit_read
+from tasks.queue import claim_next_read
+from tasks.reads import release_read, submit_read
 from tests.tasks.conftest import add_ct_studies
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the consumer looks permissions up on its own connection

@@ -7,7 +7,7 @@ from audit.models import AuditEvent
 from core import idempotency
 from core.errors import DomainError
 from tasks.models import Read, Task
-from tasks.queue import submit_read
+from tasks.reads import submit_read
 from tasks.states import ReadState
 
 pytestmark = pytest.mark.django_db

@@ -22,7 +22,8 @@ from tasks.adjudication import claim_next_adjudication, resolve_adjudication
 from tasks.creation import create_tasks
 from tasks.models import Adjudication, Consensus, Read, Task, TaskTally, TaskTallyDelta
 from tasks.progress import project_progress
-from tasks.queue import cancel_task, claim_next_read, release_read, submit_read, sweep_expired_leases
+from tasks.queue import claim_next_read
+from tasks.reads import cancel_task, release_read, submit_read, sweep_expired_leases
 from tasks.states import ReadState, TaskState
 from tests.factories import UserFactory
 from tests.tasks.conftest import add_ct_studies, ingest_series

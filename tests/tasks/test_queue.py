@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from tasks.models import QueueSlot, Read, Task
-from tasks.queue import sweep_expired_leases
+from tasks.reads import sweep_expired_leases
 from tasks.states import ReadState, TaskState
 
 pytestmark = pytest.mark.django_db

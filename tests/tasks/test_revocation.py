@@ -11,7 +11,8 @@ from core.roles import Role
 from tasks.adjudication import claim_next_adjudication
 from tasks.creation import create_tasks
 from tasks.models import Adjudication, QueueSlot, Read, Task
-from tasks.queue import claim_next_read, submit_read
+from tasks.queue import claim_next_read
+from tasks.reads import submit_read
 from tasks.states import ReadState, TaskState
 from tests.tasks.conftest import add_ct_studies
 
@@ -152,7 +153,7 @@ def test_a_deactivated_account_is_refused_and_its_reads_return_to_the_queue_when
 
     from django.utils import timezone
 
-    from tasks.queue import sweep_expired_leases
+    from tasks.reads import sweep_expired_leases
 
     reader = api(cast.annotator)
     claim = reader.post("/api/queue/next/", {}, format="json").json()

@@ -7,7 +7,8 @@ import pytest
 from audit.models import AuditEvent
 from core.dicom.models import Instance
 from tasks.models import Task
-from tasks.queue import claim_next_read, submit_read
+from tasks.queue import claim_next_read
+from tasks.reads import submit_read
 
 pytestmark = pytest.mark.django_db
 

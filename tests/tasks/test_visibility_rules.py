@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from tasks.queue import claim_next_read, save_draft, submit_read
+from tasks.queue import claim_next_read
+from tasks.reads import save_draft, submit_read
 
 pytestmark = pytest.mark.django_db
 

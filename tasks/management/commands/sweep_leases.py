@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from tasks.queue import sweep_expired_leases
+from tasks.reads import sweep_expired_leases
 
 
 class Command(BaseCommand):
