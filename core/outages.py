@@ -118,6 +118,18 @@ channel_layer = OutageLog("Redis (the live feed's channel layer)", "feed events 
 broker = OutageLog("Redis (Celery's broker)", "jobs refused")
 
 
+def note_feed_outage(exc: BaseException) -> bool:
+    """Log the outage ``exc`` shows to the live feed (once per outage) and say so: Redis (its channel
+    layer) or PostgreSQL unreachable; False for any other error."""
+    if isinstance(exc, REDIS_UNREACHABLE):
+        channel_layer.failed(exc, lost=0)
+    elif unavailable_service(exc) == DATABASE:
+        database.failed(exc)
+    else:
+        return False
+    return True
+
+
 def _database_answered(sender, connection, **kwargs):
     database.succeeded()
 

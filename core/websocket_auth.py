@@ -97,17 +97,6 @@ def FeedAuthStack(app):  # noqa: N802 (named like channels' AuthMiddlewareStack)
     return FeedOutageGuard(AuthMiddlewareStack(TokenAuthMiddleware(app)))
 
 
-def _note_outage(exc: BaseException) -> bool:
-    """Log the outage ``exc`` shows (once per outage, core.outages) and say so; False for any other error."""
-    if isinstance(exc, outages.REDIS_UNREACHABLE):
-        outages.channel_layer.failed(exc, lost=0)
-    elif outages.unavailable_service(exc) == outages.DATABASE:
-        outages.database.failed(exc)
-    else:
-        return False
-    return True
-
-
 class FeedOutageGuard:
     """Closes a socket with 1013 (try again later) when its handshake meets an unreachable
     PostgreSQL or Redis: the credentials' lookup above the consumer, or the consumer's own first
@@ -143,7 +132,7 @@ class FeedOutageGuard:
         try:
             return await self.app(scope, receiving, sending)
         except Exception as exc:
-            if not _note_outage(exc):
+            if not outages.note_feed_outage(exc):
                 raise
             with contextlib.suppress(OSError, RuntimeError):  # unless the client has gone already
                 await sending({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})

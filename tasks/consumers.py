@@ -15,22 +15,9 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from core import outages
 from core.broadcast import user_group
-from core.websocket_auth import SUBPROTOCOL, current_user
+from core.websocket_auth import CLOSE_TRY_AGAIN_LATER, SUBPROTOCOL, current_user
 from tasks import feed
 from tasks.feed import CLOSE_UNAUTHENTICATED, FeedSubscription, feed_subscription
-
-CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455, section 7.4.1: a service the server needs is unavailable
-
-
-def _note_outage(exc: Exception) -> bool:
-    """Log the outage ``exc`` shows (once per outage) and say so; False for any other error."""
-    if isinstance(exc, outages.REDIS_UNREACHABLE):
-        outages.channel_layer.failed(exc, lost=0)
-    elif outages.unavailable_service(exc) == outages.DATABASE:
-        outages.database.failed(exc)
-    else:
-        return False
-    return True
 
 
 class ProjectFeedConsumer(AsyncJsonWebsocketConsumer):
@@ -46,7 +33,7 @@ class ProjectFeedConsumer(AsyncJsonWebsocketConsumer):
         try:
             await super().__call__(scope, receive, send)
         except Exception as exc:
-            if not _note_outage(exc):
+            if not outages.note_feed_outage(exc):
                 raise
             with contextlib.suppress(OSError, RuntimeError):  # unless the socket has closed already
                 await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
@@ -98,7 +85,7 @@ class ProjectFeedConsumer(AsyncJsonWebsocketConsumer):
                 if time.monotonic() - self.checked_at >= feed.RECHECK_SECONDS:
                     await self._recheck()
         except Exception as exc:
-            if not _note_outage(exc):
+            if not outages.note_feed_outage(exc):
                 raise
             # The socket's groups cannot be left without the layer; Redis drops them with its data
             # or after channels_redis' group expiry.
