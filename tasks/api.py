@@ -1,17 +1,11 @@
-"""The reading queue over REST: claim, heartbeat, release, draft, submit; managers' queue views."""
+"""The reading queue over REST: claim, held reads, heartbeat, release, draft, submit (managers'
+views: tasks.manager_api; adjudication: tasks.adjudication_api)."""
 
-from datetime import timedelta
 from functools import lru_cache
 
 import django_filters
-from django.db.models import Prefetch, Q
-from django.http import HttpResponse
-from django.utils.dateparse import parse_datetime
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
-    OpenApiParameter,
     OpenApiResponse,
-    PolymorphicProxySerializer,
     extend_schema,
     extend_schema_field,
     extend_schema_view,
@@ -22,21 +16,15 @@ from rest_framework.views import APIView
 
 from audit.recorder import AuditedViewMixin
 from core import idempotency
-from core.api.pagination import page_of, paginated_response
 from core.api.serializers import LabelEntrySerializer, RulesField
-from core.errors import DomainError, Forbidden, NotFound, error_body
-from core.models import ProtocolVersion, User
-from core.roles import READER_ROLE_TIERS, Perm
-from core.selectors import get_project_for, projects_visible_to
-from tasks import adjudication as adjudication_service
-from tasks import api_schema, creation, gold, queue, reads, reports, selectors
+from core.errors import error_body
+from core.models import ProtocolVersion
+from tasks import api_schema, queue, reads, selectors
 from tasks.learning_seam import learning
-from tasks.models import Adjudication, Read, Task
-from tasks.progress import workforce_by_tier
-from tasks.states import ReadState, TaskState
+from tasks.models import Read, Task
 
 
-def _dicomweb(request, task: Task, study_series: list | None = None) -> dict:
+def dicomweb_block(request, task: Task, study_series: list | None = None) -> dict:
     root = request.build_absolute_uri("/dicomweb")
     study_url = f"{root}/studies/{task.study.study_uid}"
     if task.series:
@@ -105,7 +93,7 @@ class ClaimSerializer(serializers.Serializer):
         return claim.task.series.series_uid if claim.task.series else None
 
     def get_dicomweb(self, claim) -> dict:
-        return _dicomweb(self.context["request"], claim.task, claim.study_series)
+        return dicomweb_block(self.context["request"], claim.task, claim.study_series)
 
     def to_representation(self, claim):
         return claim_representation(claim, self.context["request"])
@@ -122,7 +110,7 @@ def claim_representation(claim, request) -> dict:
             "lease_expires_at": _DATETIME.to_representation(claim.read.lease_expires_at),
             "protocol_version": protocol_schema(task.protocol_version), "study_uid": task.study.study_uid,
             "series_uid": task.series.series_uid if task.series else None,
-            "dicomweb": _dicomweb(request, task, claim.study_series), "resumed": claim.resumed}
+            "dicomweb": dicomweb_block(request, task, claim.study_series), "resumed": claim.resumed}
     if claim.readers_see_model and (block := learning().model_block_for_reader(claim.task)) is not None:
         data["model"] = block
     return data
@@ -149,15 +137,15 @@ class ReadSerializer(serializers.ModelSerializer):
         # it renders, a tenth of a submit request's CPU.
         return {"id": read.pk, "task": read.task_id, "project": read.project_id, "state": read.state,
                 "study_uid": read.task.study.study_uid, "series_uid": self.get_series_uid(read),
-                "claimed_at": _datetime_or_none(read.claimed_at),
-                "lease_expires_at": _datetime_or_none(read.lease_expires_at),
-                "submitted_at": _datetime_or_none(read.submitted_at), "ended_at": _datetime_or_none(read.ended_at),
+                "claimed_at": datetime_or_none(read.claimed_at),
+                "lease_expires_at": datetime_or_none(read.lease_expires_at),
+                "submitted_at": datetime_or_none(read.submitted_at), "ended_at": datetime_or_none(read.ended_at),
                 "active_seconds": read.active_seconds, "claim_to_submit_seconds": read.claim_to_submit_seconds,
                 "findings_count": read.findings_count, "slices_touched": read.slices_touched,
                 "draft": read.draft, "findings": read.findings}
 
 
-def _datetime_or_none(value):
+def datetime_or_none(value):
     return None if value is None else _DATETIME.to_representation(value)
 
 
@@ -391,429 +379,3 @@ class ReadViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelM
         key = idempotency.key_from(request)
         read, _ = reads.submit_read(pk, request.user, data.validated_data["findings"], idempotency_key=key)
         return Response(ReadSerializer(read).data)
-
-
-# --- managers' queue views -------------------------------------------------------------------
-
-class TaskSerializer(serializers.ModelSerializer):
-    study_uid = serializers.CharField(source="study.study_uid", read_only=True)
-    series_uid = serializers.SerializerMethodField()
-    protocol_version = serializers.IntegerField(source="protocol_version.number", read_only=True)
-
-    class Meta:
-        model = Task
-        fields = ["id", "project", "kind", "state", "flag_reason", "study_uid", "series_uid", "protocol_version",
-                  "reads_required", "reads_submitted", "first_read_tier", "first_read_subspecialty",
-                  "adjudication_tier", "adjudication_subspecialty", "priority", "client_priority", "created_at",
-                  "completed_at"]
-        read_only_fields = fields
-
-    def get_series_uid(self, task) -> str | None:
-        return task.series.series_uid if task.series_id else None
-
-
-class TaskDetailSerializer(TaskSerializer):
-    reads = ManagedReadSerializer(many=True, read_only=True, help_text=(
-        "The reads you may see (tasks.selectors.reader_visibility): managers every read, open ones with "
-        "drafts; QA submitted reads only, by pseudonym."))
-
-    class Meta(TaskSerializer.Meta):
-        fields = [*TaskSerializer.Meta.fields, "reads"]
-        read_only_fields = fields
-
-
-class TaskFilter(django_filters.FilterSet):
-    modality = django_filters.CharFilter(method="filter_modality")
-    study = django_filters.CharFilter(field_name="study__study_uid")
-    holder = django_filters.NumberFilter(method="filter_holder", help_text="Tasks with an open read by this user.")
-
-    class Meta:
-        model = Task
-        fields = ["state", "kind"]
-
-    def filter_modality(self, queryset, name, value):
-        return queryset.filter(study__modalities__icontains=f'"{value.upper()}"')
-
-    def filter_holder(self, queryset, name, value):
-        return queryset.filter(reads__reader_id=value, reads__state=ReadState.CLAIMED)
-
-
-class CreateTasksSerializer(serializers.Serializer):
-    kind = serializers.ChoiceField(Task.Kind.choices, default=Task.Kind.PRODUCTION)
-    studies = serializers.ListField(child=serializers.IntegerField(), required=False,
-                                    help_text="Study ids (default: every study of the project).")
-
-
-class CreateTasksResponseSerializer(serializers.Serializer):
-    created = serializers.IntegerField()
-    queued = serializers.IntegerField()
-    flagged = serializers.IntegerField()
-
-
-class ReassignSerializer(serializers.Serializer):
-    reader = serializers.PrimaryKeyRelatedField(queryset=User.objects.filter(is_active=True))
-
-
-class ProjectTaskViewSet(AuditedViewMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
-    """A project's tasks by state, with who holds which read (managers and QA)."""
-
-    serializer_class = TaskSerializer
-    filterset_class = TaskFilter
-    audit_object_type = "tasks.task"
-    queryset = Task.objects.none()
-
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return Task.objects.none()
-        project = get_project_for(self.request.user, self.kwargs["project_pk"], Perm.VIEW_READS)
-        self.visibility = selectors.reader_visibility(self.request.user, project)
-        if "holder" in self.request.query_params and not self.visibility.others_open_reads:
-            # Who holds open work is for those who see open reads (managers), not QA.
-            raise Forbidden("Only managers see who holds open reads.")
-        return selectors.tasks_for_managers(self.request.user, project).order_by("id")
-
-    @extend_schema(responses=TaskDetailSerializer)
-    def retrieve(self, request, project_pk=None, pk=None):
-        tasks = self.get_queryset()
-        reads = Read.objects.filter(self.visibility.reads()).select_related("reader").order_by("id")
-        task = tasks.prefetch_related(Prefetch("reads", queryset=reads)).filter(pk=pk).first()
-        if task is None:
-            raise NotFound("No such task.")
-        visibility = self.visibility
-        return Response(TaskDetailSerializer(task, context={"reader_visibility": lambda _: visibility}).data)
-
-    @extend_schema(request=CreateTasksSerializer, responses={201: CreateTasksResponseSerializer})
-    def create_tasks(self, request, project_pk=None):
-        project = get_project_for(request.user, project_pk, Perm.MANAGE)
-        data = CreateTasksSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        studies = None
-        if "studies" in data.validated_data:
-            studies = project.studies.filter(pk__in=data.validated_data["studies"])
-            if studies.count() != len(set(data.validated_data["studies"])):
-                raise NotFound("Some of those studies are not in this project.")
-        tasks = creation.create_tasks(project, by=request.user, studies=studies, kind=data.validated_data["kind"])
-        flagged = sum(1 for t in tasks if t.state == TaskState.FLAGGED)
-        return Response({"created": len(tasks), "queued": len(tasks) - flagged, "flagged": flagged},
-                        status=status.HTTP_201_CREATED)
-
-    @extend_schema(request=None, responses={200: TaskSerializer})
-    def cancel(self, request, project_pk=None, pk=None):
-        project = get_project_for(request.user, project_pk, Perm.MANAGE)
-        return Response(TaskSerializer(reads.cancel_task(pk, by=request.user, project=project)).data)
-
-
-class ReassignReadView(AuditedViewMixin, APIView):
-    """Move a claimed read to another eligible reader (managers)."""
-
-    audit_object_type = "tasks.read"
-
-    @extend_schema(request=ReassignSerializer, responses={200: ManagedReadSerializer})
-    def post(self, request, project_pk, pk):
-        project = get_project_for(request.user, project_pk, Perm.MANAGE)
-        if not Read.objects.filter(pk=pk, project=project).exists():
-            raise NotFound("No such read.")
-        data = ReassignSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        read = reads.reassign_read(pk, data.validated_data["reader"], by=request.user)
-        visibility = selectors.reader_visibility(request.user, project)
-        return Response(ManagedReadSerializer(read, context={"reader_visibility": lambda _: visibility}).data)
-
-
-# --- adjudication ------------------------------------------------------------------------------
-
-class SideBySideReadSerializer(serializers.ModelSerializer):
-    """A read as the adjudicator sees it: unblinded, with a pseudonymous reader and their tier."""
-
-    reader = serializers.CharField(source="reader.pseudonym")
-    tier = serializers.CharField(source="get_tier_display")
-
-    class Meta:
-        model = Read
-        fields = ["id", "reader", "tier", "submitted_at", "findings"]
-        read_only_fields = fields
-
-
-class AdjudicationSerializer(serializers.ModelSerializer):
-    task = serializers.IntegerField(source="task.pk", read_only=True)
-    study_uid = serializers.CharField(source="task.study.study_uid", read_only=True)
-    reads = serializers.SerializerMethodField()
-    protocol_version = serializers.SerializerMethodField()
-    dicomweb = serializers.SerializerMethodField()
-    model_output = serializers.SerializerMethodField()
-
-    class Meta:
-        model = Adjudication
-        fields = ["id", "task", "project", "state", "study_uid", "tier", "subspecialty", "agreement", "reads",
-                  "protocol_version", "dicomweb", "model_output", "lease_expires_at", "resolution", "rationale",
-                  "resolved_at"]
-        read_only_fields = fields
-
-    def get_reads(self, adjudication) -> SideBySideReadSerializer(many=True):
-        reads = adjudication.task.reads.filter(state=ReadState.SUBMITTED).select_related("reader").order_by("id")
-        return SideBySideReadSerializer(reads, many=True).data
-
-    def get_protocol_version(self, adjudication) -> ProtocolSchemaSerializer:
-        return protocol_schema(adjudication.task.protocol_version)
-
-    def get_dicomweb(self, adjudication) -> dict:
-        return _dicomweb(self.context["request"], adjudication.task)
-
-    def get_model_output(self, adjudication) -> dict | None:
-        """The current model's output for the task; null when the project is blind-to-model."""
-        return learning().model_output_for_adjudicator(adjudication.task)
-
-
-class ResolveSerializer(serializers.Serializer):
-    resolution = serializers.ChoiceField(["read", "edit", "new"])
-    read = serializers.IntegerField(required=False, help_text="The chosen read (resolution = read).")
-    findings = serializers.JSONField(required=False, help_text="The answer (resolution = edit or new).")
-    rationale = serializers.CharField(max_length=5000, allow_blank=True)
-
-    def validate(self, attrs):
-        if attrs["resolution"] == "read" and "read" not in attrs:
-            raise serializers.ValidationError({"read": ["Name the read you choose."]})
-        if attrs["resolution"] != "read" and "findings" not in attrs:
-            raise serializers.ValidationError({"findings": ["Give the findings."]})
-        return attrs
-
-
-class AdjudicationNextView(AuditedViewMixin, APIView):
-    """Claim the most urgent adjudication you are eligible for (200), or 204 when there is none."""
-
-    audit_object_type = "tasks.adjudication"
-
-    def audit_action(self, request):
-        return "claim"
-
-    @extend_schema(request=None, responses={200: AdjudicationSerializer, 204: OpenApiResponse(description="None.")})
-    def post(self, request):
-        adjudication = adjudication_service.claim_next_adjudication(request.user)
-        if adjudication is None:
-            return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(AdjudicationSerializer(adjudication, context={"request": request}).data)
-
-
-class AdjudicationViewSet(AuditedViewMixin, viewsets.GenericViewSet):
-    """Your claimed adjudications (managers see their projects'), and resolving them."""
-
-    audit_object_type = "tasks.adjudication"
-    queryset = Adjudication.objects.none()
-    serializer_class = AdjudicationSerializer
-
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return Adjudication.objects.none()
-        user = self.request.user
-        managed = projects_visible_to(user, Perm.MANAGE).values("pk")
-        member_of = projects_visible_to(user).values("pk")
-        return Adjudication.objects.filter(Q(adjudicator=user, project_id__in=member_of)
-                                           | Q(project_id__in=managed)).select_related(
-            "task__study", "task__series", "task__protocol_version")
-
-    def audit_target(self):
-        return None, self.kwargs.get("pk", ""), ""
-
-    def retrieve(self, request, pk=None):
-        adjudication = self.get_queryset().filter(pk=pk).first()
-        if adjudication is None:
-            raise NotFound("No such adjudication.")
-        return Response(AdjudicationSerializer(adjudication, context={"request": request}).data)
-
-    @extend_schema(request=ResolveSerializer, responses={200: AdjudicationSerializer})
-    def resolve(self, request, pk=None):
-        data = ResolveSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        v = data.validated_data
-        adjudication = adjudication_service.resolve_adjudication(
-            pk, request.user, resolution=v["resolution"], rationale=v["rationale"], read_id=v.get("read"),
-            findings=v.get("findings"))
-        return Response(AdjudicationSerializer(adjudication, context={"request": request}).data)
-
-    @extend_schema(request=None, responses={200: AdjudicationSerializer})
-    def release(self, request, pk=None):
-        adjudication = adjudication_service.release_adjudication(pk, request.user)
-        return Response(AdjudicationSerializer(adjudication, context={"request": request}).data)
-
-
-class ProjectAdjudicationListView(AuditedViewMixin, APIView):
-    """A project's adjudications by state (managers and QA)."""
-
-    audit_object_type = "tasks.adjudication"
-
-    @extend_schema(parameters=[OpenApiParameter("state", str, enum=Adjudication.State.values)],
-                   responses=page_of(AdjudicationSerializer), operation_id="api_projects_adjudications_list")
-    def get(self, request, project_pk):
-        project = get_project_for(request.user, project_pk, Perm.VIEW_READS)
-        qs = Adjudication.objects.filter(project=project).select_related("task__study", "task__protocol_version")
-        if state := request.query_params.get("state"):
-            qs = qs.filter(state=state)
-        return paginated_response(request, self, qs.order_by("id"), AdjudicationSerializer,
-                                  context={"request": request})
-
-
-# --- gold references and the workforce --------------------------------------------------------
-
-class ReferenceSerializer(serializers.Serializer):
-    findings = serializers.JSONField(help_text="The reference findings (validated like a read).")
-
-
-class ReferenceView(AuditedViewMixin, APIView):
-    """Import the reference of a gold or calibration task (managers)."""
-
-    audit_object_type = "tasks.consensus"
-
-    @extend_schema(request=ReferenceSerializer, responses={201: OpenApiResponse(description="Reference stored.")})
-    def post(self, request, project_pk, pk):
-        project = get_project_for(request.user, project_pk, Perm.MANAGE)
-        task = Task.objects.filter(project=project, pk=pk).first()
-        if task is None:
-            raise NotFound("No such task.")
-        data = ReferenceSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        consensus = gold.import_reference(task, data.validated_data["findings"], by=request.user)
-        return Response({"task": task.pk, "consensus": consensus.pk, "method": consensus.method},
-                        status=status.HTTP_201_CREATED)
-
-
-class WorkforceMemberSerializer(serializers.Serializer):
-    """One reader's row: for managers (by username) and QA (by pseudonym)."""
-
-    reader = serializers.CharField(help_text="Username for managers; the pseudonym for QA.")
-    role = serializers.CharField()
-    tier = serializers.CharField(allow_null=True)
-    subspecialties = serializers.ListField(child=serializers.CharField())
-    calibrated = serializers.BooleanField()
-    suspended = serializers.BooleanField()
-    suspension_reason = serializers.CharField()
-    gold_checks = serializers.IntegerField()
-    rolling_gold_score = serializers.FloatField(allow_null=True)
-
-
-class WorkforceTierSerializer(serializers.Serializer):
-    """One reader tier's aggregates: what clients get instead of rows per reader."""
-
-    tier = serializers.CharField()
-    readers = serializers.IntegerField()
-    calibrated = serializers.IntegerField(help_text="Readers of the tier who are calibrated.")
-    suspended = serializers.IntegerField()
-    gold_checked = serializers.IntegerField(help_text="Readers of the tier with a rolling gold score.")
-    mean_rolling_gold_score = serializers.FloatField(allow_null=True)
-
-
-class WorkforceView(AuditedViewMixin, APIView):
-    """Calibration and gold status of the project's readers: a row per reader for managers (by
-    username) and QA (by pseudonym); for clients a row per tier, aggregates only."""
-
-    audit_object_type = "core.membership"
-
-    @extend_schema(responses=PolymorphicProxySerializer(
-        component_name="WorkforceRow", serializers=[WorkforceMemberSerializer, WorkforceTierSerializer],
-        resource_type_field_name=None, many=True))
-    def get(self, request, project_pk):
-        project = get_project_for(request.user, project_pk, Perm.VIEW_PROGRESS)
-        visibility = selectors.reader_visibility(request.user, project)
-        if not visibility.per_reader:
-            return Response(WorkforceTierSerializer(workforce_by_tier(project), many=True).data)
-        rows = []
-        memberships = (project.memberships.filter(is_active=True, role__in=list(READER_ROLE_TIERS))
-                       .select_related("user").order_by("user__username", "role"))
-        for m in memberships:
-            score, count = gold.rolling_gold_score(m.user_id, project.pk, project.gold_window)
-            rows.append({"reader": visibility.name_of(m.user), "role": m.role,
-                         "tier": m.tier.label if m.tier else None, "subspecialties": m.subspecialties,
-                         "calibrated": m.calibrated_at is not None or not project.requires_calibration,
-                         "suspended": m.is_suspended, "suspension_reason": m.suspension_reason,
-                         "gold_checks": count, "rolling_gold_score": round(score, 4) if score is not None else None})
-        return Response(WorkforceMemberSerializer(rows, many=True).data)
-
-
-class ConcordanceRowSerializer(serializers.Serializer):
-    modality = serializers.CharField()
-    finding_class = serializers.CharField(help_text="The label (protocol entry key).")
-    kind = serializers.CharField(help_text="The label's kind: classification, ordinal, mask, bbox, ...")
-    comparison = serializers.ChoiceField(["reader_vs_reader", "reader_vs_consensus", "model_vs_consensus"])
-    metric = serializers.ChoiceField(["kappa", "weighted_kappa", "dice", "agreement_rate"], help_text=(
-        "kappa: Cohen's kappa, unweighted (classification; the model's classes). weighted_kappa: Cohen's kappa "
-        "with quadratic weights, (i - j)^2 between the positions i and j of the ordered categories, as "
-        "scikit-learn's cohen_kappa_score(weights='quadratic') (ordinal grades). dice: mean Dice (masks). "
-        "agreement_rate: the share of pairs that agree under the protocol's agreement rules (boxes, polygons, "
-        "landmarks, measurements). A label a read did not use counts as the category \"(absent)\" for kappa and "
-        "as disagreement elsewhere."))
-    n = serializers.IntegerField(help_text="Pairs compared.")
-    value = serializers.FloatField(allow_null=True, help_text="null where the metric is undefined for the data "
-                                                              "(e.g. kappa when both readers used one category).")
-    ci95 = serializers.ListField(child=serializers.FloatField(allow_null=True), min_length=2, max_length=2,
-                                 help_text="Bootstrap 95% interval [low, high]; null ends where undefined.")
-    model_version = serializers.IntegerField(required=False, help_text="model_vs_consensus rows only.")
-
-
-class ScorecardSerializer(serializers.Serializer):
-    reader = serializers.CharField(help_text="Username (managers) or pseudonym (QA).")
-    reads = serializers.IntegerField()
-    agreement_with_consensus = serializers.FloatField(allow_null=True)
-    mean_active_minutes = serializers.FloatField()
-
-
-class TierScorecardSerializer(serializers.Serializer):
-    tier = serializers.CharField()
-    readers = serializers.IntegerField()
-    reads = serializers.IntegerField()
-    agreement_with_consensus = serializers.FloatField(allow_null=True)
-    mean_active_minutes = serializers.FloatField()
-
-
-class ConcordanceReportSerializer(serializers.Serializer):
-    project = serializers.IntegerField()
-    batch = serializers.IntegerField(allow_null=True)
-    since = serializers.CharField(allow_null=True)
-    until = serializers.CharField(allow_null=True)
-    tasks = serializers.IntegerField(help_text="Tasks that reached consensus in [since, until).")
-    rows = ConcordanceRowSerializer(many=True)
-    scorecards = ScorecardSerializer(many=True, required=False, help_text=(
-        "Per reader: managers and QA only (absent for clients)."))
-    scorecards_by_tier = TierScorecardSerializer(many=True)
-    model_version = serializers.IntegerField(allow_null=True)
-
-
-class ConcordanceView(AuditedViewMixin, APIView):
-    """Concordance per modality x finding class (JSON, or CSV with ?output=csv); scorecards per reader
-    for managers (by username) and QA (by pseudonym), per tier only for clients."""
-
-    audit_object_type = "tasks.report"
-
-    def audit_action(self, request):
-        return "export" if request.query_params.get("output") == "csv" else "view"
-
-    @extend_schema(parameters=[OpenApiParameter("since", OpenApiTypes.DATETIME),
-                               OpenApiParameter("until", OpenApiTypes.DATETIME),
-                               OpenApiParameter("output", str, enum=["json", "csv"])],
-                   responses={(200, "application/json"): OpenApiResponse(ConcordanceReportSerializer, description=(
-                       "The report over the tasks that reached consensus in [since, until); with output=csv "
-                       "its rows as text/csv (modality, finding_class, kind, comparison, metric, n, value, "
-                       "ci95_low, ci95_high).")),
-                              (200, "text/csv"): OpenApiTypes.STR})
-    def get(self, request, project_pk):
-        project = get_project_for(request.user, project_pk, Perm.VIEW_PROGRESS)
-        bounds = {}
-        for name in ("since", "until"):
-            if value := request.query_params.get(name):
-                try:
-                    parsed = parse_datetime(value)
-                except ValueError:  # well-formed, but no such date, time or offset (+25:00)
-                    parsed = None
-                if parsed is None:
-                    raise DomainError(f"{name} must be an ISO 8601 date-time.", errors={name: ["Not a date-time."]})
-                # PostgreSQL takes offsets up to 15:59 only (Python up to 23:59): a larger one was a 500
-                if parsed.utcoffset() is not None and abs(parsed.utcoffset()) >= timedelta(hours=16):
-                    raise DomainError(f"{name}'s time-zone offset must be within -15:59 and +15:59.",
-                                      errors={name: ["Time-zone offset out of range."]})
-                bounds[name] = parsed
-        visibility = selectors.reader_visibility(request.user, project)
-        report = reports.concordance_report(project, named=visibility.naming == selectors.Naming.USERNAME, **bounds)
-        report = reports.as_seen_by(report, visibility)
-        if request.query_params.get("output") == "csv":
-            response = HttpResponse(reports.report_csv(report), content_type="text/csv")
-            response["Content-Disposition"] = f'attachment; filename="concordance-project-{project.pk}.csv"'
-            return response
-        return Response(report)

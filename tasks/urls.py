@@ -1,7 +1,7 @@
 from django.urls import path
 
 import core.url_ids  # noqa: F401 - registers <id:>, the bounded ids
-from tasks import api, delivery_api, progress_api
+from tasks import adjudication_api, api, delivery_api, manager_api, progress_api
 
 read_action = {name: api.ReadViewSet.as_view({"post": name}) for name in ("heartbeat", "release", "submit")}
 
@@ -14,17 +14,20 @@ urlpatterns = [
     path("reads/<id:pk>/release/", read_action["release"], name="read-release"),
     path("reads/<id:pk>/submit/", read_action["submit"], name="read-submit"),
     path("reads/<id:pk>/draft/", api.ReadViewSet.as_view({"put": "draft"}), name="read-draft"),
-    path("projects/<id:project_pk>/tasks/", api.ProjectTaskViewSet.as_view({"get": "list"}), name="task-list"),
-    path("projects/<id:project_pk>/tasks/create/", api.ProjectTaskViewSet.as_view({"post": "create_tasks"}),
+    path("projects/<id:project_pk>/tasks/", manager_api.ProjectTaskViewSet.as_view({"get": "list"}), name="task-list"),
+    path("projects/<id:project_pk>/tasks/create/", manager_api.ProjectTaskViewSet.as_view({"post": "create_tasks"}),
          name="task-create"),
-    path("projects/<id:project_pk>/tasks/<id:pk>/", api.ProjectTaskViewSet.as_view({"get": "retrieve"}),
+    path("projects/<id:project_pk>/tasks/<id:pk>/", manager_api.ProjectTaskViewSet.as_view({"get": "retrieve"}),
          name="task-detail"),
-    path("projects/<id:project_pk>/tasks/<id:pk>/cancel/", api.ProjectTaskViewSet.as_view({"post": "cancel"}),
+    path("projects/<id:project_pk>/tasks/<id:pk>/cancel/", manager_api.ProjectTaskViewSet.as_view({"post": "cancel"}),
          name="task-cancel"),
-    path("projects/<id:project_pk>/reads/<id:pk>/reassign/", api.ReassignReadView.as_view(), name="read-reassign"),
-    path("projects/<id:project_pk>/tasks/<id:pk>/reference/", api.ReferenceView.as_view(), name="task-reference"),
-    path("projects/<id:project_pk>/workforce/", api.WorkforceView.as_view(), name="workforce"),
-    path("projects/<id:project_pk>/reports/concordance/", api.ConcordanceView.as_view(), name="concordance-report"),
+    path("projects/<id:project_pk>/reads/<id:pk>/reassign/", manager_api.ReassignReadView.as_view(),
+         name="read-reassign"),
+    path("projects/<id:project_pk>/tasks/<id:pk>/reference/", manager_api.ReferenceView.as_view(),
+         name="task-reference"),
+    path("projects/<id:project_pk>/workforce/", manager_api.WorkforceView.as_view(), name="workforce"),
+    path("projects/<id:project_pk>/reports/concordance/", manager_api.ConcordanceView.as_view(),
+         name="concordance-report"),
     path("projects/<id:project_pk>/progress/", progress_api.ProjectProgressView.as_view(), name="project-progress"),
     path("projects/<id:project_pk>/batches/", delivery_api.BatchListView.as_view(), name="batch-list"),
     path("projects/<id:project_pk>/batches/<id:pk>/", delivery_api.BatchDetailView.as_view(), name="batch-detail"),
@@ -40,12 +43,13 @@ urlpatterns = [
          name="batch-exports"),
     path("projects/<id:project_pk>/batches/<id:pk>/exports/<str:name>/",
          delivery_api.BatchExportDownloadView.as_view(), name="batch-export-download"),
-    path("adjudications/next/", api.AdjudicationNextView.as_view(), name="adjudication-next"),
-    path("adjudications/<id:pk>/", api.AdjudicationViewSet.as_view({"get": "retrieve"}), name="adjudication-detail"),
-    path("adjudications/<id:pk>/resolve/", api.AdjudicationViewSet.as_view({"post": "resolve"}),
+    path("adjudications/next/", adjudication_api.AdjudicationNextView.as_view(), name="adjudication-next"),
+    path("adjudications/<id:pk>/", adjudication_api.AdjudicationViewSet.as_view({"get": "retrieve"}),
+         name="adjudication-detail"),
+    path("adjudications/<id:pk>/resolve/", adjudication_api.AdjudicationViewSet.as_view({"post": "resolve"}),
          name="adjudication-resolve"),
-    path("adjudications/<id:pk>/release/", api.AdjudicationViewSet.as_view({"post": "release"}),
+    path("adjudications/<id:pk>/release/", adjudication_api.AdjudicationViewSet.as_view({"post": "release"}),
          name="adjudication-release"),
-    path("projects/<id:project_pk>/adjudications/", api.ProjectAdjudicationListView.as_view(),
+    path("projects/<id:project_pk>/adjudications/", adjudication_api.ProjectAdjudicationListView.as_view(),
          name="project-adjudication-list"),
 ]
