@@ -344,10 +344,17 @@ def make_enhanced_ct(n_frames: int = 20, rows: int = 64, cols: int = 64, **kwarg
         indices.append(item)
     ds.DimensionIndexSequence = Sequence(indices)
 
+    ds.PerFrameFunctionalGroupsSequence = _per_frame_groups([s.ImagePositionPatient for s in slices])
+    ds.PixelData = b"".join(s.PixelData for s in slices)
+    return _file_dataset(ds, generate_uid())
+
+
+def _per_frame_groups(positions) -> Sequence:
+    """One stack's per-frame functional groups: each frame's plane position and its place in the stack."""
     frames = []
-    for k, slice_ds in enumerate(slices):
+    for k, xyz in enumerate(positions):
         position = Dataset()
-        position.ImagePositionPatient = slice_ds.ImagePositionPatient
+        position.ImagePositionPatient = xyz
         content = Dataset()
         content.StackID = "1"
         content.InStackPositionNumber = k + 1
@@ -356,9 +363,7 @@ def make_enhanced_ct(n_frames: int = 20, rows: int = 64, cols: int = 64, **kwarg
         frame.PlanePositionSequence = Sequence([position])
         frame.FrameContentSequence = Sequence([content])
         frames.append(frame)
-    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
-    ds.PixelData = b"".join(s.PixelData for s in slices)
-    return _file_dataset(ds, generate_uid())
+    return Sequence(frames)
 
 
 def to_bytes(ds: Dataset) -> bytes:
@@ -397,20 +402,8 @@ def write_enhanced_ct_file(path, n_frames: int, rows: int = 512, cols: int = 512
     first_position = [float(v) for v in template.PerFrameFunctionalGroupsSequence[0]
                       .PlanePositionSequence[0].ImagePositionPatient]
     thickness = float(template.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness)
-    frames = []
-    for k in range(n_frames):
-        position = Dataset()
-        position.ImagePositionPatient = [first_position[0], first_position[1],
-                                         round(first_position[2] + k * thickness, 4)]
-        content = Dataset()
-        content.StackID = "1"
-        content.InStackPositionNumber = k + 1
-        content.DimensionIndexValues = [1, k + 1]
-        frame = Dataset()
-        frame.PlanePositionSequence = Sequence([position])
-        frame.FrameContentSequence = Sequence([content])
-        frames.append(frame)
-    template.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    template.PerFrameFunctionalGroupsSequence = _per_frame_groups(
+        [[first_position[0], first_position[1], round(first_position[2] + k * thickness, 4)] for k in range(n_frames)])
     frame_bytes = rows * cols * 2
     with open(path, "wb") as out:
         dcmwrite(out, template, enforce_file_format=True)
