@@ -94,6 +94,7 @@ from bench.common import (  # noqa: E402
     print_machine,
     print_result,
     reset_audit_trail,
+    seed_queued_tasks,
     setup_django,
     use_bench_database,
 )
@@ -144,25 +145,7 @@ def seed(project, version, tasks: int) -> None:
 
     with connection.cursor() as cursor:
         cursor.execute("SET synchronous_commit = off")
-        cursor.execute("""
-            INSERT INTO core_study (project_id, study_uid, patient_pseudonym, patient_age_years, study_date,
-                                    description, modalities, body_parts, series_count, instance_count,
-                                    created_at, updated_at)
-            SELECT %s, %s || g, 'PSEUDO-' || g, NULL, '', '', '["CT"]', '[]', 0, 0, now(), now()
-            FROM generate_series(1, %s) AS g""", [project.pk, STUDY_UID.format(""), tasks])
-        cursor.execute("""
-            INSERT INTO tasks_task (project_id, protocol_version_id, study_id, series_id, kind, state, flag_reason,
-                                    reads_required, reads_submitted, first_read_tier, first_read_subspecialty,
-                                    adjudication_tier, adjudication_subspecialty, priority, client_priority,
-                                    created_by_id, created_at, updated_at, completed_at)
-            SELECT project_id, %s, id, NULL, 'production', 'queued', '', 2, 0, 1, '', 2, '', 0, 0, NULL,
-                   now(), now(), NULL
-            FROM core_study WHERE project_id = %s ORDER BY id""", [version.pk, project.pk])
-        # A task's k slots are adjacent in id order, as tasks.creation.create_tasks makes them.
-        cursor.execute("""
-            INSERT INTO tasks_queueslot (project_id, task_id, priority, tier, subspecialty)
-            SELECT t.project_id, t.id, 0, 1, '' FROM tasks_task t, generate_series(1, 2)
-            WHERE t.project_id = %s ORDER BY t.id""", [project.pk])
+        seed_queued_tasks(cursor, project.pk, version.pk, tasks, 2, STUDY_UID.format(""))
         cursor.execute("SET synchronous_commit = on")
     mark_protocol_version_used(version)
     vacuum()

@@ -81,3 +81,27 @@ def print_machine(database: str) -> None:
     load = os.getloadavg()
     print(f"database {database} on PostgreSQL {connection.pg_version}, {os.cpu_count()} CPUs, "
           f"load average before the run {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+def seed_queued_tasks(cursor, project_id: int, version_id: int, tasks: int, k: int, study_uid_prefix: str) -> None:
+    """``tasks`` studies with one queued production task each and its ``k`` free tier-1 slots, laid
+    out as tasks.creation lays them out, in three INSERT ... SELECT generate_series statements."""
+    cursor.execute("""
+        INSERT INTO core_study (project_id, study_uid, patient_pseudonym, patient_age_years, study_date,
+                                description, modalities, body_parts, series_count, instance_count,
+                                created_at, updated_at)
+        SELECT %s, %s || g, 'PSEUDO-' || g, NULL, '', '', '["CT"]', '[]', 0, 0, now(), now()
+        FROM generate_series(1, %s) AS g""", [project_id, study_uid_prefix, tasks])
+    cursor.execute("""
+        INSERT INTO tasks_task (project_id, protocol_version_id, study_id, series_id, kind, state, flag_reason,
+                                reads_required, reads_submitted, first_read_tier, first_read_subspecialty,
+                                adjudication_tier, adjudication_subspecialty, priority, client_priority,
+                                created_by_id, created_at, updated_at, completed_at)
+        SELECT project_id, %s, id, NULL, 'production', 'queued', '', %s, 0, 1, '', 2, '', 0, 0, NULL,
+               now(), now(), NULL
+        FROM core_study WHERE project_id = %s ORDER BY id""", [version_id, k, project_id])
+    # A task's k slots are adjacent in id order, as tasks.creation.create_tasks makes them.
+    cursor.execute("""
+        INSERT INTO tasks_queueslot (project_id, task_id, priority, tier, subspecialty)
+        SELECT t.project_id, t.id, 0, 1, '' FROM tasks_task t, generate_series(1, %s)
+        WHERE t.project_id = %s ORDER BY t.id""", [k, project_id])

@@ -77,7 +77,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, bench_organizations, print_result, setup_django, use_bench_database  # noqa: E402
+from bench.common import (  # noqa: E402
+    ROOT,
+    bench_organizations,
+    print_result,
+    seed_queued_tasks,
+    setup_django,
+    use_bench_database,
+)
 from core.postgresql.embedded import server_programs  # noqa: E402
 
 DATABASE = "radqueue_bench_faults"
@@ -398,24 +405,7 @@ def seed(tasks: int, k: int, readers: int) -> Cast:
         grant_membership(project=project, user=user, role="annotator")
         users.append(user)
     with connection.cursor() as cursor:
-        cursor.execute("""
-            INSERT INTO core_study (project_id, study_uid, patient_pseudonym, patient_age_years, study_date,
-                                    description, modalities, body_parts, series_count, instance_count,
-                                    created_at, updated_at)
-            SELECT %s, %s || g, 'PSEUDO-' || g, NULL, '', '', '["CT"]', '[]', 0, 0, now(), now()
-            FROM generate_series(1, %s) AS g""", [project.pk, STUDY_UID.format(""), tasks])
-        cursor.execute("""
-            INSERT INTO tasks_task (project_id, protocol_version_id, study_id, series_id, kind, state, flag_reason,
-                                    reads_required, reads_submitted, first_read_tier, first_read_subspecialty,
-                                    adjudication_tier, adjudication_subspecialty, priority, client_priority,
-                                    created_by_id, created_at, updated_at, completed_at)
-            SELECT project_id, %s, id, NULL, 'production', 'queued', '', %s, 0, 1, '', 2, '', 0, 0, NULL,
-                   now(), now(), NULL
-            FROM core_study WHERE project_id = %s ORDER BY id""", [version.pk, k, project.pk])
-        cursor.execute("""
-            INSERT INTO tasks_queueslot (project_id, task_id, priority, tier, subspecialty)
-            SELECT t.project_id, t.id, 0, 1, '' FROM tasks_task t, generate_series(1, %s)
-            WHERE t.project_id = %s ORDER BY t.id""", [k, project.pk])
+        seed_queued_tasks(cursor, project.pk, version.pk, tasks, k, STUDY_UID.format(""))
     mark_protocol_version_used(version)
     recount_progress(project.pk)
     with connection.cursor() as cursor:
