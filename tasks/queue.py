@@ -41,8 +41,6 @@ from tasks.states import (
     TaskState,
 )
 
-CLAIM_LOCK = AdvisoryLock.CLAIM  # what the claim statement's text takes (tasks.locks: the lock order)
-
 
 @dataclass
 class Claim:
@@ -81,7 +79,7 @@ def claim_next_read(user: User, *, project_id: int | None = None, resume: bool =
         # The same statement takes the reader's claim lock, which serialises one reader's
         # concurrent claims (different readers never wait on it), so the open-read limit and
         # the same-task check see each other's results.
-        rules, digest = eligibility_and_digest(user, projects, claim_lock=(CLAIM_LOCK, user.pk))
+        rules, digest = eligibility_and_digest(user, projects, claim_lock=(AdvisoryLock.CLAIM, user.pk))
         _remember_rules(user, projects, rules, digest)
         if not rules:
             return None
@@ -210,7 +208,7 @@ def _claim_on_known_rules(user, projects, now, resume: bool = False) -> Claim | 
         return None
     expression, params = digest_check(user.pk, projects)
     claimed = _claim_postgresql(user, rules, {rules[0].project_id: rules[0].lease_seconds}, now,
-                                unchanged=(expression, params, digest), lock=(CLAIM_LOCK, user.pk),
+                                unchanged=(expression, params, digest), lock=(AdvisoryLock.CLAIM, user.pk),
                                 holding_none=resume)
     if claimed is None:
         return None

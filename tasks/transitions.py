@@ -23,9 +23,11 @@ _COMPLETES = {TaskState.READS_COMPLETE}
 _REOPENS = {TaskState.QUEUED, TaskState.IN_READING}
 
 # Plain SQL: the submit's and consensus' task writes run on every task's last read, where the ORM's
-# building of an UPDATE cost more than its running.
-_SET_STATE = ("UPDATE tasks_task SET state = %(to)s, updated_at = %(now)s{completed} "
-              "WHERE id = %(task)s AND state = %(source)s")
+# building of an UPDATE cost more than its running. One text per effect on completed_at.
+_SET_STATE = "UPDATE tasks_task SET state = %(to)s, updated_at = %(now)s{} WHERE id = %(task)s AND state = %(source)s"
+_SET_STATE_COMPLETING = _SET_STATE.format(", completed_at = %(now)s")
+_SET_STATE_REOPENING = _SET_STATE.format(", completed_at = NULL")
+_SET_STATE_KEEPING = _SET_STATE.format("")
 
 
 def advance_task(task: Task, to: str, *, now=None, reference_import: bool = False) -> None:
@@ -39,20 +41,20 @@ def advance_task(task: Task, to: str, *, now=None, reference_import: bool = Fals
     else:
         check_task_transition(source, to)
     now = now or timezone.now()
-    completed = ""
-    params = {"to": to, "now": now, "task": task.pk, "source": source}
     if to in _COMPLETES or reference_import:
-        completed, params["completed_at"] = ", completed_at = %(completed_at)s", now
+        statement, completed_at = _SET_STATE_COMPLETING, now
     elif to in _REOPENS:
-        completed, params["completed_at"] = ", completed_at = NULL", None
+        statement, completed_at = _SET_STATE_REOPENING, None
+    else:
+        statement, completed_at = _SET_STATE_KEEPING, None
     with connection.cursor() as cursor:
-        cursor.execute(_SET_STATE.format(completed=completed), params)
+        cursor.execute(statement, {"to": to, "now": now, "task": task.pk, "source": source})
         if cursor.rowcount != 1:
             raise Conflict(f"The task changed while it was being moved from {source} to {to}; try again.",
                            code="task_changed")
     task.state, task.updated_at = to, now
-    if "completed_at" in params:
-        task.completed_at = params["completed_at"]
+    if statement is not _SET_STATE_KEEPING:
+        task.completed_at = completed_at
     if task.kind == Task.Kind.PRODUCTION:
         announce_progress(task.project_id, **{source: -1, to: 1})
 
