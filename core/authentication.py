@@ -12,12 +12,28 @@ from knox.crypto import hash_token
 from knox.models import get_token_model
 from knox.settings import CONSTANTS, knox_settings
 from rest_framework import exceptions
+from rest_framework.authentication import get_authorization_header
 
 from pgsql import rows
 
+# DRF loads this module once the app registry is ready (knox.models above needs it too), so the
+# tables and columns are read from the models once, here; the statement is the same text every call.
+_TOKEN_MODEL, _USER_MODEL = get_token_model(), get_user_model()
+TOKEN_AND_USER_SQL = f"""
+    SELECT {", ".join([*rows.columns(_TOKEN_MODEL, "k"), *rows.columns(_USER_MODEL, "u")])}
+      FROM {_TOKEN_MODEL._meta.db_table} k
+      JOIN {_USER_MODEL._meta.db_table} u
+        ON u.{_USER_MODEL._meta.pk.column} = k.{_TOKEN_MODEL._meta.get_field("user").column}
+     WHERE k.token_key = %(token_key)s"""
+
+# "Token" is knox's scheme; "Bearer" (RFC 6750) is what OHIF v3 sends for a ?token= in its URL and
+# what most DICOMweb clients send. The credential is the same knox token either way.
+SCHEMES = (b"token", b"bearer")
+
 
 class TokenAuthentication(knox.auth.TokenAuthentication):
-    """Knox token authentication that checks only the presented token's expiry.
+    """Knox token authentication, under the ``Token`` or ``Bearer`` scheme, that checks only the
+    presented token's expiry.
 
     Knox also scans every token of the user on each request to delete the expired ones; that is a
     query per request on the hot claim path, so expired tokens are purged by the periodic
@@ -28,21 +44,26 @@ class TokenAuthentication(knox.auth.TokenAuthentication):
     Nothing is cached: a revoked token or a deactivated user is refused on the next request.
     """
 
+    def authenticate(self, request):
+        auth = get_authorization_header(request).split()
+        if not auth or auth[0].lower() not in SCHEMES:
+            return None  # no header, or one for another backend
+        if len(auth) == 1:
+            raise exceptions.AuthenticationFailed(_("Invalid token header. No credentials provided."))
+        if len(auth) > 2:
+            raise exceptions.AuthenticationFailed(_("Invalid token header. Token string should not contain spaces."))
+        return self.authenticate_credentials(auth[1])
+
     def authenticate_credentials(self, token):
         if knox_settings.AUTO_REFRESH:  # knox's own path refreshes the expiry it reads
             return super().authenticate_credentials(token)
         msg = _("Invalid token.")
         token = token.decode("utf-8")
-        token_model, user_model = get_token_model(), get_user_model()
-        selected = [*rows.columns(token_model, "k"), *rows.columns(user_model, "u")]
         with connection.cursor() as cursor:
-            cursor.execute(f"""SELECT {", ".join(selected)} FROM {token_model._meta.db_table} k
-                               JOIN {user_model._meta.db_table} u
-                                 ON u.{user_model._meta.pk.column} = k.{token_model._meta.get_field("user").column}
-                               WHERE k.token_key = %s""", [token[:CONSTANTS.TOKEN_KEY_LENGTH]])
+            cursor.execute(TOKEN_AND_USER_SQL, {"token_key": token[:CONSTANTS.TOKEN_KEY_LENGTH]})
             found = cursor.fetchall()
         for row in found:
-            auth_token, user = rows.instances((token_model, user_model), row)
+            auth_token, user = rows.instances((_TOKEN_MODEL, _USER_MODEL), row)
             auth_token.user = user
             if self._cleanup_token(auth_token):
                 continue
