@@ -498,6 +498,66 @@ def _start_of(elem, implicit: bool) -> int | None:
     return None if tell is None else tell - _header_length(elem, implicit)
 
 
+class _WithPreamble(io.RawIOBase):
+    """A seekable source read as if a zero preamble and "DICM" stood before its first byte."""
+
+    def __init__(self, source: BinaryIO):
+        self._source, self._position = source, 0
+        self._size = source.seek(0, io.SEEK_END) + len(_PREFIX)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer) -> int:
+        view, done = memoryview(buffer).cast("B"), 0
+        if self._position < len(_PREFIX):
+            head = _PREFIX[self._position:self._position + len(view)]
+            view[:len(head)] = head
+            done = len(head)
+        if done < len(view):
+            self._source.seek(self._position + done - len(_PREFIX))
+            while done < len(view) and (data := self._source.read(len(view) - done)):
+                view[done:done + len(data)] = data
+                done += len(data)
+        self._position += done
+        return done
+
+
+_PREFIX = b"\0" * 128 + b"DICM"
+
+
+def with_preamble(source: BinaryIO) -> BinaryIO:
+    """The source as a Part 10 file: as it is when it has the preamble and "DICM" prefix (PS3.10
+    7.1), or read through a zero preamble when it starts straight with its File Meta Information.
+
+    pydicom writes a dataset built in memory that way (no ``preamble`` set: dcmwrite leaves both
+    out), and dicomweb-client's store_instances sends what dcmwrite wrote. The File Meta Information
+    is always explicit VR little endian, so its first element's group (0002) and two-letter VR tell
+    such a stream from anything else; a stream without File Meta Information has no transfer
+    syntax to read it by and stays refused. (The wrapper is not put in an io.BufferedReader:
+    pydicom takes one for a file on disk and asks for its name.)
+    """
+    source.seek(0)
+    head = source.read(len(_PREFIX))
+    source.seek(0)
+    if head[128:132] == b"DICM" or len(head) < 8:
+        return source
+    if head[:2] == b"\x02\x00" and head[4:6].isalpha() and head[4:6].isupper():
+        return _WithPreamble(source)
+    return source
+
+
 def read(source: BinaryIO, *, size: int | None = None) -> Part10:
     """Parse a Part 10 file from a seekable binary source, leaving its pixel data where it is.
 

@@ -159,6 +159,7 @@ def prepare(source: bytes | BinaryIO, *, secret: bytes, options: "deid.DeidOptio
     if isinstance(source, bytes | bytearray | memoryview):
         source = io.BytesIO(source)
     try:
+        source = part10.with_preamble(source)
         size = source.seek(0, io.SEEK_END)
         part = parse(source, size, max_bytes)
         ds = part.ds
