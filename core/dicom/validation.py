@@ -260,6 +260,10 @@ def _pixel_data(ds: Dataset, tag: int, vrs: tuple[str, ...], frames: int, source
         # the first frame, as frames and rendered will. Native data needs no trial: its layout is
         # the arithmetic above.
         trial = copy.copy(ds)
+        # New elements in a table of its own: a shallow copy shares the dataset's table and its
+        # elements, and setting a value sets it on the shared element, so the trial's one frame
+        # became the file's (a 10-frame RLE object was indexed and stored as one frame).
+        trial._dict = {t: e for t, e in ds._dict.items() if t not in (0x00280008, 0x7FE00010)}
         trial.PixelData, trial.NumberOfFrames = encapsulate([first]), 1
         try:
             decoder.as_array(trial, index=0)
