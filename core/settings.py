@@ -7,6 +7,7 @@ ALLOWED_HOSTS and DEBUG=0; nothing here exists only in production.
 
 import base64
 import os
+import re
 from pathlib import Path
 
 import environ
@@ -276,6 +277,14 @@ RADQUEUE_MAX_ZIP_TOTAL_BYTES = env.int("RADQUEUE_MAX_ZIP_TOTAL_BYTES", default=5
 RADQUEUE_MAX_ZIP_RATIO = env.float("RADQUEUE_MAX_ZIP_RATIO", default=200.0)
 RADQUEUE_MAX_ZIP_MEMBERS = env.int("RADQUEUE_MAX_ZIP_MEMBERS", default=100_000)
 DATA_UPLOAD_MAX_NUMBER_FILES = env.int("DATA_UPLOAD_MAX_NUMBER_FILES", default=10_000)
+
+# The address clients reach radqueue by (scheme, host, port and any path prefix a proxy adds), for
+# the URLs DICOMweb writes into its bodies (RetrieveURL, BulkDataURI). Unset: from each request's Host
+# header, which dicomweb-client sends without its port and a proxy may rewrite.
+PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="").rstrip("/")
+if PUBLIC_BASE_URL and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", PUBLIC_BASE_URL):
+    raise ImproperlyConfigured(f"PUBLIC_BASE_URL must be an http(s) URL such as https://radqueue.example.org, "
+                               f"not {PUBLIC_BASE_URL!r}")
 
 # CORS for browser viewers (OHIF) on another origin: DICOMweb and the API only.
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])

@@ -16,12 +16,14 @@ from django.db.models import Q, QuerySet
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from pydicom.datadict import tag_for_keyword
+from pydicom.encaps import get_frame
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
 from audit.recorder import AuditedViewMixin
-from core.dicom import part10, selectors
+from core.dicom import negotiation, part10, selectors
 from core.dicom.deid import zero_preamble
 from core.dicom.ingest import IngestItem, ingest_files
 from core.dicom.models import Instance, Series, Study
@@ -64,22 +66,46 @@ def _attr(vr: str, *values) -> dict:
         return {"vr": vr, "Value": [{"Alphabetic": str(v)} for v in values]}
     if vr in ("IS", "US", "UL"):
         return {"vr": vr, "Value": [int(v) for v in values]}
+    if vr in ("DS", "FD", "FL"):
+        return {"vr": vr, "Value": [float(v) for v in values]}
     return {"vr": vr, "Value": [str(v) for v in values]}
 
 
+def public_url(request, path: str) -> str:
+    """``path`` (from the server's root, "/dicomweb/...") as clients reach it: under PUBLIC_BASE_URL
+    when that is set, else from the request's Host header.
+
+    Every URL radqueue puts in a DICOMweb body (RetrieveURL, BulkDataURI, Content-Location) is built
+    here. The Host header is not always the address the client used: dicomweb-client sends the bare
+    host name without its port, and a proxy may rewrite it.
+    """
+    if settings.PUBLIC_BASE_URL:
+        return settings.PUBLIC_BASE_URL + path
+    return request.build_absolute_uri(path)
+
+
 def _base_url(request) -> str:
-    return request.build_absolute_uri("/dicomweb")
+    return public_url(request, "/dicomweb")
+
+
+def _age(years: int | None) -> str | None:
+    return None if years is None else f"{years:03d}Y"
 
 
 def study_json(study: Study, base: str) -> dict:
+    """Every study attribute the index holds. Those de-identification removes (accession number,
+    referring physician, birth date) are present and empty, as a query for them should find."""
     return {
         "00080020": _attr("DA", study.study_date),
         "00080050": _attr("SH"),
         "00080061": _attr("CS", *study.modalities),
+        "00080090": _attr("PN"),
         "00081030": _attr("LO", study.description),
         "00081190": _attr("UR", f"{base}/studies/{study.study_uid}"),
         "00100010": _attr("PN", study.patient_pseudonym),
         "00100020": _attr("LO", study.patient_pseudonym),
+        "00100030": _attr("DA"),
+        "00101010": _attr("AS", _age(study.patient_age_years)),
         "0020000D": _attr("UI", study.study_uid),
         "00201206": _attr("IS", study.series_count),
         "00201208": _attr("IS", study.instance_count),
@@ -96,6 +122,7 @@ def series_json(series: Series, base: str) -> dict:
         "0020000D": _attr("UI", study_uid),
         "0020000E": _attr("UI", series.series_uid),
         "00200011": _attr("IS", series.number),
+        "00200052": _attr("UI", series.frame_of_reference_uid),
         "00201209": _attr("IS", series.instance_count),
     }
 
@@ -104,18 +131,35 @@ def instance_json(instance: Instance, base: str) -> dict:
     series = instance.series
     study_uid = series.study.study_uid
     return {
+        "00080008": _attr("CS", *(instance.image_type or [])),
         "00080016": _attr("UI", instance.sop_class_uid),
         "00080018": _attr("UI", instance.sop_instance_uid),
         "00080060": _attr("CS", series.modality),
         "00081190": _attr("UR", f"{base}/studies/{study_uid}/series/{series.series_uid}/instances/"
                                 f"{instance.sop_instance_uid}"),
+        "00083002": _attr("UI", instance.transfer_syntax_uid),
+        "00180050": _attr("DS", instance.slice_thickness),
         "0020000D": _attr("UI", study_uid),
         "0020000E": _attr("UI", series.series_uid),
         "00200013": _attr("IS", instance.instance_number),
+        "00200032": _attr("DS", *(instance.position or [])),
+        "00200037": _attr("DS", *(instance.orientation or [])),
+        "00200052": _attr("UI", series.frame_of_reference_uid),
         "00280008": _attr("IS", instance.frames),
         "00280010": _attr("US", instance.rows),
         "00280011": _attr("US", instance.columns),
+        "00280030": _attr("DS", *(instance.pixel_spacing or [])),
     }
+
+
+# What a query answers without includefield: PS3.18 Table 10.6.3-3's required attributes of each
+# level that the index holds (the rest of what it holds is returned when named, or for "all").
+STUDY_DEFAULT = frozenset({"00080020", "00080050", "00080061", "00081030", "00081190", "00100010", "00100020",
+                           "0020000D", "00201206", "00201208"})
+SERIES_DEFAULT = frozenset({"00080060", "0008103E", "00081190", "00180015", "0020000D", "0020000E", "00200011",
+                            "00201209"})
+INSTANCE_DEFAULT = frozenset({"00080016", "00080018", "00080060", "00081190", "0020000D", "0020000E", "00200013",
+                              "00280008", "00280010", "00280011"})
 
 
 # --- QIDO matching ----------------------------------------------------------------------------
@@ -141,6 +185,46 @@ def _wildcard(value: str) -> str | None:
 def _match(qs: QuerySet, field: str, value: str) -> QuerySet:
     pattern = _wildcard(value)
     return qs.filter(**{f"{field}__iregex": pattern}) if pattern else qs.filter(**{field: value})
+
+
+def _fuzzy(value: str) -> bool:
+    return value.strip().lower() == "true"
+
+
+def _match_person_name(qs: QuerySet, field: str, value: str, *, fuzzy: bool) -> QuerySet:
+    """PN matching (PS3.4 C.2.2.2.1). With fuzzymatching=true and no wildcard: case-insensitive, each
+    component given a prefix of the stored one's, and a single word may match any component's start
+    ("smi" finds "SMITH^JOHN" and "JOHN SMITH"). Otherwise as any other string."""
+    if not fuzzy or _wildcard(value) is not None:
+        return _match(qs, field, value)
+    components = value.split("^")
+    if len(components) == 1:
+        pattern = r"(^|[\^ =])" + re.escape(value)
+    else:
+        pattern = "^" + r"[^^=]*\^".join(re.escape(c) for c in components)
+    return qs.filter(**{f"{field}__iregex": pattern})
+
+
+def _included(request) -> tuple[bool, frozenset[str], list[str]]:
+    """What includefield asks for (PS3.18 8.3.4.3: keywords or tags, comma-separated or repeated):
+    whether it says "all", the tags it names, and the names that are neither."""
+    everything, tags, unknown = False, set(), []
+    for value in request.query_params.getlist("includefield"):
+        for name in filter(None, (v.strip() for v in value.split(","))):
+            if name.lower() == "all":
+                everything = True
+            elif TAG_RE.match(name):
+                tags.add(name.upper())
+            elif (tag := tag_for_keyword(name)) is not None:
+                tags.add(f"{tag:08X}")
+            else:
+                unknown.append(name)
+    return everything, frozenset(tags), unknown
+
+
+def _shaped(attrs: dict, default: frozenset[str], included: tuple[bool, frozenset[str], list[str]]) -> dict:
+    everything, tags, _ = included
+    return attrs if everything else {tag: v for tag, v in attrs.items() if tag in default or tag in tags}
 
 
 def _uid_list(value: str) -> list[str]:
@@ -189,17 +273,26 @@ def _paged(request, qs: QuerySet) -> QuerySet:
 _HEADER_SAFE_KEY = re.compile(r"[A-Za-z0-9.]{1,64}")
 
 
-def _qido_response(items: list[dict], unsupported: list[str]) -> HttpResponse:
+def _listed(keys: list[str]) -> str:
+    # A header carries only what a header may: a query key is client input, so only keys shaped like
+    # a DICOM keyword or tag (letters, digits, dots) are named, the rest counted. Echoing a key with a
+    # newline or control character in it made the response unsendable (a 500, or a dropped connection).
+    named = [key for key in keys if _HEADER_SAFE_KEY.fullmatch(key)]
+    others = len(keys) - len(named)
+    return ", ".join(named) + (", " if named and others else "") + (
+        f"{others} other parameter{'s' if others != 1 else ''}" if others else "")
+
+
+def _qido_response(items: list[dict], unsupported: list[str], unknown_fields: list[str] = ()) -> HttpResponse:
     response = JsonResponse(items, safe=False, content_type=DICOM_JSON)
+    warnings = []
     if unsupported:
-        # A header carries only what a header may: a query key is client input, so only keys shaped like
-        # a DICOM keyword or tag (letters, digits, dots) are named, the rest counted. Echoing a key with a
-        # newline or control character in it made the response unsendable (a 500, or a dropped connection).
-        named = [key for key in unsupported if _HEADER_SAFE_KEY.fullmatch(key)]
-        others = len(unsupported) - len(named)
-        listed = ", ".join(named) + (", " if named and others else "") + (
-            f"{others} other parameter{'s' if others != 1 else ''}" if others else "")
-        response["Warning"] = f"299 radqueue \"The following attributes are not supported for matching: {listed}\""
+        warnings.append(f"299 radqueue \"The following attributes are not supported for matching: "
+                        f"{_listed(unsupported)}\"")
+    if unknown_fields:
+        warnings.append(f"299 radqueue \"includefield names unknown attributes: {_listed(list(unknown_fields))}\"")
+    if warnings:
+        response["Warning"] = ", ".join(warnings)  # one field, comma-separated (RFC 7234 5.5)
     if not items:
         response.status_code = 200
     return response
@@ -252,7 +345,12 @@ class DicomwebView(AuditedViewMixin, APIView):
 
 QIDO_PARAMS = [
     OpenApiParameter("limit", int), OpenApiParameter("offset", int),
-    OpenApiParameter("includefield", str, description="Accepted; every indexed attribute is returned."),
+    OpenApiParameter("includefield", str, description=(
+        "Attributes to return beyond the level's defaults, by keyword or tag (comma-separated or repeated), or "
+        "`all` for every attribute the index holds (a series or instance query includes the study's and series')."
+        " Unknown keywords are named in a Warning header.")),
+    OpenApiParameter("fuzzymatching", bool, description=(
+        "`true`: PatientName matches case-insensitively by the prefix of each name component.")),
 ]
 
 # What the OpenAPI schema says DICOMweb answers: PS3.18's media types for what succeeds, the API's JSON
@@ -300,7 +398,10 @@ class StudiesView(DicomwebView):
         matches, unsupported = _query_params(request)
         qs = selectors.studies_visible_to(request.user).order_by("id")
         for keyword, value in matches.items():
-            if keyword in ("PatientID", "PatientName"):
+            if keyword == "PatientName":
+                qs = _match_person_name(qs, "patient_pseudonym", value,
+                                        fuzzy=_fuzzy(request.query_params.get("fuzzymatching", "")))
+            elif keyword == "PatientID":
                 qs = _match(qs, "patient_pseudonym", value)
             elif keyword == "StudyDate":
                 qs = _date_range(qs, "study_date", value)
@@ -319,8 +420,9 @@ class StudiesView(DicomwebView):
                     qs = qs.none()  # accession numbers are removed by de-identification
             else:
                 unsupported.append(keyword)
-        base = _base_url(request)
-        return _qido_response([study_json(s, base) for s in _paged(request, qs)], unsupported)
+        base, included = _base_url(request), _included(request)
+        return _qido_response([_shaped(study_json(s, base), STUDY_DEFAULT, included) for s in _paged(request, qs)],
+                              unsupported, included[2])
 
     @extend_schema(
         summary="STOW-RS: store instances", operation_id="stow_store_instances",
@@ -410,8 +512,10 @@ class SeriesSearchView(DicomwebView):
                 qs = _match(qs, "body_part", value)
             elif keyword != "StudyInstanceUID":
                 unsupported.append(keyword)
-        base = _base_url(request)
-        return _qido_response([series_json(s, base) for s in _paged(request, qs)], unsupported)
+        base, included = _base_url(request), _included(request)
+        study_attrs = study_json(study_obj, base)
+        return _qido_response([_shaped({**study_attrs, **series_json(s, base)}, SERIES_DEFAULT, included)
+                               for s in _paged(request, qs)], unsupported, included[2])
 
 
 class InstanceSearchView(DicomwebView):
@@ -433,43 +537,35 @@ class InstanceSearchView(DicomwebView):
                 qs = qs.filter(instance_number=value) if value.lstrip("-").isdigit() else qs.none()
             elif keyword not in ("StudyInstanceUID", "SeriesInstanceUID"):
                 unsupported.append(keyword)
-        base = _base_url(request)
-        return _qido_response([instance_json(i, base) for i in _paged(request, qs)], unsupported)
+        base, included = _base_url(request), _included(request)
+        higher = {**study_json(series_obj.study, base), **series_json(series_obj, base)}
+        return _qido_response([_shaped({**higher, **instance_json(i, base)}, INSTANCE_DEFAULT, included)
+                               for i in _paged(request, qs)], unsupported, included[2])
 
 
 # --- WADO-RS ---------------------------------------------------------------------------------
 
-def _accepts(request, media: str, *, default_ok: bool = True) -> bool:
-    """Whether the Accept header admits ``media`` (as a part type of multipart/related or bare)."""
-    accept = request.META.get("HTTP_ACCEPT", "")
-    if not accept.strip():
-        return default_ok
-    for option in accept.split(","):
-        option = option.strip().lower()
-        kind = option.split(";")[0].strip()
-        if kind in ("*/*", media, "multipart/*"):
-            return True
-        if kind == "multipart/related":
-            match = re.search(r'type\s*=\s*"?([^";]+)"?', option)
-            part = match.group(1).strip() if match else media
-            if part in (media, "*/*"):
-                return True
-    return False
+def _accept_header(request) -> str:
+    # PS3.18 8.3.3.1: an ``accept`` query parameter stands for the header (a browser's <img> cannot
+    # set one: OHIF's thumbnailDirect asks ``.../thumbnail?accept=image/jpeg``).
+    return request.query_params.get("accept") or request.META.get("HTTP_ACCEPT", "")
 
 
-def _multipart(parts: Iterable[tuple[str, bytes]], part_type: str) -> StreamingHttpResponse:
+def multipart_related(parts: Iterable[tuple[str, str, bytes]], media: str) -> StreamingHttpResponse:
+    """A ``multipart/related; type="<media>"`` response (PS3.18 8.7.1.2) streamed from ``(content
+    type, content location, bytes)`` parts: each part's Content-Type carries its own parameters
+    (``transfer-syntax=``), the message's ``type`` names the parts' media type."""
     boundary = secrets.token_hex(16)
 
     def body() -> Iterator[bytes]:
-        for content_location, data in parts:
-            yield (f"--{boundary}\r\nContent-Type: {part_type}\r\n"
+        for content_type, content_location, data in parts:
+            yield (f"--{boundary}\r\nContent-Type: {content_type}\r\n"
                    f"Content-Location: {content_location}\r\n\r\n").encode()
             yield data
             yield b"\r\n"
         yield f"--{boundary}--\r\n".encode()
 
-    response = StreamingHttpResponse(body(), content_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
-    return response
+    return StreamingHttpResponse(body(), content_type=f'multipart/related; type="{media}"; boundary={boundary}')
 
 
 def _instance_bytes(instance: Instance) -> bytes:
@@ -477,21 +573,31 @@ def _instance_bytes(instance: Instance) -> bytes:
     return zero_preamble(get_store().read_bytes(instance.storage_name))
 
 
-def _dicom_parts(instances: Iterable[Instance], base: str) -> Iterator[tuple[str, bytes]]:
+def instance_url(base: str, instance: Instance) -> str:
+    series = instance.series
+    return f"{base}/studies/{series.study.study_uid}/series/{series.series_uid}/instances/{instance.sop_instance_uid}"
+
+
+def _dicom_parts(instances: Iterable[Instance], base: str) -> Iterator[tuple[str, str, bytes]]:
     for instance in instances:
-        series = instance.series
-        yield (f"{base}/studies/{series.study.study_uid}/series/{series.series_uid}/instances/"
-               f"{instance.sop_instance_uid}", _instance_bytes(instance))
+        yield (f"application/dicom; transfer-syntax={instance.transfer_syntax_uid}", instance_url(base, instance),
+               _instance_bytes(instance))
 
 
 class RetrieveMixin:
     def retrieve(self, request, instances: QuerySet[Instance]) -> StreamingHttpResponse:
+        """The instances as stored, one application/dicom part each; 406, before anything is sent,
+        when the Accept header does not admit the stored syntax of every one of them."""
         self.audit_verb = "download"
-        if not _accepts(request, "application/dicom"):
-            raise NotAcceptable('Only multipart/related; type="application/dicom" is offered here.')
+        header = _accept_header(request)
+        stored = instances.order_by().values_list("transfer_syntax_uid", flat=True).distinct()
+        if not negotiation.admits(header, "application/dicom") or any(
+                negotiation.instance_encoding(header, syntax) is None for syntax in stored):
+            raise NotAcceptable('Instances are offered as multipart/related; type="application/dicom" in the '
+                                "transfer syntax they are stored in (transfer-syntax=* admits it).")
         base = _base_url(request)
-        return _multipart(_dicom_parts(instances.order_by("instance_number", "id").iterator(), base),
-                          "application/dicom")
+        return multipart_related(_dicom_parts(instances.order_by("instance_number", "id").iterator(), base),
+                                 "application/dicom")
 
     def metadata(self, request, instances: QuerySet[Instance]) -> HttpResponse:
         self.audit_verb = "view"
@@ -501,9 +607,7 @@ class RetrieveMixin:
 
 
 def _metadata_of(instance: Instance, base: str) -> dict:
-    series = instance.series
-    url = (f"{base}/studies/{series.study.study_uid}/series/{series.series_uid}/instances/"
-           f"{instance.sop_instance_uid}")
+    url = instance_url(base, instance)
     with get_store().open(instance.storage_name) as reader:
         ds = pydicom.dcmread(reader, stop_before_pixels=True)
 
@@ -514,6 +618,7 @@ def _metadata_of(instance: Instance, base: str) -> dict:
     if instance.rows:
         frames = ",".join(str(i + 1) for i in range(instance.frames))
         data["7FE00010"] = {"vr": "OW", "BulkDataURI": f"{url}/frames/{frames}"}
+    data["00083002"] = _attr("UI", instance.transfer_syntax_uid)  # Available Transfer Syntax UID
     return data
 
 
@@ -625,22 +730,56 @@ def stored_frames(instance: Instance, numbers: list[int]) -> list[bytes]:
     return native_frames(_load(instance), numbers)
 
 
+def encoded_frames(instance: Instance, numbers: list[int]) -> list[bytes]:
+    """The given 1-based frames of encapsulated (compressed) pixel data as stored, undecoded: each
+    frame's fragments joined (PS3.5 A.4), found by the Basic or Extended Offset Table or, without
+    either, by the frame count. Only the pixel data value is read from the object, not its dataset
+    decoded whole."""
+    with get_store().open(instance.storage_name) as reader:
+        part = part10.read(reader)
+        ds, pixels = part.ds, part.pixels
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+        offsets = None
+        if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+            offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+        if part.streamed and pixels is not None and pixels.tag == part10.PIXEL_DATA and pixels.encapsulated:
+            reader.seek(pixels.value_start)
+            value = reader.read(pixels.value_length)
+        else:
+            value = None
+    if value is None:
+        value = _load(instance).PixelData
+    return [get_frame(value, n - 1, number_of_frames=count, extended_offsets=offsets) for n in numbers]
+
+
+FRAMES_DESCRIPTION = (
+    "One part per frame asked for, in the order asked, each Content-Type naming its transfer syntax "
+    "(`application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1` for native little-endian bytes). "
+    "Compressed pixel data comes as stored when the Accept header admits it (`transfer-syntax=*`, the stored "
+    "syntax named, or its media type such as `image/jp2`), else decoded to explicit VR little endian.")
+
+
 class FramesView(DicomwebView):
-    @extend_schema(summary="WADO-RS: frames (uncompressed application/octet-stream)",
-                   responses={(200, MULTIPART_OCTETS): OpenApiResponse(OpenApiTypes.BINARY, description=(
-                       "One application/octet-stream part per frame asked for, in the order asked: its native "
-                       "(uncompressed, little-endian) pixel bytes.")), **NOT_ACCEPTABLE})
+    @extend_schema(summary="WADO-RS: frames",
+                   responses={(200, MULTIPART_OCTETS): OpenApiResponse(OpenApiTypes.BINARY,
+                                                                        description=FRAMES_DESCRIPTION),
+                              **NOT_ACCEPTABLE})
     def get(self, request, study, series, instance, frames):
         self.audit_verb = "download"
-        if not _accepts(request, "application/octet-stream"):
-            raise NotAcceptable('Frames are offered as multipart/related; type="application/octet-stream".')
         obj = self.instance_of(self.series_of(self.study(study), series), instance)
         if not obj.rows:
             raise NotFound("This instance has no pixel data.")
+        encoding = negotiation.frame_encoding(_accept_header(request), obj.transfer_syntax_uid)
+        if encoding is None:
+            raise NotAcceptable('Frames are offered as multipart/related; type="application/octet-stream" '
+                                f"(transfer-syntax={negotiation.EXPLICIT_VR_LITTLE_ENDIAN}, or * for the stored "
+                                f"{obj.transfer_syntax_uid}).")
+        media, syntax = encoding
         numbers = _frame_numbers(frames, obj.frames)
-        data = stored_frames(obj, numbers)
-        url = request.build_absolute_uri(request.path)
-        return _multipart(((f"{url}#{n}", d) for n, d in zip(numbers, data, strict=True)), "application/octet-stream")
+        as_stored = syntax == obj.transfer_syntax_uid and syntax in negotiation.COMPRESSED_MEDIA
+        data = encoded_frames(obj, numbers) if as_stored else stored_frames(obj, numbers)
+        url, content_type = public_url(request, request.path_info), f"{media}; transfer-syntax={syntax}"
+        return multipart_related(((content_type, f"{url}#{n}", d) for n, d in zip(numbers, data, strict=True)), media)
 
 
 class BulkDataView(DicomwebView):
@@ -656,7 +795,8 @@ class BulkDataView(DicomwebView):
         except (KeyError, ValueError):
             raise NotFound("No such attribute.") from None
         value = elem.value if isinstance(elem.value, bytes) else str(elem.value).encode()
-        return _multipart([(request.build_absolute_uri(request.path), value)], "application/octet-stream")
+        return multipart_related([(negotiation.OCTET_STREAM, public_url(request, request.path_info), value)],
+                                 negotiation.OCTET_STREAM)
 
 
 def render_jpeg(ds: pydicom.Dataset, *, frame: int = 1, size: int | None = None, window=None) -> bytes:
@@ -693,43 +833,81 @@ def render_jpeg(ds: pydicom.Dataset, *, frame: int = 1, size: int | None = None,
     return out.getvalue()
 
 
-class RenderedView(DicomwebView):
-    thumbnail = False
+def _rendered(request, instance: Instance | None, *, size: int | None) -> HttpResponse:
+    """One frame of ``instance`` as image/jpeg, by the request's window and viewport parameters."""
+    if not negotiation.admits(_accept_header(request), "image/jpeg"):
+        raise NotAcceptable("Rendered images are offered as image/jpeg.")
+    if instance is None or not instance.rows:
+        raise NotFound("No pixel data to render here.")
+    window = None
+    if "window" in request.query_params:
+        try:
+            center, width = (float(v) for v in request.query_params["window"].split(",")[:2])
+            window = (center, width)
+        except ValueError:
+            raise DicomwebError("window is center,width", code="bad_query") from None
+    if "viewport" in request.query_params:
+        try:
+            size = max(int(v) for v in request.query_params["viewport"].split(",")[:2])
+        except ValueError:
+            raise DicomwebError("viewport is width,height", code="bad_query") from None
+    return HttpResponse(render_jpeg(_load(instance), size=size, window=window), content_type="image/jpeg")
 
-    @extend_schema(summary="WADO-RS: rendered instance (image/jpeg)",
-                   parameters=[OpenApiParameter("window", str, description="center,width"),
-                               OpenApiParameter("viewport", str, description="width,height")],
-                   responses={(200, "image/jpeg"): OpenApiResponse(OpenApiTypes.BINARY, description=(
-                       "The first frame as an 8-bit JPEG, windowed.")), **NOT_ACCEPTABLE})
+
+THUMBNAIL_SIZE = 128
+RENDER_PARAMS = [OpenApiParameter("window", str, description="center,width"),
+                 OpenApiParameter("viewport", str, description="width,height"),
+                 OpenApiParameter("accept", str, description="Stands for the Accept header (PS3.18 8.3.3.1).")]
+JPEG_RESPONSE = {(200, "image/jpeg"): OpenApiResponse(OpenApiTypes.BINARY, description=(
+    "The first frame as an 8-bit JPEG, windowed (a thumbnail: at most 128 pixels a side unless a viewport "
+    "is given).")), **NOT_ACCEPTABLE}
+
+
+class RenderedView(DicomwebView):
+    @extend_schema(summary="WADO-RS: rendered instance (image/jpeg)", parameters=RENDER_PARAMS,
+                   responses=JPEG_RESPONSE)
     def get(self, request, study, series, instance):
         self.audit_verb = "download"
-        if not _accepts(request, "image/jpeg"):
-            raise NotAcceptable("Rendered images are offered as image/jpeg.")
         obj = self.instance_of(self.series_of(self.study(study), series), instance)
-        if not obj.rows:
-            raise NotFound("This instance has no pixel data.")
-        window = size = None
-        if "window" in request.query_params:
-            try:
-                center, width = (float(v) for v in request.query_params["window"].split(",")[:2])
-                window = (center, width)
-            except ValueError:
-                raise DicomwebError("window is center,width", code="bad_query") from None
-        if self.thumbnail:
-            size = 128
-        if "viewport" in request.query_params:
-            try:
-                size = max(int(v) for v in request.query_params["viewport"].split(",")[:2])
-            except ValueError:
-                raise DicomwebError("viewport is width,height", code="bad_query") from None
-        return HttpResponse(render_jpeg(_load(obj), size=size, window=window), content_type="image/jpeg")
+        return _rendered(request, obj, size=None)
 
 
-class ThumbnailView(RenderedView):
-    thumbnail = True
-
-    @extend_schema(summary="WADO-RS: thumbnail (image/jpeg)",
-                   responses={(200, "image/jpeg"): OpenApiResponse(OpenApiTypes.BINARY, description=(
-                       "The first frame as a JPEG of at most 128 pixels a side.")), **NOT_ACCEPTABLE})
+class ThumbnailView(DicomwebView):
+    @extend_schema(summary="WADO-RS: instance thumbnail (image/jpeg)", parameters=RENDER_PARAMS,
+                   responses=JPEG_RESPONSE)
     def get(self, request, study, series, instance):
-        return super().get(request, study, series, instance)
+        self.audit_verb = "download"
+        obj = self.instance_of(self.series_of(self.study(study), series), instance)
+        return _rendered(request, obj, size=THUMBNAIL_SIZE)
+
+
+def representative_image(instances: QuerySet[Instance]) -> Instance | None:
+    """The image a series' or study's thumbnail shows: the middle one, by series then instance
+    number, of the first series that has images (a CT's first and last slices are often a scout or
+    an edge of the volume)."""
+    images = instances.filter(rows__isnull=False)
+    first = images.order_by("series__number", "series_id").values_list("series_id", flat=True).first()
+    if first is None:
+        return None
+    in_series = images.filter(series_id=first).order_by("instance_number", "id")
+    return in_series[in_series.count() // 2]
+
+
+class SeriesThumbnailView(DicomwebView):
+    @extend_schema(summary="WADO-RS: series thumbnail (image/jpeg)", parameters=RENDER_PARAMS,
+                   responses=JPEG_RESPONSE)
+    def get(self, request, study, series):
+        self.audit_verb = "download"
+        series_obj = self.series_of(self.study(study), series)
+        return _rendered(request, representative_image(self.instances().filter(series=series_obj)),
+                         size=THUMBNAIL_SIZE)
+
+
+class StudyThumbnailView(DicomwebView):
+    @extend_schema(summary="WADO-RS: study thumbnail (image/jpeg)", parameters=RENDER_PARAMS,
+                   responses=JPEG_RESPONSE)
+    def get(self, request, study):
+        self.audit_verb = "download"
+        study_obj = self.study(study)
+        return _rendered(request, representative_image(self.instances().filter(series__study=study_obj)),
+                         size=THUMBNAIL_SIZE)
