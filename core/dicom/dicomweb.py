@@ -733,8 +733,8 @@ def stored_frames(instance: Instance, numbers: list[int]) -> list[bytes]:
 def encoded_frames(instance: Instance, numbers: list[int]) -> list[bytes]:
     """The given 1-based frames of encapsulated (compressed) pixel data as stored, undecoded: each
     frame's fragments joined (PS3.5 A.4), found by the Basic or Extended Offset Table or, without
-    either, by the frame count. Only the pixel data value is read from the object, not its dataset
-    decoded whole."""
+    either, by walking the item headers. Only those items are read (and their chunks decrypted),
+    not the whole pixel data, nor the dataset decoded."""
     with get_store().open(instance.storage_name) as reader:
         part = part10.read(reader)
         ds, pixels = part.ds, part.pixels
@@ -743,12 +743,12 @@ def encoded_frames(instance: Instance, numbers: list[int]) -> list[bytes]:
         if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
             offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
         if part.streamed and pixels is not None and pixels.tag == part10.PIXEL_DATA and pixels.encapsulated:
-            reader.seek(pixels.value_start)
-            value = reader.read(pixels.value_length)
-        else:
-            value = None
-    if value is None:
-        value = _load(instance).PixelData
+            out = []
+            for n in numbers:
+                reader.seek(pixels.value_start)  # get_frame reads from where the offset table starts
+                out.append(get_frame(reader, n - 1, number_of_frames=count, extended_offsets=offsets))
+            return out
+    value = _load(instance).PixelData
     return [get_frame(value, n - 1, number_of_frames=count, extended_offsets=offsets) for n in numbers]
 
 
@@ -769,15 +769,28 @@ class FramesView(DicomwebView):
         obj = self.instance_of(self.series_of(self.study(study), series), instance)
         if not obj.rows:
             raise NotFound("This instance has no pixel data.")
-        encoding = negotiation.frame_encoding(_accept_header(request), obj.transfer_syntax_uid)
-        if encoding is None:
-            raise NotAcceptable('Frames are offered as multipart/related; type="application/octet-stream" '
+        header = _accept_header(request)
+        encoding = negotiation.frame_encoding(header, obj.transfer_syntax_uid)
+        refusal = NotAcceptable('Frames are offered as multipart/related; type="application/octet-stream" '
                                 f"(transfer-syntax={negotiation.EXPLICIT_VR_LITTLE_ENDIAN}, or * for the stored "
                                 f"{obj.transfer_syntax_uid}).")
+        if encoding is None:
+            raise refusal
         media, syntax = encoding
         numbers = _frame_numbers(frames, obj.frames)
-        as_stored = syntax == obj.transfer_syntax_uid and syntax in negotiation.COMPRESSED_MEDIA
-        data = encoded_frames(obj, numbers) if as_stored else stored_frames(obj, numbers)
+        data = None
+        if syntax == obj.transfer_syntax_uid and syntax in negotiation.COMPRESSED_MEDIA:
+            try:
+                data = encoded_frames(obj, numbers)
+            except ValueError:
+                # Several fragments a frame and no offset table: the frames cannot be told apart
+                # undecoded (PS3.5 A.4), so they are sent decoded where the header admits that.
+                encoding = negotiation.frame_encoding(header, negotiation.EXPLICIT_VR_LITTLE_ENDIAN)
+                if encoding is None:
+                    raise refusal from None
+                media, syntax = encoding
+        if data is None:
+            data = stored_frames(obj, numbers)
         url, content_type = public_url(request, request.path_info), f"{media}; transfer-syntax={syntax}"
         return multipart_related(((content_type, f"{url}#{n}", d) for n, d in zip(numbers, data, strict=True)), media)
 
