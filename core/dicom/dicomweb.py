@@ -283,14 +283,14 @@ def _listed(keys: list[str]) -> str:
         f"{others} other parameter{'s' if others != 1 else ''}" if others else "")
 
 
-def _qido_response(items: list[dict], unsupported: list[str], unknown_fields: list[str] = ()) -> HttpResponse:
+def _qido_response(items: list[dict], unsupported: list[str], unknown_fields: list[str] | None = None) -> HttpResponse:
     response = JsonResponse(items, safe=False, content_type=DICOM_JSON)
     warnings = []
     if unsupported:
         warnings.append(f"299 radqueue \"The following attributes are not supported for matching: "
                         f"{_listed(unsupported)}\"")
     if unknown_fields:
-        warnings.append(f"299 radqueue \"includefield names unknown attributes: {_listed(list(unknown_fields))}\"")
+        warnings.append(f"299 radqueue \"includefield names unknown attributes: {_listed(unknown_fields)}\"")
     if warnings:
         response["Warning"] = ", ".join(warnings)  # one field, comma-separated (RFC 7234 5.5)
     if not items:
