@@ -267,6 +267,8 @@ def _paged(request, qs: QuerySet) -> QuerySet:
         raise DicomwebError("limit and offset must be whole numbers", code="bad_query") from None
     if offset < 0 or limit < 0:
         raise DicomwebError("limit and offset must not be negative", code="bad_query")
+    if offset >= 2**62:
+        return qs.none()  # past any table's rows, and past what PostgreSQL's OFFSET takes (a bigint)
     return qs[offset:offset + min(limit, 5000)]
 
 
