@@ -285,16 +285,15 @@ _STAND_IN = {name: f"{name}-{uuid.uuid4().hex}" for name in ("actor_roles", "act
 
 @dataclass
 class EmbeddedEvent:
-    sql: str  # CTEs audit_roles (when roles are looked up), audit_head and audit_event; %s::type placeholders
-    args: list
+    sql: str  # CTEs audit_roles (when roles are looked up), audit_head and audit_event
+    args: dict  # by placeholder name (%(audit_<name>)s::type)
     shard: int
 
-    def will_append(self) -> tuple[str, list]:
-        """An SQL condition (and its arguments) that holds when the append will write its row: the
-        shard's chain head exists. A statement that must not change anything unless its event is
-        appended with it puts this in its own WHERE."""
-        return (f"EXISTS (SELECT 1 FROM {AuditChainHead._meta.db_table} WHERE shard = %s::smallint)",
-                [self.shard])
+
+# An SQL condition that holds when an embedded event will be appended: its shard's chain head
+# exists. A statement that must not change anything unless its event goes in with it puts this in
+# its own WHERE (with the event's arguments, which name the shard).
+HEAD_EXISTS = "EXISTS (SELECT 1 FROM audit_auditchainhead WHERE shard = %(audit_shard)s::smallint)"
 
 
 def embedded_event(action: str, *, after: str, actor=None, project_id=None, obj=None, object_type: str = "",
@@ -313,13 +312,16 @@ def embedded_event(action: str, *, after: str, actor=None, project_id=None, obj=
     if not is_enabled():
         return None
     sql_fields, sql_extra = from_statement or {}, extra_from_statement or {}
-    assert set(sql_fields) <= {"object_id", "study_uid", "protocol_version"}, sql_fields
+    assert set(sql_fields) <= {"object_id", "study_uid", "protocol_version", "project_id", "actor_roles",
+                               "actor_tier"}, sql_fields
+    # Roles come from the statement together or not at all (then they are known or looked up).
+    assert ("actor_roles" in sql_fields) == ("actor_tier" in sql_fields), sql_fields
     actor, project_id, roles, values = _event_values(
         db, action, actor=actor, project=None, project_id=project_id, obj=obj, object_type=object_type,
         object_id=object_id, study_uid=study_uid, protocol_version=protocol_version,
         outcome=AuditEvent.Outcome.ALLOWED, reason="", extra=extra, roles=None)
     shard = _shard_for_writer()
-    lookup = roles is None
+    lookup = roles is None and "actor_roles" not in sql_fields
     names = [*(("actor_roles", "actor_tier") if lookup else ()), "prev_hash", "seq", *sql_fields,
              *(f"extra.{key}" for key in sql_extra)]
     hashed = {**values, "shard": shard, **{name: _stand_in(name) for name in names if "." not in name},
@@ -333,7 +335,7 @@ def embedded_event(action: str, *, after: str, actor=None, project_id=None, obj=
                 **{f"piece{i}": piece for i, piece in enumerate(pieces)})
     if lookup:
         args["superuser_fallback"] = "superuser" if actor.is_superuser else ""
-    return EmbeddedEvent(sql, [args[name] for name in arg_names], shard)
+    return EmbeddedEvent(sql, {f"audit_{name}": args[name] for name in arg_names}, shard)
 
 
 def _stand_in(name: str) -> str:
@@ -343,8 +345,8 @@ def _stand_in(name: str) -> str:
 @functools.cache
 def _append_statement(lookup_roles: bool, after: str | None, holes: tuple[str, ...], sql_fields: tuple = (),
                       sql_extra: tuple = ()) -> tuple[str, tuple[str, ...]]:
-    """(the append's CTEs, the argument names in placeholder order), with typed ``%s``
-    placeholders: audit_roles (when roles are looked up), audit_head and audit_event, which
+    """(the append's CTEs, the names of their arguments), with typed placeholders named
+    ``%(audit_<name>)s``: audit_roles (when roles are looked up), audit_head and audit_event, which
     returns the stored event's id, seq, prev_hash, hash and roles. ``holes``: the stand-in fields
     in the order their values appear in the hashed text. ``after``: the caller's CTE the head's
     UPDATE reads (embedded_event), or None for the stand-alone append."""
@@ -352,8 +354,9 @@ def _append_statement(lookup_roles: bool, after: str | None, holes: tuple[str, .
     names: list[str] = []
 
     def arg(name: str, kind: str) -> str:
-        names.append(name)
-        return f"%s::{kind}"
+        if name not in names:
+            names.append(name)
+        return f"%(audit_{name})s::{kind}"
 
     roles_cte = ""
     if lookup_roles:
@@ -372,8 +375,9 @@ def _append_statement(lookup_roles: bool, after: str | None, holes: tuple[str, .
     encoded = {"actor_roles": "to_json(audit_roles.names)::text",
                "actor_tier": "coalesce(audit_roles.tier::text, 'null')",
                "prev_hash": "to_json(prev.hash)::text", "seq": "(prev.seq + 1)::text",
-               **{name: f"to_json({expr})::text" for name, expr in sql_fields},
-               **{f"extra.{key}": f"to_json({expr})::text" for key, expr in sql_extra}}
+               # to_json of NULL is NULL, which would make the whole text NULL; json.dumps(None) is null.
+               **{name: f"coalesce(to_json({expr})::text, 'null')" for name, expr in sql_fields},
+               **{f"extra.{key}": f"coalesce(to_json({expr})::text, 'null')" for key, expr in sql_extra}}
     text = arg("piece0", "text") + "".join(f" || {encoded[hole]} || {arg(f'piece{i + 1}', 'text')}"
                                            for i, hole in enumerate(holes))
     sources = [*(["audit_roles"] if lookup_roles else []), *([after] if after else [])]
@@ -386,7 +390,7 @@ def _append_statement(lookup_roles: bool, after: str | None, holes: tuple[str, .
     WHERE prev.shard = {arg("shard", "smallint")}
     RETURNING {", ".join(returned)}
 ), """
-    shard = arg("shard", "smallint")  # placeholders are numbered in the order of the text
+    shard = arg("shard", "smallint")
     from_statement = dict(sql_fields)
     selected = []
     for name, kind in _PG_VALUE_ARGS:
@@ -444,7 +448,7 @@ def _append_postgresql(db, shard: int, values: dict, lookup: tuple | None) -> Au
     with db.cursor() as cursor:
         name = "radqueue_audit_append_roles" if lookup is not None else "radqueue_audit_append"
         prepared.execute_prepared(cursor, name, f"WITH {ctes}\nSELECT * FROM audit_event",
-                              [args[n] for n in arg_names])
+                                  {f"audit_{n}": args[n] for n in arg_names})
         row = cursor.fetchone()
     if row is None:
         return None

@@ -10,10 +10,10 @@ queue, study and audit tables. One run, one database, in this order:
 1. Seed: 1,000,000 tasks with k = 2 (--quick: 20,000), i.e. 2,000,000 queue slots, one project,
    one protocol version, 32 annotators with memberships (object permissions) and knox tokens.
    Rows go in with INSERT ... SELECT generate_series, then VACUUM ANALYZE.
-2. Raw SQL: pgbench, 8 connections, drives the claim statement of tasks.queue (built by
-   tasks.queue.claim_statement for a reader's eligibility; the reader id and the clock become
-   pgbench's :reader and now()) inside the app's transaction: BEGIN; pg_advisory_xact_lock;
-   claim; COMMIT. Simple query protocol, as psycopg2 sends it; client n is reader n. For context
+2. Raw SQL: pgbench, 8 connections, drives the claim statement of tasks.queue (tasks/sql/claim.sql
+   with tasks.queue.claim_statement's arguments, without the audit event; the reader id and the
+   clock become pgbench's :reader and now()) inside the app's transaction: BEGIN;
+   pg_advisory_xact_lock; claim; COMMIT. Simple query protocol, as psycopg2 sends it; client n is reader n. For context
    also the bare UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1), one per
    transaction. The queue is reset to fresh after each (freed slots, no reads, tasks queued).
    Where the server runs with autovacuum off (as here), the tables claims write are vacuumed and
@@ -52,6 +52,11 @@ queue, study and audit tables. One run, one database, in this order:
    drift cancels, and short alternations follow a swing more closely); overhead is (off - on) / off
    over the mean claims/s of each mode (audit_overhead_pct), with each adjacent off/on pair's and
    their median (audit_overhead_median_pair_pct) printed for the spread.
+
+6. --compare-with DIR: 8 readers that only claim, against a server from this checkout and one
+   from DIR (another checkout of radqueue on the same schema, e.g. `git worktree add` of an
+   earlier commit), started together, in ABBA order as in 4. Printed: compare_claims_per_s_this,
+   compare_claims_per_s_other, compare_ratio and compare_median_pair.
 
 Exactness, read back from the database after every HTTP phase (all must be 0): double handouts
 (a read id returned to two claims or to a reader who does not hold it in the database; a reader
@@ -255,31 +260,25 @@ def exactness(project, handed: dict[int, int], acked: set[int]) -> dict:
 # --- raw SQL with pgbench ----------------------------------------------------------------------
 
 def claim_statement(project, reader) -> str:
-    """tasks.queue's claim statement for ``reader``'s eligibility, with :reader and now() for pgbench."""
+    """tasks.queue's claim statement (without its audit event) on ``project``, with :reader and
+    now() for pgbench; the other arguments as the API's claim gives them."""
     from django.db import connection
     from django.utils import timezone
 
-    from core.models import Project
     from tasks import queue
-    from tasks.routing import eligibility
 
-    rules = eligibility(reader, Project.objects.filter(pk=project.pk))
-    assert len(rules) == 1, rules
-    leases = {r.project_id: r.lease_seconds for r in rules}
-    stand_in_reader, stand_in_now = object(), timezone.now()
-    sql, args = queue.claim_statement(stand_in_reader, rules, leases, stand_in_now)
-    pieces = sql.split("%s")
-    assert len(pieces) == len(args) + 1 and "%" not in "".join(pieces), "unexpected placeholders"
-    text = pieces[0]
+    sql, args = queue.claim_statement(reader.pk, timezone.now(), project_id=project.pk)
     with connection.cursor() as cursor:
-        for arg, piece in zip(args, pieces[1:], strict=True):
-            if arg is stand_in_reader:
-                value = ":reader"
-            elif arg is stand_in_now:
-                value = "now()"
-            else:
-                value = cursor.mogrify("%s", [arg]).decode()
-            text += value + piece
+        def value(match) -> str:
+            name = match.group(1)
+            if name == "reader":
+                return ":reader"
+            if name == "now":
+                return "now()"
+            return cursor.mogrify("%s", [args[name]]).decode()
+
+        text = re.sub(r"%\((\w+)\)s", value, sql)
+    assert "%" not in text, "unexpected placeholders"
     return text.strip()
 
 
@@ -393,10 +392,11 @@ def warm_up(port: int, connections: int = 16) -> None:
 
 @contextmanager
 def running_server(audit: bool, interface: str = "gunicorn", workers: int = 4, settings: str = "core.settings",
-                   **more_env: str):
+                   root: Path = ROOT, **more_env: str):
     """gunicorn (sync workers, core.wsgi) or uvicorn (core.asgi, or core.wsgi through its WSGI
     adapter) with ``workers`` processes on a free port; yields a Server whose log collects the
-    workers' output. ``settings``: bench.bare_drf serves the bare DRF peer instead of the API."""
+    workers' output. ``settings``: bench.bare_drf serves the bare DRF peer instead of the API;
+    ``root``: the checkout whose code it serves (--compare-with)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DJANGO_SETTINGS_MODULE")}
     # Under ASGI every request runs in a fresh thread context and so opens its own connection;
@@ -420,7 +420,7 @@ def running_server(audit: bool, interface: str = "gunicorn", workers: int = 4, s
                    "--interface", "asgi3" if interface == "asgi" else "wsgi", "--workers", str(workers),
                    "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
     with tempfile.NamedTemporaryFile("w+", prefix="claims-server-", suffix=".log") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         try:
             deadline = time.monotonic() + 60
@@ -779,6 +779,40 @@ def audit_overhead(tokens, readers, project, interface: str, warmup_s: float, se
             phases, errors)
 
 
+def code_comparison(other: Path, tokens, readers, project, workers: int, warmup_s: float, seconds: float,
+                    rounds: int) -> tuple[dict, list[Phase], dict[str, int]]:
+    """Claims only, 8 readers, audit on: this checkout's claim path against another checkout's
+    (``other``, e.g. a git worktree of an earlier commit, on the same database schema), two servers
+    started together, in ABBA order, every held slot freed before each phase; (figures, this
+    checkout's phases, both servers' errors)."""
+    print(f"claims only, 8 readers: this checkout vs {other}, alternating between two new servers:")
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    these: list[Phase] = []
+    errors: dict[str, int] = {}
+    with running_server(audit=True, workers=workers, root=other) as other_server, \
+            running_server(audit=True, workers=workers) as this_server:
+        for round_ in range(rounds):
+            for this in ((False, True) if round_ % 2 == 0 else (True, False)):
+                free_claims(project)
+                phase = run_phase(this_server if this else other_server, tokens, readers, 8, warmup_s, seconds,
+                                  project, "this checkout " if this else "other checkout", submit=False)
+                rates[this].append(phase.claims_per_s)
+                if this:
+                    these.append(phase)
+        for server in (other_server, this_server):
+            for line, count in server.errors().items():
+                errors[line] = errors.get(line, 0) + count
+    free_claims(project)
+    before, after = (sum(rates[mode]) / len(rates[mode]) for mode in (False, True))
+    pairs = [a / b for b, a in zip(rates[False], rates[True], strict=True) if b]
+    median = statistics.median(pairs) if pairs else math.nan
+    print(f"  this checkout {after:.1f} claims/s, the other {before:.1f}: {after / before:.3f} (by pair "
+          f"{', '.join(f'{p:.2f}' for p in pairs)}, median {median:.2f})")
+    return ({"compare_claims_per_s_this": figure(after), "compare_claims_per_s_other": figure(before),
+             "compare_ratio": figure(after / before if before else math.nan, 3),
+             "compare_median_pair": figure(median, 3)}, these, errors)
+
+
 LABEL_STUDIO_CLAIMS_PER_S = 11.5  # Label Studio 1.23's next-task endpoint, PostgreSQL, 4 gunicorn workers (the issue)
 
 
@@ -855,6 +889,8 @@ def main() -> None:
                              "each, so two per core keep both cores busy while others wait on PostgreSQL).")
     parser.add_argument("--profile", type=int, metavar="N", default=0,
                         help="Also profile N claim requests in this process (DRF test client) at the end.")
+    parser.add_argument("--compare-with", type=Path, metavar="DIR",
+                        help="Also compare claims/s with another checkout's server (same schema), ABBA.")
     args = parser.parse_args()
     if args.quick:
         tasks, raw_s, warmup_s, phase_s, phase32_s, audit_s, audit_rounds, bare_s, bare_rounds = (
@@ -909,6 +945,13 @@ def main() -> None:
                                                                        warmup_s / 2, bare_s, bare_rounds)
         result.update(compared)
         phases += compared_phases
+        if args.compare_with:
+            compared, compare_phases, compare_errors = code_comparison(
+                args.compare_with.resolve(), tokens, readers, project, args.workers, warmup_s / 2, bare_s, bare_rounds)
+            result.update(compared)
+            phases += compare_phases
+            for line, count in compare_errors.items():
+                server_errors[line] = server_errors.get(line, 0) + count
         if args.audit_overhead:
             overhead, audit_phases, audit_errors = audit_overhead(tokens, readers, project, args.server,
                                                                    warmup_s / 2, audit_s, audit_rounds, args.workers)

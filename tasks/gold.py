@@ -18,7 +18,6 @@ read agrees with the reference under the protocol's agreement rules (tasks.conse
   a production read is, with the same answers and events: only its missing slot differs.
 """
 
-import random
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -104,10 +103,6 @@ def claim_check(user: User, project_id: int, kind: str, tier: int, lease_seconds
     now = timezone.now()
     return Read.objects.create(project_id=project_id, task=task, reader=user, tier=tier, claimed_at=now,
                                lease_expires_at=now + timedelta(seconds=lease_seconds), is_check=True)
-
-
-def wants_gold_check(rate: float) -> bool:
-    return rate > 0 and random.random() < rate  # noqa: S311 - sampling, not security
 
 
 def score_against_reference(read: Read) -> float:

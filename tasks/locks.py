@@ -28,7 +28,7 @@ ROW_LOCK = {"of": ("self",), "no_key": True}
 class AdvisoryLock(IntEnum):
     """Classes of two-key transaction-level advisory locks (``pg_advisory_xact_lock(class, key)``).
 
-    A claim on known rules also tries the one-key advisory lock of the task it takes (the task's
+    The one-message claim also tries the one-key advisory lock of the task it takes (the task's
     id, ``pg_try_advisory_xact_lock(task_id)``: tasks.queue's candidates); no other code uses
     one-key advisory locks, whose key space is apart from the two-key ones."""
 

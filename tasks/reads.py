@@ -61,7 +61,7 @@ def _locked_read(read_id, user: User) -> Read | None:
         return None
     models, sql = _locked_read_statement()
     with connection.cursor() as cursor:
-        prepared.execute_prepared(cursor, "radqueue_locked_read", sql, [read_id, user.pk])
+        prepared.execute_prepared(cursor, "radqueue_locked_read", sql, {"read": read_id, "reader": user.pk})
         row = cursor.fetchone()
     if row is None:
         return None
@@ -81,7 +81,7 @@ def _locked_read_statement() -> tuple[tuple, str]:
     return models, f"""SELECT {", ".join(selected)}
         FROM tasks_read r JOIN tasks_task t ON t.id = r.task_id JOIN core_study st ON st.id = t.study_id
         JOIN core_protocolversion pv ON pv.id = t.protocol_version_id
-        WHERE r.id = %s::bigint AND r.reader_id = %s::bigint AND {reader_membership_sql("r")}
+        WHERE r.id = %(read)s::bigint AND r.reader_id = %(reader)s::bigint AND {reader_membership_sql("r")}
         FOR NO KEY UPDATE OF r"""
 
 
@@ -235,8 +235,14 @@ def _submission_update() -> tuple[list, str]:
     return fields, f"UPDATE {Read._meta.db_table} SET {assignments} WHERE id = %s"
 
 
-_COUNTED = ("state, reads_submitted, reads_required, kind, project_id, priority, adjudication_tier, "
-            "adjudication_subspecialty")
+# The row as this UPDATE locked it: what consensus or a new adjudication copies (priority, the
+# adjudication's tier) may have changed since the read was loaded (scoring, a manager).
+_COUNT = ("UPDATE tasks_task SET reads_submitted = reads_submitted + 1 WHERE id = %(task)s::bigint "
+          "RETURNING state, reads_submitted, reads_required, kind, project_id, priority, adjudication_tier, "
+          "adjudication_subspecialty")
+# With the submit's audit event (audit.trail.embedded_event after ``counted``): one statement.
+_COUNT_AND_RECORD = ("WITH counted AS ({count}), {event}\n"
+                     "SELECT counted.*, (SELECT count(*) FROM audit_event) FROM counted")
 
 
 def _count_submission(slot: QueueSlot, task: Task, now, event: EmbeddedEvent | None = None) -> tuple[bool, bool]:
@@ -245,26 +251,22 @@ def _count_submission(slot: QueueSlot, task: Task, now, event: EmbeddedEvent | N
     the task's reads complete, True when ``event`` was appended with the count); ``task`` then
     holds the new state and counts. Plain SQL: the submit path's hottest statements."""
     with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM tasks_queueslot WHERE id = %s", [slot.pk])
-        # The row as this UPDATE locked it: what consensus or a new adjudication copies (priority,
-        # the adjudication's tier) may have changed since the read was loaded (scoring, a manager).
-        count = "UPDATE tasks_task SET reads_submitted = reads_submitted + 1 WHERE id = %s{} RETURNING " + _COUNTED
+        cursor.execute("DELETE FROM tasks_queueslot WHERE id = %(slot)s", {"slot": slot.pk})
         if event is None:
-            cursor.execute(count.format(""), [task.pk])
+            cursor.execute(_COUNT, {"task": task.pk})
             counted, recorded = cursor.fetchone(), False
         else:
             prepared.execute_prepared(cursor, "radqueue_count_submission",
-                                  f"WITH counted AS ({count.format('::bigint')}), {event.sql}\n"
-                                  "SELECT counted.*, (SELECT count(*) FROM audit_event) FROM counted",
-                                  [task.pk, *event.args])
+                                      _COUNT_AND_RECORD.format(count=_COUNT, event=event.sql),
+                                      {"task": task.pk, **event.args})
             *counted, recorded = cursor.fetchone()
         (state, submitted, required, kind, project_id, task.priority, task.adjudication_tier,
          task.adjudication_subspecialty) = counted
         task.state, task.reads_submitted, task.reads_required = state, submitted, required
         if state not in (TaskState.QUEUED, TaskState.IN_READING):
             return False, bool(recorded)
-        cursor.execute("SELECT count(*) FROM tasks_read WHERE task_id = %s AND state = %s",
-                       [task.pk, ReadState.CLAIMED])
+        cursor.execute("SELECT count(*) FROM tasks_read WHERE task_id = %(task)s AND state = %(claimed)s",
+                       {"task": task.pk, "claimed": ReadState.CLAIMED})
         target = task_state_after_reads(submitted=submitted, claimed=cursor.fetchone()[0], required=required)
         if target == state:
             return False, bool(recorded)

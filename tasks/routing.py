@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from django.db import connection
 
-from core.models import Membership
 from core.roles import READER_ROLE_TIERS, Subspecialty, Tier
 from tasks.learning_seam import learning
 
@@ -115,52 +114,25 @@ class Eligibility:
     readers_see_model: bool = False  # not blind-to-model and suggestions on (learning.LearningConfig)
 
 
-def eligibility(user, projects=None, *, claim_lock: tuple[int, int] | None = None) -> list[Eligibility]:
+def eligibility(user, projects=None) -> list[Eligibility]:
     """The reader's eligibility on each of the given projects (project ids, or a queryset of
-    projects; None: every project) where they may claim at all.
-
-    ``claim_lock`` (PostgreSQL, inside a transaction): the same statement also takes that
-    transaction-level advisory lock (tasks.queue's per-reader claim lock), saving a round trip;
-    the lock is held until the transaction ends. Memberships are read from a snapshot taken before
-    the lock is granted, which is harmless: what the lock protects (the open-read count) is read
-    by the next statement, with a new snapshot.
-    """
-    return eligibility_and_digest(user, projects, claim_lock=claim_lock)[0]
-
-
-def eligibility_and_digest(user, projects=None, *, claim_lock: tuple[int, int] | None = None
-                           ) -> tuple[list[Eligibility], str]:
-    """eligibility() and the digest of the rows it was derived from ("" when there are none):
-    ``digest_check`` recomputes it in a later statement, which tells whether the rules still hold
-    without deriving them again (tasks.queue's cached claim rules)."""
+    projects; None: every project) where they may claim at all. The claim itself derives the same
+    in its own statement (tasks/sql/claim.sql); this is for everything else."""
     if projects is not None and not isinstance(projects, list | tuple):
         projects = list(projects.values_list("pk", flat=True))
     if projects is not None and not projects:
-        return [], ""
-    source = _eligibility_source(False, None if projects is None else len(projects), claim_lock is not None)
-    params = _eligibility_params(user.pk, projects, typed=False)
-    digest = ""
-    # Every row carries the digest of them all, computed as digest_check computes it.
-    digest_column = (f", md5(string_agg(ROW({_ELIGIBILITY_ROW})::text, ',') OVER "
-                     f"(ORDER BY m.id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING))")
-    lock = ""
-    if claim_lock is not None:
-        # MATERIALIZED: evaluated exactly once, whatever the join order (when the reader has no
-        # membership at all it may not run: then nothing is claimed and nothing needs locking).
-        lock = "WITH claim_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s, %s))\n"
-        params = [*claim_lock, *params]
-    # Plain SQL: on the claim path the ORM's query building costs more than the query.
-    sql = f"{lock}SELECT {_ELIGIBILITY_ROW}{digest_column} {source} ORDER BY m.id"
+        return []
     by_project: dict[int, list[tuple]] = {}
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_eligibility_text(), {
+            "reader": user.pk, "projects": None if projects is None else [int(p) for p in projects],
+            "reader_roles": [str(role) for role in READER_ROLE_TIERS]})
         for row in cursor.fetchall():
             by_project.setdefault(row[0], []).append(row)
-            digest = row[12]
     result = []
     for project_id, rows in by_project.items():
         (_, _, _, _, _, active, requires_calibration, higher_take_lower, max_open_reads, lease_seconds,
-         gold_rate, readers_see_model) = rows[0][:12]
+         gold_rate, readers_see_model) = rows[0]
         if not active or any(row[3] for row in rows):
             continue
         needs_calibration = bool(requires_calibration) and not any(row[4] for row in rows)
@@ -169,55 +141,24 @@ def eligibility_and_digest(user, projects=None, *, claim_lock: tuple[int, int] |
         subs = tuple(sorted({s for row in rows for s in _json(row[2])}))
         result.append(Eligibility(project_id, tiers, subs, max_open_reads, int(top), lease_seconds,
                                   needs_calibration, gold_rate, bool(readers_see_model)))
-    return result, digest
+    return result
 
 
-def digest_check(user_id: int, projects: list[int] | None) -> tuple[str, list]:
-    """A scalar SQL expression (typed placeholders, for a prepared statement) with the digest
-    eligibility_and_digest returns for the rows as they are when it runs, and its arguments."""
-    return _digest_expression(projects is not None), _eligibility_params(user_id, projects, typed=True)
-
-
-# The columns eligibility is derived from: one text for the query and the digest of its rows.
-_ELIGIBILITY_ROW = ("m.project_id, m.role, m.subspecialties, m.is_suspended, m.calibrated_at IS NOT NULL, "
-                    "p.is_active, p.requires_calibration, p.higher_tiers_take_lower_work, p.max_open_reads, "
-                    "p.lease_seconds, p.gold_rate, "
-                    "COALESCE(lc.suggestions_enabled AND NOT lc.is_blind_to_model, false)")
-
-
-@functools.cache
-def _digest_expression(on_projects: bool) -> str:
-    source = _eligibility_source(True, None if not on_projects else 1)
-    return f"(SELECT coalesce(md5(string_agg(ROW({_ELIGIBILITY_ROW})::text, ',' ORDER BY m.id)), '') {source})"
+# A reader's reader memberships with what their projects say (``projects`` NULL: on every project).
+_ELIGIBILITY = """SELECT m.project_id, m.role, m.subspecialties, m.is_suspended, m.calibrated_at IS NOT NULL,
+       p.is_active, p.requires_calibration, p.higher_tiers_take_lower_work, p.max_open_reads, p.lease_seconds,
+       p.gold_rate, coalesce(lc.suggestions_enabled AND NOT lc.is_blind_to_model, false)
+FROM core_membership m
+JOIN core_project p ON p.id = m.project_id
+LEFT JOIN {learning_config} lc ON lc.project_id = m.project_id
+WHERE m.user_id = %(reader)s AND m.is_active AND m.role = ANY(%(reader_roles)s::text[])
+  AND (%(projects)s::bigint[] IS NULL OR m.project_id = ANY(%(projects)s::bigint[]))
+ORDER BY m.id"""
 
 
 @functools.cache
-def _eligibility_source(typed: bool, projects: int | None, locked: bool = False) -> str:
-    """FROM and WHERE of a reader's reader memberships with their projects: on ``projects`` of them
-    (how many ids follow the user's; typed: one array, whatever the number), or on every project
-    (None); ``locked``: after the CTE claim_lock. Built once per shape (the claim path's hot text)."""
-    memberships = Membership._meta.db_table
-    project_table = Membership._meta.get_field("project").related_model._meta.db_table
-    learning_table = learning().config_relation
-    for role in READER_ROLE_TIERS:
-        assert role.isidentifier(), role  # spliced into the text below as a literal
-    roles = ", ".join(f"'{role}'" for role in READER_ROLE_TIERS)
-    where = ""
-    if projects is not None:
-        where = (" AND m.project_id = ANY(%s::bigint[])" if typed
-                 else f" AND m.project_id IN ({', '.join(['%s'] * projects)})")
-    user = "%s::bigint" if typed else "%s"
-    return (f"FROM {'claim_lock, ' if locked else ''}{memberships} m JOIN {project_table} p ON p.id = m.project_id "
-            f"LEFT JOIN {learning_table} lc ON lc.project_id = m.project_id "
-            f"WHERE m.user_id = {user} AND m.is_active AND m.role IN ({roles}){where}")
-
-
-def _eligibility_params(user_id: int, projects: list[int] | None, *, typed: bool) -> list:
-    """The arguments of _eligibility_source's text, in its order."""
-    if projects is None:
-        return [user_id]
-    ids = [int(p) for p in projects]
-    return [user_id, ids] if typed else [user_id, *ids]
+def _eligibility_text() -> str:
+    return _ELIGIBILITY.format(learning_config=learning().config_relation)
 
 
 def _json(value):

@@ -83,6 +83,27 @@ def test_a_statement_sent_before_runs_first_in_the_same_transaction(kept_connect
         assert cursor.fetchone() == ("seen",)  # the setting (transaction-local) was in force
 
 
+@pytest.mark.parametrize("kept", [True, False], ids=["prepared", "unprepared"])
+def test_named_arguments_may_recur_and_go_with_a_named_statement_before(kept_connection, kept):
+    """The claim's form: every placeholder named and cast, a name used more than once, and the
+    reader's lock sent before it with the same names."""
+    if not kept:
+        connection.settings_dict["CONN_MAX_AGE"] = 0
+    sql = "SELECT %(a)s::bigint + %(b)s::bigint, %(a)s::bigint * 10, %(word)s::text"
+    with connection.cursor() as cursor:
+        for a, b, word in ((2, 3, "x"), (40, 2, "it's")):
+            prepared.execute_prepared(cursor, "rq_test_named", sql, {"a": a, "b": b, "word": word, "unused": 1},
+                                      before=("SELECT set_config('rq.test', %(word)s, true)", {"word": word}))
+            assert cursor.fetchone() == (a + b, a * 10, word)
+    if kept:
+        assert {n for n in _prepared_names() if n.startswith("rq_test_named_")}
+
+
+def test_a_named_placeholder_without_its_cast_is_refused(kept_connection):
+    with connection.cursor() as cursor, pytest.raises(ValueError, match="cast"):
+        prepared.execute_prepared(cursor, "rq_test_named_uncast", "SELECT %(a)s::bigint + %(a)s", {"a": 1})
+
+
 def test_loaded_builds_what_the_orm_would_with_the_rest_deferred(cast):
     from core.models import Project
 

@@ -26,29 +26,26 @@ def statements(call):
     return response, [" ".join(q["sql"].split())[:80] for q in queries.captured_queries]
 
 
-def test_a_claim_on_known_rules_is_auth_and_one_message(cast, api, queued):
+def test_a_claim_after_the_first_is_auth_and_one_message(cast, api, queued):
     client = api(cast.annotator)
-    client.post(NEXT, ANOTHER, format="json")  # learns the rules, warms the locked version's schema cache
+    client.post(NEXT, ANOTHER, format="json")  # warms the locked version's schema cache
     response, sql = statements(lambda: client.post(NEXT, ANOTHER, format="json"))
     assert response.status_code == 200, response.content
-    # token; the reader's advisory lock and the claim (checking the rules, appending its audit
+    # token; the reader's advisory lock and the claim (deriving the rules, appending its audit
     # event) in one message
     assert len(sql) == 2, sql
     assert sql[1].startswith("SELECT pg_advisory_xact_lock("), sql
 
 
-def test_a_claim_is_auth_eligibility_and_lock_claim_and_audit(cast, api, queued):
-    from tasks import queue
-
+def test_a_claim_is_auth_and_lock_claim_and_audit_in_one_message(cast, api, queued):
     client = api(cast.annotator)
     client.post(NEXT, ANOTHER, format="json")  # warms the locked protocol version's schema cache
-    queue._KNOWN_RULES.clear()  # as in a process that has not seen this reader claim yet
     response, sql = statements(lambda: client.post(NEXT, ANOTHER, format="json"))
     assert response.status_code == 200, response.content
-    # token, savepoint, eligibility taking the reader's advisory lock, the claim appending its
-    # audit event, release
-    assert len(sql) == 5, sql
-    assert sql[2].startswith("WITH claim_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock("), sql
+    # token; the reader's advisory lock and the claim, which derives the reader's rules and appends
+    # its audit event (there is no other claim path to fall back to for a common claim)
+    assert len(sql) == 2, sql
+    assert sql[1].startswith("SELECT pg_advisory_xact_lock("), sql
     body = response.json()
     assert body["task"] == queued[1].pk and body["series_uid"] is None
     assert [s["series_uid"] for s in body["dicomweb"]["series"]] == list(
@@ -119,9 +116,9 @@ def test_taking_over_a_lapsed_lease_costs_no_extra_statement(cast, api, queued):
     client = api(cast.second_annotator)  # the first claim above warmed the process's caches
     response, sql = statements(lambda: client.post(NEXT, ANOTHER, format="json"))
     assert response.status_code == 200, response.content
-    # The expired read's holder comes back with the claim itself: the same 5 statements, and the
-    # expiry's audit event is one append more (6 in all). (A reader whose rules the process knows
-    # tries the one-message claim first, which leaves lapsed leases to this path: 7.)
+    # token; the one-message claim, which leaves a lapsed lease to the claim in a transaction:
+    # savepoint, lock and claim (the expired read's holder comes back with it), the expiry's audit
+    # event, release
     assert Read.objects.get(pk=lapsed).state == ReadState.EXPIRED
     assert len(sql) == 6, sql
     assert AuditEvent.objects.filter(action="expire", object_id=str(lapsed)).count() == 1

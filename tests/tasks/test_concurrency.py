@@ -7,7 +7,6 @@ from django.db import connections
 from django.db.models import Count
 
 from core.memberships import grant_membership
-from tasks import queue
 from tasks.creation import create_tasks
 from tasks.models import Read
 from tasks.queue import claim_next_read
@@ -65,17 +64,16 @@ def test_many_readers_claiming_at_once_never_overserve_a_task(cast):
     _guarantees_hold(cast.project)
 
 
-@pytest.mark.parametrize("known_rules", [False, True], ids=["full-path", "one-message"])
-def test_one_reader_claiming_from_many_threads_respects_the_open_read_limit(cast, known_rules):
-    """Both claim paths: the full one (the process has not seen the reader claim) and the
-    one-message claim on the rules learned from a first claim (tasks.queue._claim_on_known_rules)."""
+@pytest.mark.parametrize("after_a_claim", [False, True], ids=["first-claims", "after-a-claim"])
+def test_one_reader_claiming_from_many_threads_respects_the_open_read_limit(cast, after_a_claim):
+    """Eight concurrent claims of one reader, as their first claims and after one has committed:
+    the reader's claim lock keeps the open-read limit."""
     add_ct_studies(cast.project, 6)
     create_tasks(cast.project, by=cast.manager)
     cast.project.max_open_reads = 3
     cast.project.save()
     results, errors = [], []
-    queue._KNOWN_RULES.clear()
-    if known_rules:
+    if after_a_claim:
         results.append(claim_next_read(cast.annotator))
     barrier = threading.Barrier(8)
 

@@ -1,6 +1,7 @@
-"""Claims on the rules a worker process already knows (tasks.queue._claim_on_known_rules): one
-round trip that claims only while the memberships and projects still say what they said when the
-rules were derived, and otherwise leaves the claim to the full path, which learns them afresh."""
+"""The claim derives what the reader may claim in its own statement (tasks/sql/claim.sql): a change
+to a membership or a project holds from the very next claim, and the common claim is one message
+(the reader's lock and the statement), committed with its audit event. What it leaves (a lapsed
+lease, a missing chain head, tasks other claims are taking) goes to the claim in a transaction."""
 
 from datetime import timedelta
 
@@ -13,7 +14,6 @@ from audit.models import AuditEvent
 from audit.trail import verify_chains
 from core.memberships import grant_membership
 from core.protocols import create_protocol_version
-from tasks import queue
 from tasks.creation import create_tasks
 from tasks.locks import AdvisoryLock
 from tasks.models import QueueSlot, Read
@@ -28,21 +28,21 @@ ANOTHER = {"another": True}  # a new read whatever the reader holds (else a clai
 
 
 
-def claims_on_known_rules(client) -> tuple[object, bool]:
-    """(the claim's response, whether it was the one-round-trip claim)."""
+def claim_and_how(client) -> tuple[object, bool]:
+    """(the claim's response, whether it was the one-message claim: no other claim statement and
+    no transaction around it)."""
     with CaptureQueriesContext(connection) as queries:
         response = client.post(NEXT, ANOTHER, format="json")
     sql = [q["sql"] for q in queries.captured_queries]
-    fast = any(s.startswith("SELECT pg_advisory_xact_lock(") and "fresh AS MATERIALIZED" in s for s in sql)
-    full = any(s.lstrip().startswith("WITH claim_lock AS MATERIALIZED") for s in sql)
-    return response, fast and not full
+    claims = [s for s in sql if s.startswith("SELECT pg_advisory_xact_lock(")]
+    return response, len(claims) == 1 and not any(s.startswith("SAVEPOINT") for s in sql)
 
 
-def test_the_second_claim_takes_one_round_trip_and_matches_the_full_path(cast, api, queued):
+def test_a_claim_takes_one_round_trip_and_matches_the_first(cast, api, queued):
     client = api(cast.annotator)
-    first = client.post(NEXT, ANOTHER, format="json")
-    assert first.status_code == 200
-    response, fast = claims_on_known_rules(client)
+    first, fast = claim_and_how(client)
+    assert first.status_code == 200 and fast
+    response, fast = claim_and_how(client)
     assert response.status_code == 200 and fast
     body = response.json()
     read = Read.objects.get(pk=body["read"])
@@ -55,11 +55,11 @@ def test_the_second_claim_takes_one_round_trip_and_matches_the_full_path(cast, a
     assert verify_chains().ok
 
 
-def test_a_suspension_after_the_rules_were_learned_stops_the_next_claim(cast, api, queued):
+def test_a_suspension_stops_the_next_claim(cast, api, queued):
     client = api(cast.annotator)
     assert client.post(NEXT, ANOTHER, format="json").status_code == 200
     cast.project.memberships.filter(user=cast.annotator).update(is_suspended=True)
-    response, _ = claims_on_known_rules(client)
+    response, _ = claim_and_how(client)
     assert response.status_code == 204
     assert Read.objects.filter(reader=cast.annotator).count() == 1
 
@@ -69,17 +69,17 @@ def test_a_changed_project_setting_is_used_by_the_next_claim(cast, api, queued):
     assert client.post(NEXT, ANOTHER, format="json").status_code == 200
     cast.project.lease_seconds = 120
     cast.project.save()
-    response, fast = claims_on_known_rules(client)
-    assert response.status_code == 200 and not fast  # the rules changed: the full path learned them
+    response, fast = claim_and_how(client)
+    assert response.status_code == 200 and fast  # the statement reads the project as it is now
     read = Read.objects.get(pk=response.json()["read"])
     assert read.lease_expires_at - read.claimed_at == timedelta(seconds=120)
-    response, fast = claims_on_known_rules(client)  # and the claim after uses them in one round trip
+    response, fast = claim_and_how(client)
     assert response.status_code == 200 and fast
     read = Read.objects.get(pk=response.json()["read"])
     assert read.lease_expires_at - read.claimed_at == timedelta(seconds=120)
 
 
-def test_a_lowered_open_read_limit_holds_on_known_rules(cast, api, queued):
+def test_a_lowered_open_read_limit_holds_from_the_next_claim(cast, api, queued):
     client = api(cast.annotator)
     assert client.post(NEXT, ANOTHER, format="json").status_code == 200
     assert client.post(NEXT, ANOTHER, format="json").status_code == 200
@@ -91,7 +91,7 @@ def test_a_lowered_open_read_limit_holds_on_known_rules(cast, api, queued):
 
 
 def test_a_new_membership_widens_the_next_claim(cast, api, queued):
-    """Rules on several projects: the full path (the claim's audit event is appended apart)."""
+    """Rules on several projects: still one message, the best slot of them all, its event with it."""
     client = api(cast.annotator)
     assert client.post(NEXT, ANOTHER, format="json").status_code == 200
     other = ProjectFactory(name="Head CT", client=cast.client_org, vendor=cast.vendor, modalities=["CT"])
@@ -100,20 +100,23 @@ def test_a_new_membership_widens_the_next_claim(cast, api, queued):
     add_ct_studies(other, 1, seed=900)
     created = create_tasks(other, by=cast.manager)
     QueueSlot.objects.filter(project=other).update(priority=5)
-    response, fast = claims_on_known_rules(client)
-    assert response.status_code == 200 and not fast
+    response, fast = claim_and_how(client)
+    assert response.status_code == 200 and fast
     assert response.json()["task"] == created[0].pk  # the new project's more urgent work
+    event = AuditEvent.objects.get(action="claim", object_id=str(response.json()["read"]))
+    assert event.project_id == other.pk and event.actor_roles == "annotator" and event.actor_tier == 1
+    assert verify_chains().ok
 
 
-def test_a_lapsed_lease_at_the_head_is_taken_over_by_the_full_path(cast, api, queued):
+def test_a_lapsed_lease_at_the_head_is_taken_over_with_its_end_recorded(cast, api, queued):
     client = api(cast.second_annotator)
-    learned = client.post(NEXT, ANOTHER, format="json").json()["read"]  # learns the rules
+    learned = client.post(NEXT, ANOTHER, format="json").json()["read"]
     assert client.post(f"/api/reads/{learned}/release/").status_code == 200
     lapsed = api(cast.annotator).post(NEXT, ANOTHER, format="json").json()["read"]  # the slot at the head
     past = timezone.now() - timedelta(minutes=1)
     Read.objects.filter(pk=lapsed).update(lease_expires_at=past)
     QueueSlot.objects.filter(read_id=lapsed).update(lease_expires_at=past)
-    response, fast = claims_on_known_rules(client)
+    response, fast = claim_and_how(client)
     assert response.status_code == 200 and not fast
     assert Read.objects.get(pk=lapsed).state == ReadState.EXPIRED
     assert AuditEvent.objects.filter(action="expire", object_id=str(lapsed)).count() == 1
@@ -126,7 +129,7 @@ def test_outside_a_transaction_the_claim_commits_with_its_audit_event(cast, api,
     client = api(cast.annotator)
     assert client.post(NEXT, ANOTHER, format="json").status_code == 200
     assert connection.get_autocommit() and not connection.in_atomic_block
-    response, fast = claims_on_known_rules(client)
+    response, fast = claim_and_how(client)
     assert response.status_code == 200 and fast
     assert not connection.in_atomic_block
     read_id = response.json()["read"]
@@ -146,55 +149,46 @@ def test_outside_a_transaction_the_claim_commits_with_its_audit_event(cast, api,
     assert verify_chains().ok
 
 
-def test_without_a_chain_head_for_its_event_the_claim_takes_the_full_path(cast, api, queued):
+def test_without_a_chain_head_for_its_event_the_claim_runs_in_a_transaction(cast, api, queued):
     """The one-message claim commits on its own, so it claims only where its audit event goes in
-    with it; where the shard's chain head is missing (a flushed database), the full path claims
-    and appends the event in the claim's transaction."""
+    with it; where the shard's chain head is missing (a flushed database), the claim runs again in
+    a transaction and appends the event there."""
     client = api(cast.annotator)
     assert client.post(NEXT, ANOTHER, format="json").status_code == 200
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL radqueue.audit_allow_truncate = 'on'")
         # Heads and anchors refuse deletes (audit 0004); the flush's TRUNCATE is what empties them.
         cursor.execute("TRUNCATE audit_auditevent, audit_auditchainhead, audit_auditanchor")
-    response, fast = claims_on_known_rules(client)
+    response, fast = claim_and_how(client)
     assert response.status_code == 200 and not fast
     assert AuditEvent.objects.filter(action="claim", object_id=str(response.json()["read"])).count() == 1
     assert verify_chains().ok
 
 
-def test_a_driver_that_cannot_send_two_statements_as_one_message_takes_the_full_path(cast, api, queued,
-                                                                                     monkeypatch):
-    client = api(cast.annotator)
-    assert client.post(NEXT, ANOTHER, format="json").status_code == 200
-    monkeypatch.setattr(queue, "_ONE_MESSAGE_DRIVER", {})
-    response, fast = claims_on_known_rules(client)
-    assert response.status_code == 200 and not fast
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_task_another_claim_is_taking_is_skipped_without_waiting_and_still_handed_out_when_it_is_the_last(
         cast, api, queued):
-    """A claim in flight holds its task's one-key advisory lock until it commits. The claim on
-    known rules passes over that task's free slot to the next task's (instead of waiting on the
-    task's row for the other claim to commit); where that slot is the only work left, the full
-    path, which does not skip, hands it out."""
+    """A claim in flight holds its task's one-key advisory lock until it commits. The one-message
+    claim passes over that task's free slot to the next task's (instead of waiting on the task's
+    row for the other claim to commit); where that slot is the only work left, the claim in a
+    transaction, which does not skip, hands it out."""
     client = api(cast.annotator)
-    first = client.post(NEXT, ANOTHER, format="json").json()  # learns the rules: the head task's first slot
+    first = client.post(NEXT, ANOTHER, format="json").json()  # the head task's first slot
     assert first["task"] == queued[0].pk
     other = connections.create_connection("default")
     try:
         other.set_autocommit(False)
         with other.cursor() as cursor:  # another reader's claim of the head task's second slot, in flight
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [queued[1].pk])
-        response, fast = claims_on_known_rules(api(cast.second_annotator))
-        assert response.status_code == 200  # the second annotator's first claim: the full path, never skips
+        response, fast = claim_and_how(api(cast.second_annotator))
+        assert response.status_code == 200 and fast  # the head task is not busy: its second slot
         assert response.json()["task"] == queued[0].pk
-        response, fast = claims_on_known_rules(client)
+        response, fast = claim_and_how(client)
         assert response.status_code == 200 and fast
         assert response.json()["task"] == queued[2].pk  # not the busy queued[1]
         # Only queued[1]'s slots are left; this reader holds none of them.
-        response, fast = claims_on_known_rules(client)
-        assert response.status_code == 200 and not fast  # nothing on known rules: the full path looked again
+        response, fast = claim_and_how(client)
+        assert response.status_code == 200 and not fast  # nothing in one message: looked at again, not skipping
         assert response.json()["task"] == queued[1].pk
         other.rollback()
     finally:
