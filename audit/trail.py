@@ -168,15 +168,18 @@ def record_event(action: str, *, actor=None, project=None, project_id=None, obj=
         object_id=object_id, study_uid=study_uid, protocol_version=protocol_version, outcome=outcome, reason=reason,
         extra=extra, roles=roles)
     shard = _shard_for_writer()
+    lookup = (actor, project_id) if roles is None else None
     # One statement: atomic by itself, and part of the caller's transaction when there is one.
-    event = _append_postgresql(db, shard, values, lookup=(actor, project_id) if roles is None else None)
+    event = _append_postgresql(db, shard, values, lookup)
     if event is not None:
         return event
-    if roles is None:
-        roles = _roles_of(actor, project_id)
-        values.update(actor_roles=roles[0][:200], actor_tier=_tier(roles[1]))
+    # The shard has no chain head row (a flushed test database, or one removed): find or create the
+    # head to append to, locked, and append there, in one transaction.
     with transaction.atomic(savepoint=False):
-        return _append(shard, values)
+        event = _append_postgresql(db, _head_for_writer(shard).shard, values, lookup)
+    if event is None:
+        raise RuntimeError("the audit chain head locked for this event is gone")
+    return event
 
 
 def _event_values(db, action, *, actor, project, project_id, obj, object_type, object_id, study_uid, protocol_version,
@@ -213,22 +216,9 @@ def _event_values(db, action, *, actor, project, project_id, obj, object_type, o
     return actor, project_id, roles, values
 
 
-def _append(shard: int, values: dict) -> AuditEvent:
-    """Lock the shard's head, link and insert the event, move the head (three statements). A missing
-    head is created at genesis where the shard holds nothing (a flushed test database); where the
-    shard has events, the event goes to the next shard that has a head (_head_for_writer)."""
-    head = _head_for_writer(shard)
-    shard = head.shard
-    values.update(shard=shard, seq=head.seq + 1, prev_hash=head.hash)
-    values["hash"] = event_hash(values)
-    event = AuditEvent.objects.create(**values)
-    AuditChainHead.objects.filter(shard=shard).update(seq=values["seq"], hash=values["hash"],
-                                                      prev_hash=values["prev_hash"])
-    return event
-
-
 def _head_for_writer(shard: int) -> AuditChainHead:
-    """The locked head to append to: the writer's shard's, else (its head is gone) the next shard's
+    """The locked head to append to where the writer's shard's head row was not found: the writer's
+    shard's, created at genesis where the shard holds nothing, else the next shard's
     that has one. A head at genesis on a shard with events would hand out seq 1 again and every
     append there would fail on the (shard, seq) key; the shard stays as it was instead, for
     audit_verify to report and audit_restore_head to repair."""
@@ -413,32 +403,39 @@ def _append_statement(lookup_roles: bool, after: str | None, holes: tuple[str, .
     return roles_cte + head + event, tuple(names)
 
 
-def _cut(text: str, names: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
+def _cut(text: str, names: list[str], stand_ins: dict[str, str] | None = None
+         ) -> tuple[tuple[str, ...], list[str]] | None:
     """(the stand-in fields in the order their stand-ins appear in the canonical ``text``, the
     text cut where each one's JSON value goes); None if a stand-in is not there exactly once (a
-    value holds one)."""
+    value holds one). ``stand_ins``: by name, where not the process's own."""
+    def stand_in(name: str) -> str:
+        return stand_ins[name] if stand_ins is not None else _stand_in(name)
+
     at = {}
     for name in names:
-        quoted = f'"{_stand_in(name)}"'
+        quoted = f'"{stand_in(name)}"'
         if text.count(quoted) != 1:
             return None
         at[name] = text.index(quoted)
     holes = tuple(sorted(names, key=at.__getitem__))
     pieces = []
     for hole in holes:
-        piece, text = text.split(f'"{_stand_in(hole)}"')
+        piece, text = text.split(f'"{stand_in(hole)}"')
         pieces.append(piece)
     pieces.append(text)
     return holes, pieces
 
 
 def _append_postgresql(db, shard: int, values: dict, lookup: tuple | None) -> AuditEvent | None:
-    """The one-statement append (looking up the roles of ``lookup`` = (actor, project id) if given);
-    None where the three-statement append (_append) must run: a value holds a stand-in, or the shard has no head row."""
+    """The append: one statement (looking up the roles of ``lookup`` = (actor, project id) if
+    given); None where the shard has no head row. A value that holds one of the process's stand-ins
+    (they are random) is hashed with stand-ins made for this event instead."""
     names = [*(("actor_roles", "actor_tier") if lookup is not None else ()), "prev_hash", "seq"]
-    cut = _cut(canonical({**values, "shard": shard, **{name: _stand_in(name) for name in names}}).decode(), names)
-    if cut is None:
-        return None
+    stand_ins = {name: _stand_in(name) for name in names}
+    cut = _cut(canonical({**values, "shard": shard, **stand_ins}).decode(), names, stand_ins)
+    while cut is None:
+        stand_ins = {name: f"{name}-{uuid.uuid4().hex}" for name in names}
+        cut = _cut(canonical({**values, "shard": shard, **stand_ins}).decode(), names, stand_ins)
     holes, pieces = cut
     ctes, arg_names = _append_statement(lookup is not None, None, holes)
     args = dict(values, shard=shard, extra=json.dumps(values["extra"], ensure_ascii=False),
