@@ -10,6 +10,9 @@ from core.models import Project
 from core.outages import JobQueueUnavailable
 from learning.models import LearningConfig, LearningJob
 
+_RETRAIN_AFTER = (f"SELECT retrain_after_consensus FROM {LearningConfig._meta.db_table} "
+                  "WHERE project_id = %(project)s AND retrain_after_consensus > 0")
+
 
 def on_consensus_stored(project_id: int) -> LearningJob | None:
     """Called where a consensus is stored: queue a training once N labels came in since the last one."""
@@ -19,8 +22,7 @@ def on_consensus_stored(project_id: int) -> LearningJob | None:
     # Plain SQL: this runs in the transaction of every task's last submit, and most projects set
     # no count (building the ORM's query cost several times running it).
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT retrain_after_consensus FROM {LearningConfig._meta.db_table} "
-                       "WHERE project_id = %s AND retrain_after_consensus > 0", [project_id])
+        cursor.execute(_RETRAIN_AFTER, {"project": project_id})
         found = cursor.fetchone()
     if found is None:
         return None

@@ -1,5 +1,6 @@
 """Server-side prepared statements for the hot paths' plain SQL (psycopg2 has none of its own)."""
 
+import functools
 import re
 import zlib
 
@@ -95,7 +96,8 @@ def _joined(first: list | dict, second: list | dict) -> list | dict:
     return {**first, **second} if isinstance(first, dict) else [*first, *second]
 
 
-def _numbered_names(sql: str) -> tuple[str, list[str]]:
+@functools.lru_cache(maxsize=256)  # the hot statements' texts are a handful of fixed strings
+def _numbered_names(sql: str) -> tuple[str, tuple[str, ...]]:
     """``%(name)s::type`` -> ``$n::type``, one number per name in order of first use, and the names
     in that order; refuses an uncast placeholder, a positional one or ``%%``."""
     if "%%" in sql or _PLACEHOLDER.search(sql) or len(_NAMED.findall(sql)) != len(re.findall(r"%\(\w+\)s::", sql)):
@@ -107,7 +109,7 @@ def _numbered_names(sql: str) -> tuple[str, list[str]]:
             order.append(match.group(1))
         return f"${order.index(match.group(1)) + 1}"
 
-    return _NAMED.sub(number, sql), order
+    return _NAMED.sub(number, sql), tuple(order)
 
 
 def _numbered(sql: str) -> str:

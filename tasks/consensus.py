@@ -222,14 +222,14 @@ def _set_task_state(task: Task, state: str) -> None:
 def _submitted_reads(task: Task) -> list[Read]:
     """The task's submitted reads in submit order (plain SQL, as _set_task_state)."""
     with connection.cursor() as cursor:
-        cursor.execute(_submitted_reads_statement(), [task.pk, ReadState.SUBMITTED])
+        cursor.execute(_submitted_reads_statement(), {"task": task.pk, "submitted": ReadState.SUBMITTED.value})
         return [rows.instance(Read, row) for row in cursor.fetchall()]
 
 
 @functools.cache
 def _submitted_reads_statement() -> str:
     return (f"SELECT {', '.join(rows.columns(Read, 'r'))} FROM tasks_read r "
-            "WHERE r.task_id = %s AND r.state = %s ORDER BY r.id")
+            "WHERE r.task_id = %(task)s AND r.state = %(submitted)s ORDER BY r.id")
 
 
 def on_reads_complete(task: Task) -> None:

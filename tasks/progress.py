@@ -94,17 +94,19 @@ def finding_classes(findings) -> set[str]:
     return labels or {""}
 
 
+# The fold, one message: take the project's fold lock, move every delta table's rows into its
+# tally, and hand back the consensus ids whose findings are still to count. synchronous_commit
+# off is safe here: a fold lost in a crash is lost whole, its deltas intact.
+_FOLD = (f"SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({int(FOLD_LOCK)}, %(p)s); {_FOLDS}; "
+         "DELETE FROM tasks_uncountedconsensus WHERE project_id = %(p)s RETURNING consensus_id")
+
+
 @transaction.atomic
 def fold_deltas(project_id: int) -> None:
     """Move the project's pending deltas into its tallies (exact: the move is one transaction)."""
     with connection.cursor() as cursor:
-        # Two folds of one project would upsert the same tally rows: take turns. One round trip;
-        # the consensus ids to count come back from the last statement.
-        # synchronous_commit off is safe here: a fold lost in a crash is lost whole, its deltas intact.
-        cursor.execute(f"SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({int(FOLD_LOCK)}, %(p)s); "
-                       f"{_FOLDS}; "
-                       "DELETE FROM tasks_uncountedconsensus WHERE project_id = %(p)s RETURNING consensus_id",
-                       {"p": project_id})
+        # Two folds of one project would upsert the same tally rows: take turns (the lock).
+        cursor.execute(_FOLD, {"p": project_id})
         _count_findings(project_id, [row[0] for row in cursor.fetchall()])
 
 

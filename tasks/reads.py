@@ -245,6 +245,11 @@ _COUNT_AND_RECORD = ("WITH counted AS ({count}), {event}\n"
                      "SELECT counted.*, (SELECT count(*) FROM audit_event) FROM counted")
 
 
+@functools.lru_cache(maxsize=16)  # one text per shape of the submit's event
+def _count_and_record(event_sql: str) -> str:
+    return _COUNT_AND_RECORD.format(count=_COUNT, event=event_sql)
+
+
 def _count_submission(slot: QueueSlot, task: Task, now, event: EmbeddedEvent | None = None) -> tuple[bool, bool]:
     """Delete the submitted read's slot, count the read on its task and set the task's state from
     its reads (as _refresh_task_state does; the UPDATE locks the task's row). (True when that made
@@ -257,7 +262,7 @@ def _count_submission(slot: QueueSlot, task: Task, now, event: EmbeddedEvent | N
             counted, recorded = cursor.fetchone(), False
         else:
             prepared.execute_prepared(cursor, "radqueue_count_submission",
-                                      _COUNT_AND_RECORD.format(count=_COUNT, event=event.sql),
+                                      _count_and_record(event.sql),
                                       {"task": task.pk, **event.args})
             *counted, recorded = cursor.fetchone()
         (state, submitted, required, kind, project_id, task.priority, task.adjudication_tier,

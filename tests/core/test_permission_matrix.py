@@ -208,6 +208,9 @@ CASES = [
          DICOM_READ, ONLY_SU),
     Case("wado-thumbnail", "get", _dw("/dicomweb/studies/{study}/series/{series}/instances/{instance}/thumbnail"),
          DICOM_READ, ONLY_SU),
+    Case("wado-study-thumbnail", "get", _dw("/dicomweb/studies/{study}/thumbnail"), DICOM_READ, ONLY_SU),
+    Case("wado-series-thumbnail", "get", _dw("/dicomweb/studies/{study}/series/{series}/thumbnail"),
+         DICOM_READ, ONLY_SU),
     # Annotators take production reads; radiologists the reads that build the gold reference.
     Case("queue-next", "post", lambda c, x, o: "/api/queue/next/", expect(204, annotator=200, radiologist=200)),
     Case("queue-mine", "get", lambda c, x, o: "/api/queue/mine/", expect(200)),
