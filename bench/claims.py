@@ -779,6 +779,29 @@ def audit_overhead(tokens, readers, project, interface: str, warmup_s: float, se
             phases, errors)
 
 
+def alternate_claims_only(first: Server, second: Server, labels: tuple[str, str], tokens, readers, project,
+                          warmup_s: float, seconds: float, rounds: int, check_first: bool = True
+                          ) -> tuple[dict[bool, list[float]], list[Phase], dict[str, int]]:
+    """8 readers that only claim, against ``first`` and ``second`` in turn, ``rounds`` times in
+    ABBA order (a steady drift weighs on both alike), every held slot freed before each phase;
+    (claims/s of each by False = first and True = second, the second's phases, both servers' errors)."""
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    seconds_phases: list[Phase] = []
+    for round_ in range(rounds):
+        for is_second in ((False, True) if round_ % 2 == 0 else (True, False)):
+            free_claims(project)
+            phase = run_phase(second if is_second else first, tokens, readers, 8, warmup_s, seconds, project,
+                              labels[is_second], submit=False, check=is_second or check_first)
+            rates[is_second].append(phase.claims_per_s)
+            if is_second:
+                seconds_phases.append(phase)
+    errors: dict[str, int] = {}
+    for server in (first, second):
+        for line, count in server.errors().items():
+            errors[line] = errors.get(line, 0) + count
+    return rates, seconds_phases, errors
+
+
 def code_comparison(other: Path, tokens, readers, project, workers: int, warmup_s: float, seconds: float,
                     rounds: int) -> tuple[dict, list[Phase], dict[str, int]]:
     """Claims only, 8 readers, audit on: this checkout's claim path against another checkout's
@@ -786,22 +809,10 @@ def code_comparison(other: Path, tokens, readers, project, workers: int, warmup_
     started together, in ABBA order, every held slot freed before each phase; (figures, this
     checkout's phases, both servers' errors)."""
     print(f"claims only, 8 readers: this checkout vs {other}, alternating between two new servers:")
-    rates: dict[bool, list[float]] = {False: [], True: []}
-    these: list[Phase] = []
-    errors: dict[str, int] = {}
     with running_server(audit=True, workers=workers, root=other) as other_server, \
             running_server(audit=True, workers=workers) as this_server:
-        for round_ in range(rounds):
-            for this in ((False, True) if round_ % 2 == 0 else (True, False)):
-                free_claims(project)
-                phase = run_phase(this_server if this else other_server, tokens, readers, 8, warmup_s, seconds,
-                                  project, "this checkout " if this else "other checkout", submit=False)
-                rates[this].append(phase.claims_per_s)
-                if this:
-                    these.append(phase)
-        for server in (other_server, this_server):
-            for line, count in server.errors().items():
-                errors[line] = errors.get(line, 0) + count
+        rates, these, errors = alternate_claims_only(other_server, this_server, ("other checkout", "this checkout "),
+                                                     tokens, readers, project, warmup_s, seconds, rounds)
     free_claims(project)
     before, after = (sum(rates[mode]) / len(rates[mode]) for mode in (False, True))
     pairs = [a / b for b, a in zip(rates[False], rates[True], strict=True) if b]
@@ -824,23 +835,12 @@ def bare_drf_comparison(tokens, readers, project, workers: int, warmup_s: float,
     (figures, the API's phases, both servers' errors)."""
     print("claims only, 8 readers: the API's claim path vs the bare DRF peer (bench/bare_drf.py), "
           "alternating between two new servers:")
-    rates: dict[bool, list[float]] = {False: [], True: []}
-    app_phases: list[Phase] = []
-    errors: dict[str, int] = {}
     with running_server(audit=False, workers=workers, settings="bench.bare_drf",
                         BENCH_BARE_PROJECT=str(project.pk)) as bare_server, \
             running_server(audit=True, workers=workers) as app_server:
-        for round_ in range(rounds):
-            for app in ((False, True) if round_ % 2 == 0 else (True, False)):
-                free_claims(project)
-                phase = run_phase(app_server if app else bare_server, tokens, readers, 8, warmup_s, seconds, project,
-                                  "radqueue claim" if app else "bare DRF peer ", submit=False, check=app)
-                rates[app].append(phase.claims_per_s)
-                if app:
-                    app_phases.append(phase)
-        for server in (bare_server, app_server):
-            for line, count in server.errors().items():
-                errors[line] = errors.get(line, 0) + count
+        rates, app_phases, errors = alternate_claims_only(bare_server, app_server, ("bare DRF peer ", "radqueue claim"),
+                                                          tokens, readers, project, warmup_s, seconds, rounds,
+                                                          check_first=False)
     free_claims(project)
     bare, app = (sum(rates[mode]) / len(rates[mode]) for mode in (False, True))
     latencies = sorted(x for phase in app_phases for x in phase.claim_latencies)
