@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from audit.recorder import AuditedViewMixin
 from core import idempotency
 from core.api.serializers import LabelEntrySerializer, RulesField
+from core.dicom.dicomweb import public_url
 from core.errors import error_body
 from core.models import ProtocolVersion
 from tasks import api_schema, queue, reads, selectors
@@ -25,7 +26,7 @@ from tasks.models import Read, Task
 
 
 def dicomweb_block(request, task: Task, study_series: list | None = None) -> dict:
-    root = request.build_absolute_uri("/dicomweb")
+    root = public_url(request, "/dicomweb")  # as the DICOMweb bodies' own URLs are built
     study_url = f"{root}/studies/{task.study.study_uid}"
     if task.series:
         series = [task.series]

@@ -37,6 +37,16 @@ def test_claim_returns_the_work_its_schema_dicomweb_urls_and_lease(cast, api, qu
     assert AuditEvent.objects.filter(action="claim", object_id=str(read.pk), actor_id=cast.annotator.pk).exists()
 
 
+def test_claim_dicomweb_urls_follow_the_public_base_url(cast, api, queued, settings):
+    """The claim's DICOMweb URLs are built as the DICOMweb bodies' are (core.dicom.dicomweb.public_url):
+    behind a proxy, or for a client whose Host header has no port, they name the public address."""
+    settings.PUBLIC_BASE_URL = "https://labels.example.org:8443"
+    body = api(cast.annotator).post(NEXT, {}, format="json").json()
+    task = Task.objects.get(pk=body["task"])
+    assert body["dicomweb"]["root"] == "https://labels.example.org:8443/dicomweb"
+    assert body["dicomweb"]["study"] == f"https://labels.example.org:8443/dicomweb/studies/{task.study.study_uid}"
+
+
 def test_claim_response_is_what_its_schema_declares(cast, api, queued):
     """ClaimSerializer builds its output by hand; the declared fields are the OpenAPI schema. The
     keys, their order and DRF's own renderings must agree with them."""
