@@ -62,7 +62,6 @@ class ClaimRow(NamedTuple):
     held_sees_model: bool
     wants_check: bool  # a calibration or gold check is due (nothing claimed)
     audit_ready: bool  # false: the event's chain head is missing (nothing claimed)
-    passed_lapsed: bool  # the best slot's lease had run out and take_lapsed was off (nothing claimed)
     read_id: int | None  # the new read; None: nothing claimed
     expired_read_id: int | None  # the read whose lapsed lease this claim took over
     expired_reader_id: int | None
@@ -168,7 +167,7 @@ def claim_next_read(user: User, *, project_id: int | None = None, resume: bool =
     draw = random.random()  # noqa: S311 - sampling, not security
     event = _claim_event(user) if audit_enabled() else None
     if event is None and audit_enabled():  # the event cannot go in with the claim: append it apart
-        return _claim_carefully(user, project_id, now, resume=resume, gold_draw=draw, check_due=True)
+        return _claim_carefully(user, project_id, now, event, resume=resume, gold_draw=draw, check_due=True)
     row = _run_claim(user, now, project_id=project_id, event=event, resume=resume, gold_draw=draw)
     if row.read_id is not None:  # with its audit event, where the trail is on (audit_head_required)
         claim = _claim_of(user, row, now)
@@ -176,10 +175,11 @@ def claim_next_read(user: User, *, project_id: int | None = None, resume: bool =
         return claim
     if row.held_read is not None:
         return _resume_held(user, row.held_read, row.held_sees_model)
-    return _claim_carefully(user, project_id, now, resume=resume, gold_draw=draw, check_due=row.wants_check)
+    return _claim_carefully(user, project_id, now, event, resume=resume, gold_draw=draw, check_due=row.wants_check)
 
 
-def _claim_carefully(user, project_id, now, *, resume: bool, gold_draw: float, check_due: bool) -> Claim | None:
+def _claim_carefully(user, project_id, now, event: EmbeddedEvent | None, *, resume: bool, gold_draw: float,
+                     check_due: bool) -> Claim | None:
     """The claim in a transaction, for what the one-message claim leaves: a calibration or gold
     check due, a lapsed lease to take over (its end recorded with the claim), the claim's audit
     event appended apart (no chain head for its shard yet), and a queue that looked empty because
@@ -200,7 +200,6 @@ def _claim_carefully(user, project_id, now, *, resume: bool, gold_draw: float, c
                 return claim
         # Here a missing chain head does not stop the claim: its event is then appended apart
         # (_announce_claim), in this transaction.
-        event = _claim_event(user) if audit_enabled() else None
         row = _run_claim(user, now, project_id=project_id, event=event, resume=resume, offer_checks=False,
                          take_lapsed=True, skip_busy=False, audit_head_required=False)
         if row.held_read is not None:

@@ -12,7 +12,7 @@
 --   resume              hand back the oldest read the reader still holds there instead (held)
 --   offer_checks        where a calibration or gold check is due, claim nothing (wants_check):
 --                       tasks.gold hands those out; gold_draw is the draw in [0, 1) the rates meet
---   take_lapsed         take a slot whose lease ran out (else claim nothing: passed_lapsed)
+--   take_lapsed         take a slot whose lease ran out (else claim nothing)
 --   skip_busy           pass over a task another claim is taking this instant
 --   audit_head_required claim only where the audit event goes in with the claim (audit_ready)
 WITH membership AS (
@@ -151,7 +151,6 @@ WITH membership AS (
     JOIN core_protocolversion pv ON pv.id = t.protocol_version_id
 ){audit}
 SELECT d.held_read, d.held_sees_model, d.wants_check, d.audit_ready,
-       (SELECT count(*) FROM best) > (SELECT count(*) FROM c) AS passed_lapsed,
        claimed.read_id, (SELECT id FROM expired) AS expired_read_id, (SELECT reader_id FROM expired) AS expired_reader_id,
        claimed.claimed_task_id AS task_id, claimed.project_id, claimed.read_tier, claimed.lease_expires_at,
        claimed.study_id, claimed.claimed_study_uid AS study_uid, claimed.series_id,
