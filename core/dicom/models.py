@@ -49,6 +49,9 @@ class Series(models.Model):
     mr_sequence = models.CharField(max_length=10, choices=MR_SEQUENCE_CHOICES, blank=True)
     frame_of_reference_uid = models.CharField(max_length=64, blank=True)
     instance_count = models.PositiveIntegerField(default=0)
+    is_reader_object = models.BooleanField(default=False, help_text=(
+        "A series of objects a reader saved under a read (SEG, SR): served only through that read's "
+        "DICOMweb root and its adjudication's, never by project-wide DICOMweb."))
     geometry_issues = models.JSONField(default=list, blank=True,
                                        help_text="Volume checks: missing/duplicate slices, spacing, orientation ...")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -86,6 +89,9 @@ class Instance(models.Model):
     size_bytes = models.PositiveBigIntegerField()
     sha256 = models.CharField(max_length=64, help_text="Of the stored (de-identified) DICOM bytes.")
     storage_name = models.CharField(max_length=300)
+    is_reader_object = models.BooleanField(default=False, help_text=(
+        "Saved by a reader under a read (tasks.read_objects links it): served only through that "
+        "read's root and its adjudication's."))
     is_quarantined = models.BooleanField(default=False)
     quarantine_reason = models.CharField(max_length=200, blank=True)
     quarantine_cleared_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
