@@ -30,7 +30,7 @@ def is_recorded(request, response) -> bool:
 
 
 def record_request(request, response, *, action: str, object_type: str, object_id="", project_id=None,
-                   study_uid: str = "", protocol_version: int | None = None) -> None:
+                   study_uid: str = "", protocol_version: int | None = None, extra: dict | None = None) -> None:
     """Record a read access, or a refusal or failure of any request."""
     status = response.status_code
     if not is_recorded(request, response):
@@ -52,7 +52,7 @@ def record_request(request, response, *, action: str, object_type: str, object_i
     record_event(
         action, actor=user, project_id=project_id, object_type=object_type, object_id=object_id,
         study_uid=study_uid, protocol_version=protocol_version, outcome=outcome_for(status), reason=reason,
-        extra={"method": request.method, "path": request.path[:200], "status": status},
+        extra={**(extra or {}), "method": request.method, "path": request.path[:200], "status": status},
     )
 
 
@@ -84,6 +84,10 @@ class AuditedViewMixin:
         """The protocol version the request is served under, where it is served under one."""
         return None
 
+    def audit_extra(self) -> dict:
+        """What the request's event records beyond the target (the read a DICOMweb root serves, say)."""
+        return {}
+
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
         if not is_recorded(request, response):
@@ -91,5 +95,5 @@ class AuditedViewMixin:
         project_id, object_id, study_uid = self.audit_target()
         record_request(request, response, action=self.audit_action(request), object_type=self.audit_object_type,
                        object_id=object_id, project_id=project_id, study_uid=study_uid,
-                       protocol_version=self.audit_protocol_version())
+                       protocol_version=self.audit_protocol_version(), extra=self.audit_extra())
         return response

@@ -19,6 +19,15 @@ class AutoSchema(openapi.AutoSchema):
         view_doc = self.view.__class__.__dict__.get("__doc__")
         return inspect.cleandoc(action_doc or view_doc or "")
 
+    def get_operation(self, *args, **kwargs):
+        # One DICOMweb view class serves several roots (core.dicom.scopes): each root's operations get
+        # ids of their own, or a generated client would see one operation id twice.
+        operation = super().get_operation(*args, **kwargs)
+        scope = getattr(self.view, "scope_class", None)
+        if operation and scope is not None and scope.operation_prefix:
+            operation["operationId"] = f"{scope.operation_prefix}_{operation['operationId']}"
+        return operation
+
 
 class TokenAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = "core.authentication.TokenAuthentication"

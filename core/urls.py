@@ -50,6 +50,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include(api)),
+    path("dicomweb/", include("tasks.dicomweb_urls")),  # a read's and an adjudication's roots
     path("dicomweb/", include("core.dicom.urls")),
     path("dashboard/", include("tasks.dashboard_urls")),
 ]

@@ -65,7 +65,8 @@ class AdjudicationSerializer(serializers.ModelSerializer):
         return protocol_schema(adjudication.task.protocol_version)
 
     def get_dicomweb(self, adjudication) -> dict:
-        return dicomweb_block(self.context["request"], adjudication.task)
+        return dicomweb_block(self.context["request"], adjudication.task,
+                              root_path=f"/dicomweb/adjudications/{adjudication.pk}")
 
     def get_model_output(self, adjudication) -> dict | None:
         """The current model's output for the task; null when the project is blind-to-model."""

@@ -25,8 +25,10 @@ from tasks.learning_seam import learning
 from tasks.models import Read, Task
 
 
-def dicomweb_block(request, task: Task, study_series: list | None = None) -> dict:
-    root = public_url(request, "/dicomweb")  # as the DICOMweb bodies' own URLs are built
+def dicomweb_block(request, task: Task, study_series: list | None = None, *, root_path: str = "/dicomweb") -> dict:
+    """Where a viewer finds the task's study: ``root`` is the DICOMweb root to configure it with (a
+    read's or an adjudication's own, tasks.dicomweb_scopes), ``study`` and ``series`` URLs under it."""
+    root = public_url(request, root_path)  # as the DICOMweb bodies' own URLs are built
     study_url = f"{root}/studies/{task.study.study_uid}"
     if task.series:
         series = [task.series]
@@ -94,7 +96,8 @@ class ClaimSerializer(serializers.Serializer):
         return claim.task.series.series_uid if claim.task.series else None
 
     def get_dicomweb(self, claim) -> dict:
-        return dicomweb_block(self.context["request"], claim.task, claim.study_series)
+        return dicomweb_block(self.context["request"], claim.task, claim.study_series,
+                              root_path=f"/dicomweb/reads/{claim.read.pk}")
 
     def to_representation(self, claim):
         return claim_representation(claim, self.context["request"])
@@ -111,7 +114,8 @@ def claim_representation(claim, request) -> dict:
             "lease_expires_at": _DATETIME.to_representation(claim.read.lease_expires_at),
             "protocol_version": protocol_schema(task.protocol_version), "study_uid": task.study.study_uid,
             "series_uid": task.series.series_uid if task.series else None,
-            "dicomweb": dicomweb_block(request, task, claim.study_series), "resumed": claim.resumed}
+            "dicomweb": dicomweb_block(request, task, claim.study_series, root_path=f"/dicomweb/reads/{claim.read.pk}"),
+            "resumed": claim.resumed}
     if claim.readers_see_model and (block := learning().model_block_for_reader(claim.task)) is not None:
         data["model"] = block
     return data
@@ -219,7 +223,9 @@ class FindingsField(serializers.JSONField):
 
 
 class SubmitSerializer(serializers.Serializer):
-    findings = FindingsField()
+    findings = FindingsField(required=False, help_text=(
+        "The findings. Left out: the read's draft is submitted as it stands, which is what a viewer's "
+        "saved SEG and SR objects made it (STOW-RS into the read's DICOMweb root)."))
 
 
 class DraftSerializer(serializers.Serializer):
@@ -378,5 +384,6 @@ class ReadViewSet(AuditedViewMixin, mixins.ListModelMixin, mixins.RetrieveModelM
         data = SubmitSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         key = idempotency.key_from(request)
-        read, _ = reads.submit_read(pk, request.user, data.validated_data["findings"], idempotency_key=key)
+        findings = data.validated_data.get("findings", reads.FROM_DRAFT)
+        read, _ = reads.submit_read(pk, request.user, findings, idempotency_key=key)
         return Response(ReadSerializer(read).data)

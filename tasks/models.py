@@ -7,7 +7,7 @@ table, the read rows and the task state in step, and record the audit events.
 from django.db import models
 from django.db.models import Q
 
-from core.dicom.models import Series, Study
+from core.dicom.models import Instance, Series, Study
 from core.models import Project, ProtocolVersion, User
 from core.roles import Tier
 from tasks.states import LIVE_READ_STATES, ReadState, TaskState
@@ -180,6 +180,34 @@ class Read(models.Model):
         if self.submitted_at is None:
             return None
         return (self.submitted_at - self.claimed_at).total_seconds()
+
+
+class ReadObject(models.Model):
+    """A DICOM object (SEG or SR) a reader saved into their read through its DICOMweb root
+    (tasks.read_objects), and the findings it gave. Saving another of the same kind supersedes it:
+    kept, never served again, its findings replaced by the new one's."""
+
+    class Kind(models.TextChoices):
+        SEG = "SEG", "segmentation"
+        SR = "SR", "structured report"
+
+    read = models.ForeignKey(Read, on_delete=models.PROTECT, related_name="saved_objects")
+    instance = models.OneToOneField(Instance, on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=3, choices=Kind.choices)
+    findings = models.JSONField(default=list, help_text="The findings this object gave, as they went into the draft.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    superseded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            # One current object per kind and read: the draft's findings from it are the ones replaced.
+            models.UniqueConstraint(fields=["read", "kind"], condition=Q(superseded_at__isnull=True),
+                                    name="read_object_one_current_per_kind"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of read {self.read_id}" + (" (superseded)" if self.superseded_at else "")
 
 
 class QueueSlot(models.Model):

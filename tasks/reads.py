@@ -167,8 +167,19 @@ def save_draft(read_id, user: User, draft) -> Read:
     return read
 
 
+FROM_DRAFT = object()  # submit_read's findings: the draft's, as saved (from a viewer's objects, say)
+
+
+def draft_findings(draft) -> list:
+    """The findings of a draft: a draft is a list of findings, or an object holding them under ``findings``."""
+    if isinstance(draft, dict):
+        draft = draft.get("findings", [])
+    return draft if isinstance(draft, list) else []
+
+
 def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> tuple[Read, bool]:
-    """Validate and store the findings, completing the read. Returns (read, replayed).
+    """Validate and store the findings (FROM_DRAFT: the saved draft's), completing the read.
+    Returns (read, replayed).
 
     A retry with the same idempotency key returns the first result; the lease must still be
     the caller's (409 if it passed and the slot went to another reader).
@@ -182,6 +193,8 @@ def submit_read(read_id, user: User, findings, *, idempotency_key: str = "") -> 
             return read, True
         check_read_transition(read.state, ReadState.SUBMITTED)
         slot = _live_slot(read)
+        if findings is FROM_DRAFT:
+            findings = draft_findings(read.draft)
         normalised, summary = validated_findings(read, findings)
         now = timezone.now()
         last = read.last_heartbeat_at or read.claimed_at

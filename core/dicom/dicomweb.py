@@ -23,10 +23,11 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
 from audit.recorder import AuditedViewMixin
-from core.dicom import negotiation, part10, selectors
+from core.dicom import negotiation, part10
 from core.dicom.deid import zero_preamble
 from core.dicom.ingest import IngestItem, ingest_files
 from core.dicom.models import Instance, Series, Study
+from core.dicom.scopes import Scope
 from core.dicom.storage import get_store
 from core.dicom.stow import StowError, parse_stow_body
 from core.errors import DomainError, NotFound
@@ -85,7 +86,9 @@ def public_url(request, path: str) -> str:
 
 
 def _base_url(request) -> str:
-    return public_url(request, "/dicomweb")
+    """The root the request came through (DicomwebView.initial notes its scope's): every URL in a
+    body stays under it, so a read's viewer never leaves the read's root."""
+    return public_url(request, getattr(request, "dicomweb_root", "/dicomweb"))
 
 
 def _age(years: int | None) -> str | None:
@@ -303,13 +306,30 @@ def _qido_response(items: list[dict], unsupported: list[str], unknown_fields: li
 # --- the views -------------------------------------------------------------------------------
 
 class DicomwebView(AuditedViewMixin, APIView):
+    """Every DICOMweb view: what it serves comes from its scope (core.dicom.scopes), the project-wide
+    root unless the URL mounts it under a read's or an adjudication's."""
+
     content_negotiation_class = AnyContentNegotiation
     renderer_classes = [JSONRenderer]
     audit_object_type = "core.study"
+    scope_class: type[Scope] = Scope
+    scope: Scope | None = None
+
+    def dispatch(self, request, *args, **kwargs):
+        # The scope's URL kwargs (the read id) are the scope's, not the handlers'.
+        self.scope_kwargs = {name: kwargs.pop(name) for name in self.scope_class.url_kwargs if name in kwargs}
+        return super().dispatch(request, *args, **kwargs)
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)  # authenticated, or refused, before the scope is looked up
+        self.scope = self.scope_class(request.user, **self.scope_kwargs)
+        request.dicomweb_root = self.scope.root_path
 
     def audit_target(self):
         study_uid = self.kwargs.get("study", "")
         project_id = getattr(self, "_audit_project_id", None)
+        if project_id is None and self.scope is not None:
+            project_id = getattr(self.scope, "project_id", None)
         object_id = self.kwargs.get("instance") or self.kwargs.get("series") or study_uid
         return project_id, object_id, study_uid
 
@@ -318,31 +338,40 @@ class DicomwebView(AuditedViewMixin, APIView):
 
     def audit_protocol_version(self):
         study = getattr(self, "_audit_study", None)
-        return None if study is None else selectors.protocol_version_served(self.request.user, study)
+        return None if study is None or self.scope is None else self.scope.protocol_version(study)
+
+    def audit_extra(self) -> dict:
+        return {} if self.scope is None else self.scope.audit_extra()
 
     audit_verb = "view"
 
     def study(self, uid) -> Study:
-        study = selectors.studies_visible_to(self.request.user).filter(study_uid=uid).first()
+        study = self.scope.studies().filter(study_uid=uid).first()
         if study is None:
             raise NotFound("No such study.")
         self._audit_project_id, self._audit_study = study.project_id, study
         return study
 
     def series_of(self, study: Study, uid) -> Series:
-        series = study.series.filter(series_uid=uid).select_related("study").first()
+        series = self.scope.series(study).filter(series_uid=uid).select_related("study").first()
         if series is None:
             raise NotFound("No such series.")
         return series
 
     def instances(self) -> QuerySet[Instance]:
-        return selectors.instances_visible_to(self.request.user).select_related("series__study")
+        return self.scope.instances().select_related("series__study")
 
     def instance_of(self, series: Series, uid) -> Instance:
         instance = self.instances().filter(series=series, sop_instance_uid=uid).first()
         if instance is None:
             raise NotFound("No such instance.")
         return instance
+
+    def series_attrs(self, series: Series, base: str) -> dict:
+        attrs = series_json(series, base)
+        if (description := self.scope.series_description(series)) is not None:
+            attrs["0008103E"] = _attr("LO", description)
+        return attrs
 
 
 QIDO_PARAMS = [
@@ -398,7 +427,7 @@ class StudiesView(DicomwebView):
     def get(self, request):
         self.audit_verb = "list"
         matches, unsupported = _query_params(request)
-        qs = selectors.studies_visible_to(request.user).order_by("id")
+        qs = self.scope.studies().order_by("id")
         for keyword, value in matches.items():
             if keyword == "PatientName":
                 qs = _match_person_name(qs, "patient_pseudonym", value,
@@ -434,7 +463,7 @@ class StudiesView(DicomwebView):
         responses=STOW_RESPONSES,
     )
     def post(self, request, study=None):
-        return store_instances(self, request, study)
+        return (self.scope.store or store_instances)(self, request, study)
 
 
 def _stow_project(request):
@@ -452,16 +481,26 @@ FAILURE_STUDY_MISMATCH = 0xA900
 WARNING_DUPLICATE = 0x0111
 
 
+def stow_parts(request) -> list:
+    """A STOW-RS body's parts, each spooled encrypted (core.dicom.stow); 415 or 400 saying what is wrong."""
+    try:
+        return parse_stow_body(request._request, request.META.get("CONTENT_TYPE", ""),
+                               max_part_bytes=settings.RADQUEUE_MAX_FILE_BYTES)
+    except StowError as exc:
+        status = 415 if "multipart/related" in str(exc) or "type=" in str(exc) else 400
+        raise DomainError(str(exc), code="bad_stow_request", status=status) from None
+
+
+def stow_attr(vr: str, *values) -> dict:
+    """One attribute of a STOW-RS response body (DICOM JSON)."""
+    return _attr(vr, *values)
+
+
 def store_instances(view: DicomwebView, request, study_uid: str | None) -> HttpResponse:
     view.audit_verb = "ingest"
     project = _stow_project(request)
     view._audit_project_id = project.pk
-    try:
-        parts = parse_stow_body(request._request, request.META.get("CONTENT_TYPE", ""),
-                                max_part_bytes=settings.RADQUEUE_MAX_FILE_BYTES)
-    except StowError as exc:
-        status = 415 if "multipart/related" in str(exc) or "type=" in str(exc) else 400
-        raise DomainError(str(exc), code="bad_stow_request", status=status) from None
+    parts = stow_parts(request)
     items = [IngestItem(name=f"part {i + 1}", reader=p.spool.reader() if p.spool else None, size=p.size,
                         reason=p.reason) for i, p in enumerate(parts)]
     # The URL may name the study by its original UID (de-identified on the way in) or by ours.
@@ -500,7 +539,7 @@ class SeriesSearchView(DicomwebView):
         self.audit_verb = "list"
         study_obj = self.study(study)
         matches, unsupported = _query_params(request)
-        qs = study_obj.series.select_related("study").order_by("number", "id")
+        qs = self.scope.series(study_obj).select_related("study").order_by("number", "id")
         for keyword, value in matches.items():
             if keyword == "Modality":
                 qs = qs.filter(modality__in=_uid_list(value.upper()))
@@ -516,7 +555,7 @@ class SeriesSearchView(DicomwebView):
                 unsupported.append(keyword)
         base, included = _base_url(request), _included(request)
         study_attrs = study_json(study_obj, base)
-        return _qido_response([_shaped({**study_attrs, **series_json(s, base)}, SERIES_DEFAULT, included)
+        return _qido_response([_shaped({**study_attrs, **self.series_attrs(s, base)}, SERIES_DEFAULT, included)
                                for s in _paged(request, qs)], unsupported, included[2])
 
 
@@ -540,7 +579,7 @@ class InstanceSearchView(DicomwebView):
             elif keyword not in ("StudyInstanceUID", "SeriesInstanceUID"):
                 unsupported.append(keyword)
         base, included = _base_url(request), _included(request)
-        higher = {**study_json(series_obj.study, base), **series_json(series_obj, base)}
+        higher = {**study_json(series_obj.study, base), **self.series_attrs(series_obj, base)}
         return _qido_response([_shaped({**higher, **instance_json(i, base)}, INSTANCE_DEFAULT, included)
                                for i in _paged(request, qs)], unsupported, included[2])
 
@@ -641,7 +680,7 @@ class StudyRetrieveView(RetrieveMixin, DicomwebView):
                    request=STOW_REQUEST, parameters=[OpenApiParameter("project", int)],
                    responses=STOW_RESPONSES)
     def post(self, request, study):
-        return store_instances(self, request, study)
+        return (self.scope.store or store_instances)(self, request, study)
 
 
 class StudyMetadataView(RetrieveMixin, DicomwebView):

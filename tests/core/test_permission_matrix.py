@@ -92,6 +92,24 @@ def _adj(suffix):
     return lambda c, x, o: suffix.format(adjudication=x["dicom_own" if o else "dicom_foreign"]["adjudication"])
 
 
+def _read_root(suffix):
+    """A path under the read's own DICOMweb root: the study the annotator holds a read of."""
+    def path(c, x, o):
+        d = x["dicom_own" if o else "dicom_foreign"]
+        return f"/dicomweb/reads/{d['read']}/" + suffix.format(study=d["study"], series=d["series"],
+                                                                instance=d["instance"])
+    return path
+
+
+def _adj_root(suffix):
+    """A path under the claimed adjudication's DICOMweb root, at its task's study."""
+    def path(c, x, o):
+        d = x["dicom_own" if o else "dicom_foreign"]
+        return f"/dicomweb/adjudications/{d['adjudication']}/" + suffix.format(
+            study=d["adj_study"], series=d["adj_series"], instance=d["adj_instance"])
+    return path
+
+
 def _pp(suffix):
     return lambda c, x, o: f"/api/projects/{_p(c, o).pk}/{suffix.format(**x['dicom_own' if o else 'dicom_foreign'])}"
 
@@ -211,6 +229,31 @@ CASES = [
     Case("wado-study-thumbnail", "get", _dw("/dicomweb/studies/{study}/thumbnail"), DICOM_READ, ONLY_SU),
     Case("wado-series-thumbnail", "get", _dw("/dicomweb/studies/{study}/series/{series}/thumbnail"),
          DICOM_READ, ONLY_SU),
+    *[case for route, method, suffix in (
+        ("qido-studies", "get", "studies"), ("qido-studies", "post", "studies"),
+        ("wado-study", "get", "studies/{study}"), ("wado-study", "post", "studies/{study}"),
+        ("wado-study-metadata", "get", "studies/{study}/metadata"),
+        ("wado-study-thumbnail", "get", "studies/{study}/thumbnail"),
+        ("qido-series", "get", "studies/{study}/series"), ("wado-series", "get", "studies/{study}/series/{series}"),
+        ("wado-series-metadata", "get", "studies/{study}/series/{series}/metadata"),
+        ("wado-series-thumbnail", "get", "studies/{study}/series/{series}/thumbnail"),
+        ("qido-instances", "get", "studies/{study}/series/{series}/instances"),
+        ("wado-instance", "get", "studies/{study}/series/{series}/instances/{instance}"),
+        ("wado-instance-metadata", "get", "studies/{study}/series/{series}/instances/{instance}/metadata"),
+        ("wado-frames", "get", "studies/{study}/series/{series}/instances/{instance}/frames/1"),
+        ("wado-bulk", "get", "studies/{study}/series/{series}/instances/{instance}/bulk/00100010"),
+        ("wado-rendered", "get", "studies/{study}/series/{series}/instances/{instance}/rendered"),
+        ("wado-thumbnail", "get", "studies/{study}/series/{series}/instances/{instance}/thumbnail"),
+    ) for case in (
+        # A read's root answers its reader alone, and takes only SEG and SR (the CT sent here: 400).
+        Case(f"read-{route}", method, _read_root(suffix),
+             expect(404, annotator=400 if method == "post" else 200), expect(404),
+             send=_stow if method == "post" else None),
+        # An adjudication's root answers the adjudicator holding it, and stores nothing (405).
+        Case(f"adjudication-{route}", method, _adj_root(suffix),
+             expect(404, radiologist=405 if method == "post" else 200), expect(404),
+             send=_stow if method == "post" else None),
+    )],
     # Annotators take production reads; radiologists the reads that build the gold reference.
     Case("queue-next", "post", lambda c, x, o: "/api/queue/next/", expect(204, annotator=200, radiologist=200)),
     Case("queue-mine", "get", lambda c, x, o: "/api/queue/mine/", expect(200)),
@@ -356,12 +399,15 @@ def _ingest_one(project, seed) -> dict:
         Task.objects.filter(pk=task.pk).update(state="awaiting_adjudication")
         Adjudication.objects.create(project=project, task=task, tier=2)
     held = claim_next_adjudication(radiologist.user)
+    adj_instance = Instance.objects.filter(series__study=held.task.study).select_related("series__study").first()
     from learning.models import LearningJob
 
     job = LearningJob.objects.create(project=project, kind="train", state="succeeded")
     return {"learning_job": job.pk, "study": f.study_uid, "series": f.series_uid, "instance": f.sop_instance_uid,
             "instance_pk": quarantined.pk, "study_pk": instance.series.study_id, "orig_study": ds.StudyInstanceUID,
-            "task": tasks[0].pk, "read": read.pk, "adjudication": held.pk, "gold_task": gold.pk}
+            "task": tasks[0].pk, "read": read.pk, "adjudication": held.pk, "gold_task": gold.pk,
+            "adj_study": adj_instance.series.study.study_uid, "adj_series": adj_instance.series.series_uid,
+            "adj_instance": adj_instance.sop_instance_uid}
 
 
 class _Rollback(Exception):

@@ -26,7 +26,8 @@ def test_claim_returns_the_work_its_schema_dicomweb_urls_and_lease(cast, api, qu
     task = queued[0]
     assert body["task"] == task.pk and body["project"] == cast.project.pk
     assert body["study_uid"] == task.study.study_uid
-    assert body["dicomweb"]["study"].endswith(f"/dicomweb/studies/{task.study.study_uid}")
+    assert body["dicomweb"]["root"].endswith(f"/dicomweb/reads/{body['read']}")  # the read's own root
+    assert body["dicomweb"]["study"] == f"{body['dicomweb']['root']}/studies/{task.study.study_uid}"
     assert body["dicomweb"]["series"][0]["url"].startswith(body["dicomweb"]["study"])
     assert body["protocol_version"]["number"] == 1 and body["protocol_version"]["entries"]
     assert "kind" not in body and "priority" not in body
@@ -43,8 +44,9 @@ def test_claim_dicomweb_urls_follow_the_public_base_url(cast, api, queued, setti
     settings.PUBLIC_BASE_URL = "https://labels.example.org:8443"
     body = api(cast.annotator).post(NEXT, {}, format="json").json()
     task = Task.objects.get(pk=body["task"])
-    assert body["dicomweb"]["root"] == "https://labels.example.org:8443/dicomweb"
-    assert body["dicomweb"]["study"] == f"https://labels.example.org:8443/dicomweb/studies/{task.study.study_uid}"
+    root = f"https://labels.example.org:8443/dicomweb/reads/{body['read']}"
+    assert body["dicomweb"]["root"] == root
+    assert body["dicomweb"]["study"] == f"{root}/studies/{task.study.study_uid}"
 
 
 def test_claim_response_is_what_its_schema_declares(cast, api, queued):

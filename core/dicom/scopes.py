@@ -1,0 +1,51 @@
+"""What one DICOMweb root serves: the studies, series and instances behind its URLs.
+
+Every DICOMweb view asks its scope, never the selectors directly, so one set of views serves both
+the project-wide root (``/dicomweb/``: managers, QA, ingesters, and readers for the studies they
+hold) and the roots the reading queue mounts for one read or one adjudication (tasks.dicomweb_scopes).
+A scope is built once the caller is authenticated; one that does not exist for the caller (a read
+that is not theirs, or no longer live) raises NotFound before anything is looked up.
+"""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from core.dicom import selectors
+from core.dicom.models import Instance, Series, Study
+
+
+class Scope:
+    """The project-wide root. Subclasses name the URL kwargs they are built from in ``url_kwargs``
+    (taken out before the handlers see theirs) and prefix their operation ids in the OpenAPI schema."""
+
+    url_kwargs: tuple[str, ...] = ()
+    root_path = "/dicomweb"  # where this root's URLs start (the URLs in its bodies too)
+    operation_prefix = ""
+    #: None: STOW-RS here is ingest (a manager's permission); else a callable (view, request,
+    #: study_uid) -> HttpResponse that stores into this scope.
+    store = None
+
+    def __init__(self, user, **kwargs):
+        self.user = user
+
+    def studies(self) -> QuerySet[Study]:
+        return selectors.studies_visible_to(self.user)
+
+    def series(self, study: Study) -> QuerySet[Series]:
+        # What readers saved is theirs and their adjudicator's (served by those scopes), never the project's.
+        return study.series.filter(is_reader_object=False)
+
+    def instances(self) -> QuerySet[Instance]:
+        return selectors.instances_visible_to(self.user).filter(is_reader_object=False)
+
+    def protocol_version(self, study: Study) -> int | None:
+        return selectors.protocol_version_served(self.user, study)
+
+    def audit_extra(self) -> dict:
+        """What the audit event of each request adds to who and which study (the read, say)."""
+        return {}
+
+    def series_description(self, series: Series) -> str | None:
+        """The SeriesDescription this root shows for ``series``, where it differs from the stored one."""
+        return None

@@ -1,0 +1,121 @@
+"""The DICOMweb roots the reading queue mounts: one per live read, one per claimed adjudication.
+
+``/dicomweb/reads/{read}/`` serves the read's task study (only the task's series for a per-series
+task) and the objects this read saved, nothing else: another study is not there (a prior-study
+query answers an empty list), another reader's objects are not there, and nothing says whether the
+task is gold or calibration (the same rules serve both). It lives while the read does: once the
+lease lapses, the read is released or reassigned, or the reader's membership ends, every URL under
+it answers 404.
+
+``/dicomweb/adjudications/{adjudication}/`` serves the task's study with the current objects of its
+submitted reads, each series described by the reader's pseudonym, while the adjudicator holds it.
+"""
+
+from __future__ import annotations
+
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from core.dicom import selectors as dicom_selectors
+from core.dicom.models import Instance, Series, Study
+from core.dicom.scopes import Scope
+from core.errors import DomainError, NotFound
+from tasks.models import ReadObject
+from tasks.selectors import claimed_adjudications_of, open_reads_of
+from tasks.states import ReadState
+
+
+def live_read_of(user, read_id):
+    """The caller's read while it is live (claimed, lease running, a reader role held); else 404,
+    the same answer whether the read ended, lapsed or was never theirs (existence does not leak)."""
+    read = (open_reads_of(user).filter(pk=read_id, lease_expires_at__gt=timezone.now())
+            .select_related("task__study", "task__series", "task__protocol_version").first())
+    if read is None:
+        raise NotFound("No such read, or it is no longer live (submitted, released, reassigned or lapsed).")
+    return read
+
+
+class _TaskScope(Scope):
+    """A task's study (its one series for a per-series task) plus some saved objects."""
+
+    task = None
+
+    def saved(self) -> QuerySet[ReadObject]:
+        raise NotImplementedError
+
+    def _originals(self) -> Q:
+        own = Q(is_reader_object=False)
+        return own & Q(series_id=self.task.series_id) if self.task.series_id else own
+
+    def studies(self) -> QuerySet[Study]:
+        return Study.objects.filter(pk=self.task.study_id)
+
+    def series(self, study: Study) -> QuerySet[Series]:
+        originals = Q(is_reader_object=False) & (Q(pk=self.task.series_id) if self.task.series_id else Q())
+        saved = Q(pk__in=Instance.objects.filter(pk__in=self.saved().values("instance_id")).values("series_id"))
+        return study.series.filter(originals | saved)
+
+    def instances(self) -> QuerySet[Instance]:
+        # The quarantine rule is the project-wide one: burned-in-text risks only to those who may clear them.
+        return (dicom_selectors.instances_visible_to(self.user).filter(series__study_id=self.task.study_id)
+                .filter(self._originals() | Q(pk__in=self.saved().values("instance_id"))))
+
+    def protocol_version(self, study: Study) -> int | None:
+        return self.task.protocol_version.number
+
+
+class ReadScope(_TaskScope):
+    url_kwargs = ("read",)
+    operation_prefix = "read"
+
+    def __init__(self, user, *, read):
+        super().__init__(user)
+        self.read = live_read_of(user, read)
+        self.task, self.project_id = self.read.task, self.read.project_id
+        self.root_path = f"/dicomweb/reads/{self.read.pk}"
+
+    def saved(self) -> QuerySet[ReadObject]:
+        return ReadObject.objects.filter(read=self.read, superseded_at__isnull=True)
+
+    def audit_extra(self) -> dict:
+        return {"read": self.read.pk}
+
+    def store(self, view, request, study_uid):
+        from tasks.read_objects import store_into_read
+
+        view.audit_verb = "update"
+        return store_into_read(self.read, request, study_uid)
+
+
+class AdjudicationScope(_TaskScope):
+    url_kwargs = ("adjudication",)
+    operation_prefix = "adjudication"
+
+    def __init__(self, user, *, adjudication):
+        super().__init__(user)
+        self.adjudication = (claimed_adjudications_of(user).filter(pk=adjudication)
+                             .select_related("task__study", "task__series", "task__protocol_version").first())
+        if self.adjudication is None:
+            raise NotFound("No such adjudication, or you do not hold it.")
+        self.task, self.project_id = self.adjudication.task, self.adjudication.task.project_id
+        self.root_path = f"/dicomweb/adjudications/{self.adjudication.pk}"
+        self._readers = None
+
+    def saved(self) -> QuerySet[ReadObject]:
+        return ReadObject.objects.filter(read__task=self.task, read__state=ReadState.SUBMITTED,
+                                         superseded_at__isnull=True)
+
+    def audit_extra(self) -> dict:
+        return {"adjudication": self.adjudication.pk}
+
+    def store(self, view, request, study_uid):
+        raise DomainError("An adjudication's DICOMweb root serves the reads' objects and stores none; resolve "
+                          "it through /api/adjudications/{id}/resolve/.", code="method_not_allowed", status=405)
+
+    def series_description(self, series: Series) -> str | None:
+        if not series.is_reader_object:
+            return None
+        if self._readers is None:
+            self._readers = dict(self.saved().values_list("instance__series_id", "read__reader__pseudonym"))
+        pseudonym = self._readers.get(series.pk)
+        return f"{pseudonym}: {series.description}".strip(": ") if pseudonym else None
