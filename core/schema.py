@@ -26,6 +26,13 @@ class AutoSchema(openapi.AutoSchema):
         scope = getattr(self.view, "scope_class", None)
         if operation and scope is not None and scope.operation_prefix:
             operation["operationId"] = f"{scope.operation_prefix}_{operation['operationId']}"
+            operation["description"] = "\n\n".join(filter(None, (scope.schema_note, operation.get("description"))))
+            if self.method == "POST":
+                # Not ingest: the scope stores into itself (a read's draft) or refuses.
+                operation["parameters"] = [p for p in operation.get("parameters", []) if p.get("name") != "project"]
+                operation["summary"] = scope.stow_summary
+                kept = {code: r for code, r in operation["responses"].items() if code in ("401", "403", "404", "415")}
+                operation["responses"] = {**scope.stow_responses, **kept}
         return operation
 
 

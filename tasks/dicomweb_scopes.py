@@ -64,9 +64,25 @@ class _TaskScope(Scope):
         return self.task.protocol_version.number
 
 
+def _failure_body(description: str) -> dict:
+    return {"description": description, "content": {"application/dicom+json": {"schema": {"type": "object"}}}}
+
+
 class ReadScope(_TaskScope):
     url_kwargs = ("read",)
     operation_prefix = "read"
+    schema_note = ("Under a read's own root (the claim's `dicomweb.root`): the read's study and the objects this read "
+                   "saved, only to its reader, only while the read is live (404 otherwise).")
+    stow_summary = "STOW-RS: save a DICOM SEG or a TID 1500 SR into the read (its draft's findings)"
+    stow_responses = {
+        "200": _failure_body("Stored: ReferencedSOPSequence lists each object and its RetrieveURL; the draft's "
+                             "findings from the read's earlier object of the same kind are replaced."),
+        "400": _failure_body("Not a SEG or SR, another study, a reference outside the read's series, or findings "
+                             "the submit would refuse: FailedSOPSequence, the reason in (0009,1001); nothing stored."),
+        "409": _failure_body("The lease was lost to another reader, or the object's SOP Instance UID is stored."),
+        "422": _failure_body("A segment or measurement maps to no label of the protocol (the reason lists those "
+                             "allowed), or a fractional SEG: nothing stored."),
+    }
 
     def __init__(self, user, *, read):
         super().__init__(user)
@@ -90,6 +106,10 @@ class ReadScope(_TaskScope):
 class AdjudicationScope(_TaskScope):
     url_kwargs = ("adjudication",)
     operation_prefix = "adjudication"
+    schema_note = ("Under a held adjudication's root: the task's study with each submitted read's saved objects, "
+                   "their series described by the reader's pseudonym; only to the adjudicator holding it.")
+    stow_summary = "STOW-RS: refused (405); an adjudication's root stores nothing"
+    stow_responses = {"405": {"description": "An adjudication's root stores nothing."}}
 
     def __init__(self, user, *, adjudication):
         super().__init__(user)

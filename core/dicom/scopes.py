@@ -25,6 +25,9 @@ class Scope:
     #: None: STOW-RS here is ingest (a manager's permission); else a callable (view, request,
     #: study_uid) -> HttpResponse that stores into this scope.
     store = None
+    schema_note = ""  # what the OpenAPI schema says of this root's operations
+    stow_summary = ""
+    stow_responses: dict = {}
 
     def __init__(self, user, **kwargs):
         self.user = user

@@ -115,3 +115,41 @@ def test_the_claim_gives_the_reads_root_and_a_submit_without_findings_submits_th
     assert client.put(f"/api/reads/{body['read']}/draft/", {"draft": []}, format="json").status_code == 200
     submitted = client.post(f"/api/reads/{body['read']}/submit/", {}, format="json")
     assert submitted.status_code == 200 and submitted.json()["findings"] == []
+
+
+def _shape(response):
+    """What a response shows besides its values: status, media type, and each item's tags and VRs."""
+    body = response.json() if response["Content-Type"].startswith("application/dicom+json") else None
+    items = body if isinstance(body, list) else [body]
+    return (response.status_code, response["Content-Type"],
+            [sorted((tag, attr.get("vr")) for tag, attr in item.items()) for item in items if item])
+
+
+@pytest.mark.django_db
+def test_a_gold_checks_root_cannot_be_told_from_a_production_reads(cast, api):
+    from tasks.creation import create_tasks
+    from tasks.models import Task
+    from tests.tasks.conftest import add_ct_studies
+
+    studies = add_ct_studies(cast.project, 4)
+    gold = create_tasks(cast.project, by=cast.manager, kind=Task.Kind.GOLD,
+                        studies=cast.project.studies.filter(pk__in=[s.pk for s in studies[:2]]))
+    create_tasks(cast.project, by=cast.manager, studies=cast.project.studies.filter(pk__in=[s.pk for s in studies[2:]]))
+    for task in gold:
+        reference = api(cast.manager).post(f"/api/projects/{cast.project.pk}/tasks/{task.pk}/reference/",
+                                           {"findings": [{"label": "finding_laterality", "value": "left"}]},
+                                           format="json")
+        assert reference.status_code == 201
+    cast.project.gold_rate, cast.project.gold_window = 1.0, 3
+    cast.project.save()
+    check = _claim(api(cast.annotator))
+    assert check["task"] in {t.pk for t in gold}
+    cast.project.gold_rate = 0.0
+    cast.project.save()
+    production = _claim(api(cast.second_annotator))
+    assert production["task"] not in {t.pk for t in gold}
+    assert set(check) == set(production) and set(check["dicomweb"]) == set(production["dicomweb"])
+    for name in ("studies", "study_metadata", "series", "series_metadata", "instances"):
+        seen = [_shape(api(user).get(_paths(body)[name]))
+                for user, body in ((cast.annotator, check), (cast.second_annotator, production))]
+        assert seen[0] == seen[1], name
