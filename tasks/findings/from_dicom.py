@@ -187,8 +187,8 @@ class _Labels:
             first = self.unmatched[0]
             name = ", ".join(repr(t) for t in first["texts"]) or "no label"
             raise ObjectRefused(f"{len(self.unmatched)} of the {self.what} match no label of this protocol (the "
-                                f"first has {name}); the labels it allows are: {listing}", status=422, code="unknown_label",
-                                details={"unmatched": self.unmatched, "allowed_labels": allowed})
+                                f"first has {name}); the labels it allows are: {listing}", status=422,
+                                code="unknown_label", details={"unmatched": self.unmatched, "allowed_labels": allowed})
         if self.mismatched:
             first = self.mismatched[0]
             raise ObjectRefused(f"{len(self.mismatched)} of the {self.what} name a label whose kind cannot hold them "
