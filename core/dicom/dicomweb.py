@@ -23,7 +23,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
 from audit.recorder import AuditedViewMixin
-from core.dicom import negotiation, part10
+from core.dicom import metadata, negotiation, part10
 from core.dicom.deid import zero_preamble
 from core.dicom.ingest import IngestItem, ingest_files
 from core.dicom.models import Instance, Series, Study
@@ -642,25 +642,8 @@ class RetrieveMixin:
 
     def metadata(self, request, instances: QuerySet[Instance]) -> HttpResponse:
         self.audit_verb = "view"
-        base = _base_url(request)
-        items = [_metadata_of(instance, base) for instance in instances.order_by("instance_number", "id")]
-        return JsonResponse(items, safe=False, content_type=DICOM_JSON)
-
-
-def _metadata_of(instance: Instance, base: str) -> dict:
-    url = instance_url(base, instance)
-    with get_store().open(instance.storage_name) as reader:
-        ds = pydicom.dcmread(reader, stop_before_pixels=True)
-
-    def bulk(elem) -> str:
-        return f"{url}/bulk/{elem.tag:08X}"
-
-    data = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=bulk)
-    if instance.rows:
-        frames = ",".join(str(i + 1) for i in range(instance.frames))
-        data["7FE00010"] = {"vr": "OW", "BulkDataURI": f"{url}/frames/{frames}"}
-    data["00083002"] = _attr("UI", instance.transfer_syntax_uid)  # Available Transfer Syntax UID
-    return data
+        # From what ingest recorded (core.dicom.metadata), not from the stored objects.
+        return HttpResponse(metadata.metadata_body(instances, _base_url(request)), content_type=DICOM_JSON)
 
 
 WADO_RESPONSES = {(200, MULTIPART_DICOM): OpenApiResponse(OpenApiTypes.BINARY, description=(
@@ -750,7 +733,10 @@ def stored_frames(instance: Instance, numbers: list[int]) -> list[bytes]:
     """native_frames of the stored instance. Uncompressed little-endian pixel data is read by range:
     the header up to the pixel data element, then each frame's bytes (only the object's chunks they
     lie in are decrypted), so a frame of a multi-gigabyte instance costs its own size, not the
-    object's. Any other pixel data is decoded from the whole object."""
+    object's. Any other pixel data is decoded from the whole object. Where ingest recorded the
+    frames' positions (core.dicom.metadata) the header is not parsed either."""
+    if (recorded := metadata.frames_by_layout(instance, numbers, encapsulated=False)) is not None:
+        return recorded
     with get_store().open(instance.storage_name) as reader:
         part = part10.read(reader)
         ds, pixels = part.ds, part.pixels
@@ -775,7 +761,10 @@ def encoded_frames(instance: Instance, numbers: list[int]) -> list[bytes]:
     """The given 1-based frames of encapsulated (compressed) pixel data as stored, undecoded: each
     frame's fragments joined (PS3.5 A.4), found by the Basic or Extended Offset Table or, without
     either, by walking the item headers. Only those items are read (and their chunks decrypted),
-    not the whole pixel data, nor the dataset decoded."""
+    not the whole pixel data, nor the dataset decoded; by the positions ingest recorded, where it
+    did, without parsing the header."""
+    if (recorded := metadata.frames_by_layout(instance, numbers, encapsulated=True)) is not None:
+        return recorded
     with get_store().open(instance.storage_name) as reader:
         part = part10.read(reader)
         ds, pixels = part.ds, part.pixels

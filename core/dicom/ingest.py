@@ -26,9 +26,9 @@ from django.utils import timezone
 
 from audit.trail import record_event
 from core.broadcast import broadcast_on_commit
-from core.dicom import deid
+from core.dicom import deid, metadata
 from core.dicom.crypto import KeyRing, decrypt_bytes, encrypt_bytes
-from core.dicom.models import DeidRecord, IngestBatch, Instance, PseudonymMapEntry, Series, Study
+from core.dicom.models import DeidRecord, IngestBatch, Instance, InstanceMetadata, PseudonymMapEntry, Series, Study
 from core.dicom.prepare import Prepared, Rejection, prepare
 from core.dicom.storage import get_store
 from core.dicom.validation import modality_refusal
@@ -272,6 +272,7 @@ class _GroupCommit:
                     log.exception("indexing %s failed", p.report.name)
                     p.report.status, p.report.reason = "rejected", f"could not store ({type(exc).__name__})"
                     batch.store.delete(p.name)
+        InstanceMetadata.objects.bulk_create(metadata.rows_for([(row, p.prep.recorded) for p, row in indexed]))
         for p, row in indexed:
             p.report.quarantined = row.is_quarantined
             if batch.project.keep_pseudonym_map:
@@ -344,8 +345,16 @@ def prepare_and_seal(source: bytes | str | BinaryIO, *, secret: bytes, options: 
     prep = prepare(source, secret=secret, options=options, max_bytes=max_bytes)
     if isinstance(prep, Rejection):
         return prep
+    name, captures = object_name(project_id, prep.uids), []
+
+    def fill(writer) -> None:
+        # The stored file's header is kept as it is written, for its metadata (core.dicom.metadata).
+        captures.append(metadata.HeadCapture(writer, metadata.head_limit(prep.part.pixels)))
+        prep.write(captures[-1])
+
     try:
-        prep.sealed = get_store().seal(object_name(project_id, prep.uids), prep.write)
+        prep.sealed = get_store().seal(name, fill)
+        prep.recorded = _recorded(prep, captures[-1], name)
     except Exception as exc:  # noqa: BLE001 - a source that fails while copied is refused, the batch goes on
         return Rejection(f"could not process ({type(exc).__name__})")
     finally:
@@ -353,6 +362,18 @@ def prepare_and_seal(source: bytes | str | BinaryIO, *, secret: bytes, options: 
     if not keep_originals:
         prep.original = {}
     return prep
+
+
+def _recorded(prep: Prepared, capture: "metadata.HeadCapture", name: str) -> "metadata.Recorded | None":
+    """What WADO-RS will serve of the file just sealed; None (the parse path serves it, and records
+    it then) when that cannot be read from what was kept: a cache must never refuse a file."""
+    try:
+        return metadata.record_at_ingest(capture, prep.part, rows=prep.meta["rows"], frames=prep.meta["frames"],
+                                         transfer_syntax_uid=prep.uids["TransferSyntaxUID"], storage_name=name,
+                                         ring=get_store().ring)
+    except Exception as exc:  # noqa: BLE001 - see above
+        log.warning("metadata of %s not recorded at ingest (%s)", name, type(exc).__name__)
+        return None
 
 
 def _prepared(batch: _Batch, items: Iterable[IngestItem], workers: int) -> Iterator[tuple[IngestItem, object]]:

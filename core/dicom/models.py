@@ -168,3 +168,20 @@ class IngestBatch(models.Model):
 
     def __str__(self) -> str:
         return f"ingest {self.pk} ({self.source})"
+
+
+class InstanceMetadata(models.Model):
+    """What WADO-RS serves of an instance without opening its object (core.dicom.metadata): its DICOM
+    JSON, encrypted like the object, and where its frames lie in the object."""
+
+    instance = models.OneToOneField(Instance, on_delete=models.CASCADE, primary_key=True,
+                                    related_name="served_metadata")
+    json_encrypted = models.BinaryField(help_text=(
+        "RQE1 (core.dicom.crypto) of the DICOM JSON with marks for the instance's URL, bound to its object name."))
+    frame_layout = models.JSONField(null=True, blank=True, help_text=(
+        "Byte positions of each frame in the stored object ({native: [start, size, count]} or "
+        "{fragments: [[[position, length], ...], ...]}); null: frames are parsed per request."))
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"metadata of {self.instance_id}"

@@ -43,6 +43,7 @@ class Prepared:
     original: dict
     notes: list = field(default_factory=list)  # core.dicom.deid's: values blanked, unknown attributes removed
     sealed: object = None  # core.dicom.storage.Sealed: the file encrypted for its object, once sealed
+    recorded: object = None  # core.dicom.metadata.Recorded: its metadata and frame layout, once sealed
     part: part10.Part10 | None = field(default=None, repr=False)  # until written: the source, read lazily
 
     def write(self, dst) -> None:

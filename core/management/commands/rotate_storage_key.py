@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from tqdm import tqdm
 
+from core.dicom import metadata
 from core.dicom.crypto import KeyRing, decrypt_bytes, encrypt_bytes, read_header
 from core.dicom.ingest import project_secret_context, pseudonym_context
 from core.dicom.storage import get_store, rotate_all
@@ -34,7 +35,7 @@ def rotate_database_secrets(ring: KeyRing) -> int:
         if new is not None:
             PseudonymMapEntry.objects.filter(pk=entry.pk).update(original_encrypted=new)
             changed += 1
-    return changed
+    return changed + metadata.rotate(ring)
 
 
 class Command(BaseCommand):
@@ -54,7 +55,8 @@ class Command(BaseCommand):
         self.stdout.write(f"{report.total} objects: {verb} {report.rotated}, already under key "
                           f"{store.ring.current_id!r} {report.current}, failed {len(report.failed)}.")
         secrets = 0 if dry_run else rotate_database_secrets(store.ring)
-        self.stdout.write(f"{secrets} encrypted database values (project secrets, pseudonym map) re-encrypted.")
+        self.stdout.write(f"{secrets} encrypted database values (project secrets, pseudonym map, instance "
+                          "metadata) re-encrypted.")
         for name, why in report.failed:
             self.stderr.write(f"{name}: {why}")
         if report.failed:
