@@ -260,7 +260,7 @@ class _Segmentation:
         for n, (pixels, frame) in enumerate(zip(frames, per_frame, strict=True), start=1):
             series, k = self.place(frame, n)
             if is_label_map:
-                present = [int(v) for v in np.unique(pixels) if int(v) not in background]
+                present = [int(v) for v in np.flatnonzero(np.bincount(pixels.ravel())) if int(v) not in background]
                 wanted = [(number, pixels == number) for number in present if number in chosen]
                 unknown = [number for number in present if number not in segments]
                 if unknown:
