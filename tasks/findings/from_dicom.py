@@ -116,9 +116,18 @@ def findings_from_object(ds: pydicom.Dataset, *, labels: dict[str, LabelSpec], s
         raise ObjectRefused("the object belongs to another study than the read's", status=400,
                             code="reference_outside_read", details={"study_uid": object_study_uid(ds)})
     _check_references(referenced_instance_uids(ds), study, task_series_uid)
-    convert = _Segmentation if sop_class in (SEGMENTATION, LABEL_MAP_SEGMENTATION) else _Report
-    converter = convert(ds, labels, study, task_series_uid)
-    findings = converter.findings()
+    is_segmentation = sop_class in (SEGMENTATION, LABEL_MAP_SEGMENTATION)
+    converter = (_Segmentation if is_segmentation else _Report)(ds, labels, study, task_series_uid)
+    try:
+        findings = converter.findings()
+    except ObjectRefused:
+        raise
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError, NotImplementedError, RuntimeError) as exc:
+        # Only the exception's type: its text could quote the object's values, and a response carries no PHI.
+        what = "segmentation" if is_segmentation else "measurement report"
+        raise ObjectRefused(f"the {what} cannot be read: an attribute it needs is missing or malformed, or its "
+                            f"pixel data cannot be decoded ({type(exc).__name__})", status=400,
+                            code="malformed_object") from exc
     return ObjectFindings(sop_class_uid=sop_class, sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
                           series_uid=str(ds.get("SeriesInstanceUID", "")), study_uid=object_study_uid(ds),
                           findings=findings, notes=converter.notes)

@@ -231,6 +231,20 @@ def test_an_object_of_another_study_or_sop_class_is_refused(ct, study):
     assert (image.status, image.code) == (400, "unsupported_sop_class")
 
 
+def test_a_malformed_segmentation_is_refused_without_quoting_it(ct, study):
+    ds = reread(segmentation(ct, label_map(), [("liver", None), ("spleen", None)]))
+    del ds.PerFrameFunctionalGroupsSequence[1]
+    with pytest.raises(ObjectRefused) as raised:
+        findings_from_object(ds, labels=LABELS, study=study, task_series_uid=None)
+    assert (raised.value.status, raised.value.code) == (400, "malformed_object")
+    ds = reread(segmentation(ct, label_map(), [("liver", None), ("spleen", None)]))
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    with pytest.raises(ObjectRefused) as raised:
+        findings_from_object(ds, labels=LABELS, study=study, task_series_uid=None)
+    assert (raised.value.status, raised.value.code) == (400, "malformed_object")
+    assert "cannot be read" in raised.value.message
+
+
 # Measurement reports
 
 
