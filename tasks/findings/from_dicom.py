@@ -20,8 +20,9 @@ TID 1500 SR, per measurement group one finding, its shape read as the label's ki
 
 Labels: a segment or group goes to the schema label whose code (scheme and value) it carries (segment:
 SegmentedPropertyType; group: Finding or Finding Site), else whose key or code meaning equals its text
-(SegmentLabel; the Finding or Finding Site meaning, which is where OHIF puts the label the reader typed;
-the Tracking Identifier), case-insensitive, among the labels whose kind takes its shape.
+(SegmentLabel; the group's Comment, the Finding or Finding Site meaning, which is where OHIF's adapters put
+the label the reader typed; the Tracking Identifier), case-insensitive, among the labels whose kind takes
+its shape.
 Values the viewer measured are not carried: radqueue computes every value from the geometry, as for a
 JSON submit with geometry. SCOORD pixel coordinates are as PS3.3 C.18.6.1.1 defines them (0,0 the top left
 corner of the top left pixel), which is radqueue's convention too.
@@ -54,6 +55,9 @@ MEASUREMENT_GROUP = ("DCM", "125007")
 TRACKING_IDENTIFIER = ("DCM", "112039")
 FINDING = ("DCM", "121071")
 FINDING_SITES = {("SCT", "363698007"), ("SRT", "G-C0E3")}
+COMMENT = ("DCM", "121106")  # where cornerstone's newer adapters put the label the reader typed
+# Cornerstone's private SCOORDs beside the region: where the label's text box sits, a spline's control points.
+SECONDARY_REGIONS = {("99CS3D", "TextPosition"), ("99CS3D", "ControlPoints")}
 LONG_AXIS = {("SCT", "103339001"), ("SRT", "G-A185")}
 SHORT_AXIS = {("SCT", "103340004"), ("SRT", "G-A186")}
 
@@ -443,6 +447,10 @@ def _concept(item) -> tuple[str, str] | None:
     return (code[0].upper(), code[1]) if code else None
 
 
+def _is_region(item) -> bool:
+    return item.get("ValueType") in ("SCOORD", "SCOORD3D") and _concept(item) not in SECONDARY_REGIONS
+
+
 def _walk_references(items) -> Iterable:
     for item in items:
         yield from item.get("ReferencedSOPSequence", [])
@@ -471,11 +479,13 @@ class _Report:
 
     def group(self, group, n: int) -> dict | None:
         items = _children(group)
-        finding_codes, texts, tracking = [], [], None
+        finding_codes, texts, comments, tracking = [], [], [], None
         for item in items:
             concept = _concept(item)
             if concept == TRACKING_IDENTIFIER:
                 tracking = str(item.get("TextValue", ""))
+            elif concept == COMMENT and item.get("ValueType") == "TEXT":
+                comments.append(str(item.get("TextValue", "")))
             elif concept == FINDING or concept in FINDING_SITES:
                 code = _code(item, "ConceptCodeSequence")
                 if code:
@@ -483,7 +493,7 @@ class _Report:
                     texts.append(code[2])
         shape = self.shape_of(items, n)
         where = {"measurement_group": n, "shape": shape.describe()}
-        spec = self.labels.resolve(finding_codes, [*texts, tracking or ""], where,
+        spec = self.labels.resolve(finding_codes, [*comments, *texts, tracking or ""], where,
                                    lambda s: _geometry(s, shape) is not None)
         if spec is None:
             return None
@@ -493,10 +503,10 @@ class _Report:
         """The group's region: a bidirectional's long axis, else its image region, else its first NUM's."""
         group_level, long_axis, under_num = [], [], []
         for item in items:
-            if item.get("ValueType") in ("SCOORD", "SCOORD3D"):
+            if _is_region(item):
                 group_level.append(item)
             elif item.get("ValueType") == "NUM":
-                regions = [c for c in _children(item) if c.get("ValueType") in ("SCOORD", "SCOORD3D")]
+                regions = [c for c in _children(item) if _is_region(c)]
                 (long_axis if _concept(item) in LONG_AXIS else under_num).extend(regions)
                 if _concept(item) in SHORT_AXIS and regions:
                     self.notes.append(f"measurement group {n}: the bidirectional's short axis is not kept; its "

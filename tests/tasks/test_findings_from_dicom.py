@@ -371,6 +371,23 @@ def test_the_arrow_keeps_its_tip(ct, study):
                                                       "y": 20.0}}]
 
 
+def test_the_newer_adapters_label_in_a_comment_and_their_text_box_position_is_no_region(ct, study):
+    group = ohif_group("Length", "Finding", [num(codes.SCT.Length, 5.0, "mm", G.POLYLINE, LINE, ct[2])])
+    items = group[0].ContentSequence
+    del items[[n for n, item in enumerate(items) if item.ConceptNameCodeSequence[0].CodeValue == "121071"][0]]
+    items.append(hd.sr.TextContentItem(name=hd.sr.CodedConcept("121106", "DCM", "Comment"), value="Diameter",
+                                       relationship_type="CONTAINS"))
+    text_box = hd.sr.ScoordContentItem(name=hd.sr.CodedConcept("TextPosition", "99CS3D", "Text Annotation Position"),
+                                       graphic_type=G.POINT, graphic_data=np.array([[1.0, 2.0]]),
+                                       relationship_type="CONTAINS")
+    text_box.ContentSequence = [hd.sr.ImageContentItem(
+        name=codes.DCM.SourceOfMeasurement, referenced_sop_class_uid=ct[2].SOPClassUID,
+        referenced_sop_instance_uid=ct[2].SOPInstanceUID, relationship_type="SELECTED FROM")]
+    items.insert(2, text_box)
+    findings = convert(report([group], [ct[2]]), study).findings
+    assert findings == [{"label": "diameter", "line": {"sop_instance_uid": ct[2].SOPInstanceUID, "points": LINE}}]
+
+
 def test_3d_coordinates_are_placed_on_the_slice_that_holds_them(ct, study):
     frame_of_reference = ct[0].FrameOfReferenceUID
     k, origin = 3, np.asarray(ct[3].ImagePositionPatient, float)
