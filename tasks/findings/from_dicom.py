@@ -94,8 +94,10 @@ def referenced_instance_uids(ds: pydicom.Dataset) -> list[str]:
         for frame in ds.get("PerFrameFunctionalGroupsSequence", []):
             for uid, _ in _frame_sources(frame):
                 seen.setdefault(uid, None)
-        items: Iterable = (i for series in ds.get("ReferencedSeriesSequence", [])
-                           for i in series.get("ReferencedInstanceSequence", []))
+        # cornerstone's label map export also lists its sources in a top-level SourceImageSequence.
+        items: Iterable = (*ds.get("SourceImageSequence", []),
+                           *(i for series in ds.get("ReferencedSeriesSequence", [])
+                             for i in series.get("ReferencedInstanceSequence", [])))
     else:
         items = _walk_references(ds.get("ContentSequence", []))
         evidence = (i for name in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence")

@@ -462,3 +462,8 @@ def test_referenced_instances_list_each_image_once(ct):
                for f in seg.PerFrameFunctionalGroupsSequence]
     uids = referenced_instance_uids(seg)
     assert uids[:3] == sources and sorted(uids) == sorted(ds.SOPInstanceUID for ds in ct)
+    stranger = make_ct_series(n_slices=1, rows=ROWS, cols=COLS, study_uid=ct[0].StudyInstanceUID, seed=5)[0]
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = stranger.SOPClassUID, stranger.SOPInstanceUID
+    seg.SourceImageSequence = [item]  # where cornerstone's label map export lists its sources as well
+    assert stranger.SOPInstanceUID in referenced_instance_uids(seg)
