@@ -10,7 +10,7 @@ PORT ?= 8000
 # the server from a pip wheel, data under var/postgres, stopped when the command ends).
 ON_DB := $(if $(DATABASE_URL),,$(BIN)/python -m core.postgresql.embedded run --)
 
-.PHONY: run serve test pytest install migrate lint check-migrations schema clean
+.PHONY: run serve test pytest install migrate lint check-migrations schema clean ohif ohif-if-possible
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,7 +18,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) ohif-if-possible
+
+# The OHIF viewer's build (@ohif/app, pinned with its integrity hash) into var/ohif/, ignored. install
+# (so run and test) tries it and goes on without it: /viewer/ then says it is not installed and how.
+ohif:
+	deploy/fetch_ohif.sh
+
+ohif-if-possible:
+	@deploy/fetch_ohif.sh || echo "make: the OHIF viewer could not be fetched (is the npm registry reachable?); radqueue runs without it; install it later with: make ohif"
 
 migrate: install
 	$(BIN)/python manage.py migrate --noinput
