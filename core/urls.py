@@ -53,4 +53,5 @@ urlpatterns = [
     path("dicomweb/", include("tasks.dicomweb_urls")),  # a read's and an adjudication's roots
     path("dicomweb/", include("core.dicom.urls")),
     path("dashboard/", include("tasks.dashboard_urls")),
+    path("viewer/", include("tasks.viewer_urls")),  # OHIF, same origin (tasks.viewer)
 ]

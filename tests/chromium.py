@@ -24,15 +24,17 @@ def chromium_path() -> str | None:
 class Browser:
     """One headless browser with one page; use as a context manager."""
 
-    def __init__(self, profile: Path, width=1200, height=1400):
-        self.profile, self.size = profile, (width, height)
+    def __init__(self, profile: Path, width=1200, height=1400, gpu_flags=("--disable-gpu",)):
+        # gpu_flags: WebGL2 (OHIF's cornerstone) needs SwiftShader headless instead of no GPU at all:
+        # ("--use-angle=swiftshader", "--enable-unsafe-swiftshader").
+        self.profile, self.size, self.gpu_flags = profile, (width, height), tuple(gpu_flags)
         self._ids = itertools.count(1)
 
     def __enter__(self):
         from websockets.sync.client import connect
 
         self.process = subprocess.Popen(
-            [chromium_path(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            [chromium_path(), "--headless=new", "--no-sandbox", *self.gpu_flags, "--no-first-run",
              "--disable-extensions", "--disable-background-networking", f"--user-data-dir={self.profile}",
              "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
              f"--window-size={self.size[0]},{self.size[1]}", "about:blank"],
