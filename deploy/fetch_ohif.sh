@@ -5,7 +5,8 @@
 # build is then rebased from the site root to /viewer/, where radqueue serves it.
 #   deploy/fetch_ohif.sh            fetch unless var/ohif/ already holds this version
 #   OHIF_DIR=/path deploy/fetch_ohif.sh
-# Exit status 0 on success, 1 on any failure (the registry unreachable, a hash mismatch).
+# Exit status 0 on success, non-zero on any failure (the registry unreachable, a hash mismatch)
+# with var/ohif/ as it was.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
