@@ -132,6 +132,8 @@ class AdjudicationScope(_TaskScope):
         raise DomainError("An adjudication's DICOMweb root serves the reads' objects and stores none; resolve "
                           "it through /api/adjudications/{id}/resolve/.", code="method_not_allowed", status=405)
 
+    describes_series = True
+
     def series_description(self, series: Series) -> str | None:
         if not series.is_reader_object:
             return None

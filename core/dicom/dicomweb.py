@@ -1,10 +1,12 @@
 """DICOMweb (PS3.18) at /dicomweb/: QIDO-RS from the index, WADO-RS and rendered images from the
 encrypted store, STOW-RS into the ingest service. Enough for OHIF Viewer and dicomweb-client.
 
-Scoped by core.dicom.selectors (404 for what the caller may not reach) and audited per request.
+Scoped by core.dicom.scopes (the project-wide root, a read's, an adjudication's: 404 for what the
+caller may not reach there) and audited per request.
 """
 
 import io
+import json
 import re
 import secrets
 from collections.abc import Iterable, Iterator
@@ -643,7 +645,20 @@ class RetrieveMixin:
     def metadata(self, request, instances: QuerySet[Instance]) -> HttpResponse:
         self.audit_verb = "view"
         # From what ingest recorded (core.dicom.metadata), not from the stored objects.
-        return HttpResponse(metadata.metadata_body(instances, _base_url(request)), content_type=DICOM_JSON)
+        body = metadata.metadata_body(instances, _base_url(request))
+        if not self.scope.describes_series:
+            return HttpResponse(body, content_type=DICOM_JSON)
+        saved = Series.objects.filter(pk__in=instances.values("series_id"), is_reader_object=True)
+        described = {s.series_uid: d for s in saved if (d := self.scope.series_description(s)) is not None}
+        if not described:
+            return HttpResponse(body, content_type=DICOM_JSON)
+        # An adjudication's root names each read's saved series by its reader's pseudonym (as its QIDO does).
+        items = json.loads(body)
+        for item in items:
+            uid = (item.get("0020000E", {}).get("Value") or [None])[0]
+            if uid in described:
+                item["0008103E"] = _attr("LO", described[uid])
+        return JsonResponse(items, safe=False, content_type=DICOM_JSON)
 
 
 WADO_RESPONSES = {(200, MULTIPART_DICOM): OpenApiResponse(OpenApiTypes.BINARY, description=(

@@ -49,6 +49,8 @@ class Scope:
         """What the audit event of each request adds to who and which study (the read, say)."""
         return {}
 
+    describes_series = False  # whether series_description ever differs from the stored description
+
     def series_description(self, series: Series) -> str | None:
         """The SeriesDescription this root shows for ``series``, where it differs from the stored one."""
         return None

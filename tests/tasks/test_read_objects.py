@@ -158,16 +158,26 @@ def test_two_readers_of_one_task_never_see_each_others_objects(cast, queued, api
     seg = ohif_label_map(_sources(a["study_uid"]), "Pneumothorax", voxels=[(0, 1, 1)])
     assert _stow(first, a["read"], seg).status_code == 200
 
-    def seen_by_second() -> set:
-        root = f"/dicomweb/reads/{b['read']}/studies/{b['study_uid']}"
+    def seen_by(reader, body) -> set:
+        """Every series a reader's root shows, through each path, and "direct" if any URL naming the first
+        reader's object answers anything but 404."""
+        second, root = reader, f"/dicomweb/reads/{body['read']}/studies/{body['study_uid']}"
         series = {s["0020000E"]["Value"][0] for s in second.get(f"{root}/series").json()}
         metadata = {m["0020000E"]["Value"][0] for m in second.get(f"{root}/metadata").json()}
-        direct = second.get(f"{root}/series/{seg.SeriesInstanceUID}/instances/{seg.SOPInstanceUID}/metadata")
-        return series | metadata | ({"direct"} if direct.status_code != 404 else set())
+        retrieved = second.get(root, HTTP_ACCEPT="multipart/related; type=application/dicom; transfer-syntax=*")
+        parts = b"".join(retrieved.streaming_content)
+        whole = {str(seg.SeriesInstanceUID)} if str(seg.SOPInstanceUID).encode() in parts else set()
+        seg_root = f"{root}/series/{seg.SeriesInstanceUID}"
+        urls = [seg_root, f"{seg_root}/metadata", f"{seg_root}/instances", f"{seg_root}/thumbnail",
+                f"{seg_root}/instances/{seg.SOPInstanceUID}", f"{seg_root}/instances/{seg.SOPInstanceUID}/metadata",
+                f"{seg_root}/instances/{seg.SOPInstanceUID}/frames/1"]
+        direct = {"direct"} if any(second.get(url).status_code != 404 for url in urls) else set()
+        return series | metadata | whole | direct
 
-    assert seg.SeriesInstanceUID not in seen_by_second()
+    assert {seg.SeriesInstanceUID, "direct"} <= seen_by(first, a)  # the paths do show it to its reader
+    assert not {seg.SeriesInstanceUID, "direct"} & seen_by(second, b)
     assert first.post(f"/api/reads/{a['read']}/submit/", {}, format="json").status_code == 200
-    assert seg.SeriesInstanceUID not in seen_by_second() and "direct" not in seen_by_second()
+    assert not {seg.SeriesInstanceUID, "direct"} & seen_by(second, b)
 
 
 @pytest.mark.django_db
@@ -215,6 +225,8 @@ def test_an_adjudicator_sees_each_reads_segmentation_labelled_by_its_readers_pse
     described = {s["0020000E"]["Value"][0]: s.get("0008103E", {}).get("Value", [""])[0] for s in listed}
     assert described[segs[0].SeriesInstanceUID].startswith(cast.annotator.pseudonym)
     assert described[segs[1].SeriesInstanceUID].startswith(cast.second_annotator.pseudonym)
+    metadata = api(cast.radiologist).get(f"{root}/studies/{a['study_uid']}/series/{segs[0].SeriesInstanceUID}/metadata")
+    assert metadata.json()[0]["0008103E"]["Value"][0].startswith(cast.annotator.pseudonym)
     # Readers' roots are gone once they submitted; the project-wide root never had them.
     assert first.get(f"/dicomweb/reads/{a['read']}/studies").status_code == 404
     assert segs[0].SeriesInstanceUID not in {s["0020000E"]["Value"][0] for s in api(cast.manager).get(
