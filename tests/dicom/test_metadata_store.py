@@ -6,7 +6,10 @@ import email
 import io
 import os
 
+import highdicom as hd
+import numpy as np
 import pydicom
+import pydicom.uid
 import pytest
 from django.core.management import call_command
 from django.test import override_settings
@@ -27,14 +30,49 @@ COMPRESSED = ["emri_small_RLE.dcm", "SC_rgb_rle_2frame.dcm", "JPEG2000.dcm", "co
               "MR_small_jp2klossless.dcm", "SC_rgb_jpeg_gdcm.dcm", "CT_small.dcm"]
 
 
+def binary_seg(sources: list) -> pydicom.Dataset:
+    """A binary SEG of a CT series, as a reader's saved object is (highdicom)."""
+    mask = np.zeros((len(sources), sources[0].Rows, sources[0].Columns), dtype=bool)
+    mask[:, 4:9, 5:11] = True
+    tissue = hd.sr.CodedConcept("85756007", "SCT", "Tissue")
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Nodule", segmented_property_category=tissue,
+        segmented_property_type=tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+    return hd.seg.Segmentation(
+        source_images=sources, pixel_array=mask, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment], series_instance_uid=hd.UID(), series_number=90, sop_instance_uid=hd.UID(),
+        instance_number=1, manufacturer="test", manufacturer_model_name="test", software_versions="1",
+        device_serial_number="1")
+
+
+def text_sr(source: pydicom.Dataset) -> pydicom.Dataset:
+    """A structured report without pixel data, of the same study."""
+    ds = pydicom.Dataset()
+    for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber"):
+        if keyword in source:
+            setattr(ds, keyword, getattr(source, keyword))
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.11", pydicom.uid.generate_uid()
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "SR", pydicom.uid.generate_uid(), 91, 1
+    ds.ValueType, ds.CompletionFlag, ds.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.ConceptNameCodeSequence = [pydicom.Dataset()]
+    ds.ConceptNameCodeSequence[0].CodeValue = "18748-4"
+    ds.ConceptNameCodeSequence[0].CodingSchemeDesignator = "LN"
+    ds.ConceptNameCodeSequence[0].CodeMeaning = "Diagnostic imaging report"
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    return ds
+
+
 @pytest.fixture
 def ingested(cast):
-    cast.project.modalities = ["CT", "MR", "US", "OT", "NM"]
+    cast.project.modalities = ["CT", "MR", "US", "OT", "NM", "SEG", "SR"]
     cast.project.save(update_fields=["modalities"])
     ct = synthetic.make_ct_series(n_slices=3, rows=32, cols=32, seed=5)
     ct[0].add_new(0x00282000, "OB", bytes(range(256)) * 24)  # an ICC profile: a bulk value over the threshold
     datasets = [*ct, *synthetic.make_mr_series("T2", n_slices=2, rows=24, cols=24, seed=6),
                 synthetic.make_enhanced_ct(n_frames=5, rows=16, cols=16, seed=7)]
+    datasets += [binary_seg(ct), text_sr(ct[0])]
     items = [IngestItem(f"synthetic {i}", reader=io.BytesIO(synthetic.to_bytes(ds))) for i, ds in enumerate(datasets)]
     items += [IngestItem(name, reader=io.BytesIO(pydicom_bytes(name))) for name in COMPRESSED]
     report = ingest_files(cast.project, items, by=None, source="folder")
@@ -99,7 +137,8 @@ def test_series_metadata_from_what_ingest_recorded_equals_the_parse_path(cast, a
         members = list(Instance.objects.filter(series=instance.series).order_by("instance_number", "id"))
         assert answered == [parse_path(i, f"{BASE}/dicomweb") for i in members]
         bulk_uris += str(answered).count("/bulk/")
-    assert len(seen_series) >= 8
+    assert len(seen_series) >= 10
+    assert {"SEG", "SR"} <= {i.series.modality for i in ingested.select_related("series")}
     assert bulk_uris >= 1  # the ICC profile, served by URL under the public base
 
 
