@@ -175,6 +175,74 @@ def app_config(*, read_id: int, dicomweb_root: str, modes: list[str], study_uid:
     }
 
 
-def app_config_js(config: dict) -> str:
+def _js(value) -> str:
     # JSON is a JavaScript expression; "</" is escaped so the text is safe inside a <script> too.
-    return "window.config = " + json.dumps(config, indent=2).replace("</", "<\\/") + ";\n"
+    return json.dumps(value, indent=2).replace("</", "<\\/")
+
+
+# OHIF's DICOMweb client sends no CSRF header, so Django refuses its session-authenticated STOW
+# (the SEG and SR it saves). This adds the header from Django's CSRF cookie, as Django's own AJAX
+# recipe does, to unsafe XHR and fetch requests whose URL is under the read's root on this origin,
+# and to nothing else: the token never goes to another site, nor to another radqueue URL. After a
+# save it tells the read page (the parent frame, same origin only) to reload what was saved.
+CSRF_GUARD = """(function (root, read, cookieName, header) {
+  var safe = /^(GET|HEAD|OPTIONS|TRACE)$/i;
+  function guarded(method, url) {
+    if (safe.test(method || "GET")) return false;
+    var target;
+    try { target = new URL(url, location.href); } catch (e) { return false; }
+    return target.origin === location.origin && target.href.indexOf(root) === 0;
+  }
+  function cookieValue() {
+    var parts = document.cookie ? document.cookie.split(";") : [];
+    for (var i = 0; i < parts.length; i++) {
+      var pair = parts[i].trim().split("=");
+      if (pair[0] === cookieName) return decodeURIComponent(pair.slice(1).join("="));
+    }
+    return "";
+  }
+  function saved(status) {
+    if (status >= 200 && status < 300 && window.parent !== window)
+      window.parent.postMessage({radqueue: "saved", read: read}, location.origin);
+  }
+  var open = XMLHttpRequest.prototype.open, send = XMLHttpRequest.prototype.send;
+  XMLHttpRequest.prototype.open = function (method, url) {
+    this.__radqueueGuarded = guarded(String(method), String(url));
+    return open.apply(this, arguments);
+  };
+  XMLHttpRequest.prototype.send = function () {
+    if (this.__radqueueGuarded) {
+      var xhr = this;
+      this.setRequestHeader(header, cookieValue());
+      this.addEventListener("loadend", function () { saved(xhr.status); });
+    }
+    return send.apply(this, arguments);
+  };
+  var fetch = window.fetch;
+  if (fetch) window.fetch = function (input, init) {
+    var isRequest = typeof Request !== "undefined" && input instanceof Request;
+    var method = (init && init.method) || (isRequest ? input.method : "GET");
+    if (!guarded(method, isRequest ? input.url : String(input))) return fetch.apply(this, arguments);
+    var headers = new Headers((init && init.headers) || (isRequest ? input.headers : undefined));
+    headers.set(header, cookieValue());
+    return fetch.call(this, input, Object.assign({}, init, {headers: headers})).then(function (response) {
+      saved(response.status);
+      return response;
+    });
+  };
+})(%s, %s, %s, %s);
+"""
+
+
+def app_config_js(config: dict) -> str:
+    """The config script: OHIF's window.config, after the CSRF guard for the read's DICOMweb root."""
+    root, read = config["dataSources"][0]["configuration"]["stowRoot"], config["radqueue"]["read"]
+    guard = CSRF_GUARD % (_js(root.rstrip("/") + "/"), _js(read), _js(settings.CSRF_COOKIE_NAME),
+                          _js(csrf_header_name()))
+    return guard + "window.config = " + _js(config) + ";\n"
+
+
+def csrf_header_name() -> str:
+    """The header Django reads the CSRF token from (CSRF_HEADER_NAME is its WSGI META key)."""
+    name = settings.CSRF_HEADER_NAME
+    return name.removeprefix("HTTP_").replace("_", "-")

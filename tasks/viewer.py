@@ -15,6 +15,7 @@ from django.http import FileResponse, Http404, HttpResponse, HttpResponseNotModi
 from django.shortcuts import redirect, render
 from django.utils.http import http_date
 from django.views.decorators.clickjacking import xframe_options_sameorigin
+from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_safe
 from django.views.static import was_modified_since
 
@@ -75,6 +76,7 @@ def _live_read(request, read_id: int, what: str):
 @require_safe
 @login_required(login_url="dashboard-login")
 @xframe_options_sameorigin
+@ensure_csrf_cookie  # the config's CSRF guard sends it with OHIF's saves (tasks.ohif.CSRF_GUARD)
 def read_viewer(request, read: int, route: str = ""):
     """OHIF for one read: the bare prefix opens the task's study in the protocol's first mode."""
     live = _live_read(request, read, "tasks.viewer")

@@ -21,6 +21,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from pydicom.datadict import tag_for_keyword
 from pydicom.encaps import get_frame
 from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import BaseParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
@@ -48,6 +49,17 @@ class AnyContentNegotiation(BaseContentNegotiation):
 
     def select_renderer(self, request, renderers, format_suffix=None):
         return renderers[0], renderers[0].media_type
+
+
+class UnreadBodyParser(BaseParser):
+    """Leaves the body unread for core.dicom.stow, which streams it. DRF parses a body whenever
+    anything reads request.POST, and Django's CSRF check (a session-authenticated POST: OHIF's save)
+    does, before the header is looked at: with DRF's JSON parser first, a STOW answered 400."""
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        return {}
 
 
 class DicomwebError(DomainError):
@@ -312,6 +324,7 @@ class DicomwebView(AuditedViewMixin, APIView):
     root unless the URL mounts it under a read's or an adjudication's."""
 
     content_negotiation_class = AnyContentNegotiation
+    parser_classes = [UnreadBodyParser]
     renderer_classes = [JSONRenderer]
     audit_object_type = "core.study"
     scope_class: type[Scope] = Scope
