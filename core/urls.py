@@ -54,4 +54,5 @@ urlpatterns = [
     path("dicomweb/", include("core.dicom.urls")),
     path("dashboard/", include("tasks.dashboard_urls")),
     path("viewer/", include("tasks.viewer_urls")),  # OHIF, same origin (tasks.viewer)
+    path("work/", include("tasks.reader_urls")),  # the reader's worklist and read pages
 ]
