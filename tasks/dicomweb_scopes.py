@@ -13,16 +13,30 @@ submitted reads, each series described by the reader's pseudonym, while the adju
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from django.db import connection
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from core.dicom import selectors as dicom_selectors
 from core.dicom.models import Instance, Series, Study
 from core.dicom.scopes import Scope
 from core.errors import DomainError, NotFound
-from tasks.models import ReadObject
-from tasks.selectors import claimed_adjudications_of, open_reads_of
+from core.roles import Perm
+from core.selectors import projects_visible_to
+from tasks.models import Read, ReadObject
+from tasks.selectors import claimed_adjudications_of, open_reads_of, reader_membership_sql
 from tasks.states import ReadState
+
+NOT_LIVE = "No such read, or it is no longer live (submitted, released, reassigned or lapsed)."
+
+
+@dataclass(frozen=True)
+class _TaskOf:
+    """The two task fields the shared scope rules read."""
+
+    study_id: int
+    series_id: int | None
 
 
 def live_read_of(user, read_id):
@@ -31,7 +45,7 @@ def live_read_of(user, read_id):
     read = (open_reads_of(user).filter(pk=read_id, lease_expires_at__gt=timezone.now())
             .select_related("task__study", "task__series", "task__protocol_version").first())
     if read is None:
-        raise NotFound("No such read, or it is no longer live (submitted, released, reassigned or lapsed).")
+        raise NotFound(NOT_LIVE)
     return read
 
 
@@ -56,9 +70,16 @@ class _TaskScope(Scope):
         return study.series.filter(originals | saved)
 
     def instances(self) -> QuerySet[Instance]:
-        # The quarantine rule is the project-wide one: burned-in-text risks only to those who may clear them.
-        return (dicom_selectors.instances_visible_to(self.user).filter(series__study_id=self.task.study_id)
-                .filter(self._originals() | Q(pk__in=self.saved().values("instance_id"))))
+        qs = Instance.objects.filter(series__study_id=self.task.study_id).filter(
+            self._originals() | Q(pk__in=self.saved().values("instance_id")))
+        if self.user.is_superuser:
+            return qs
+        # The project-wide rule (core.dicom.selectors): burned-in-text risks only to those who may clear them.
+        return qs.filter(Q(is_quarantined=False)
+                         | Q(project_id__in=projects_visible_to(self.user, Perm.MANAGE).values("pk")))
+
+    def audit_study(self, instance: Instance) -> Study | None:
+        return None  # the protocol version is the task's, whatever the study
 
     def protocol_version(self, study: Study) -> int | None:
         return self.task.protocol_version.number
@@ -66,6 +87,42 @@ class _TaskScope(Scope):
 
 def _failure_body(description: str) -> dict:
     return {"description": description, "content": {"application/dicom+json": {"schema": {"type": "object"}}}}
+
+
+@dataclass(frozen=True)
+class _LiveRead:
+    """What a read's root needs of its read, task and protocol version (one row)."""
+
+    pk: int
+    project_id: int
+    study_id: int
+    study_uid: str
+    series_id: int | None
+    protocol_number: int
+
+
+# The live-read rule of live_read_of, as one static statement: a read's root runs it on every
+# request (a viewer asks for each frame on its own), where the ORM's building of the same query
+# cost more than a frame's whole read from the store.
+_LIVE_READ = f"""
+SELECT r.id, r.project_id, t.study_id, st.study_uid, t.series_id, pv.number
+  FROM tasks_read r
+  JOIN tasks_task t ON t.id = r.task_id
+  JOIN core_study st ON st.id = t.study_id
+  JOIN core_protocolversion pv ON pv.id = t.protocol_version_id
+ WHERE r.id = %(read)s AND r.reader_id = %(reader)s AND r.state = '{ReadState.CLAIMED.value}'
+   AND r.lease_expires_at > %(now)s AND {reader_membership_sql("r")}
+"""
+
+# One instance of a read's root by its UIDs: the task's originals (its one series for a per-series
+# task) or an object this read saved and has not superseded.
+_INSTANCE_AT = """
+SELECT i.* FROM core_instance i JOIN core_series s ON s.id = i.series_id
+ WHERE s.study_id = %(study)s AND s.series_uid = %(series_uid)s AND i.sop_instance_uid = %(sop_uid)s
+   AND ((NOT i.is_reader_object AND (%(task_series)s::bigint IS NULL OR i.series_id = %(task_series)s::bigint))
+        OR i.id IN (SELECT o.instance_id FROM tasks_readobject o
+                     WHERE o.read_id = %(read)s AND o.superseded_at IS NULL))
+"""
 
 
 class ReadScope(_TaskScope):
@@ -86,12 +143,39 @@ class ReadScope(_TaskScope):
 
     def __init__(self, user, *, read):
         super().__init__(user)
-        self.read = live_read_of(user, read)
-        self.task, self.project_id = self.read.task, self.read.project_id
-        self.root_path = f"/dicomweb/reads/{self.read.pk}"
+        row = None
+        if user.is_authenticated:
+            with connection.cursor() as cursor:
+                cursor.execute(_LIVE_READ, {"read": read, "reader": user.pk, "now": timezone.now()})
+                row = cursor.fetchone()
+        if row is None:
+            raise NotFound(NOT_LIVE)
+        self.read = _LiveRead(*row)
+        self.project_id, self.root_path = self.read.project_id, f"/dicomweb/reads/{self.read.pk}"
+        self.task = _TaskOf(study_id=self.read.study_id, series_id=self.read.series_id)
+
+    def studies(self) -> QuerySet[Study]:
+        return Study.objects.filter(pk=self.read.study_id)
 
     def saved(self) -> QuerySet[ReadObject]:
-        return ReadObject.objects.filter(read=self.read, superseded_at__isnull=True)
+        return ReadObject.objects.filter(read_id=self.read.pk, superseded_at__isnull=True)
+
+    def instance_at(self, study_uid: str, series_uid: str, sop_uid: str) -> Instance | None:
+        if study_uid != self.read.study_uid:
+            return None
+        found = list(Instance.objects.raw(_INSTANCE_AT, {
+            "study": self.read.study_id, "series_uid": series_uid, "sop_uid": sop_uid,
+            "task_series": self.read.series_id, "read": self.read.pk}))
+        if not found or (found[0].is_quarantined and not self._clears_quarantine()):
+            return None
+        return found[0]
+
+    def _clears_quarantine(self) -> bool:
+        # The project-wide rule (core.dicom.selectors): burned-in-text risks only to those who may clear them.
+        return self.user.is_superuser or projects_visible_to(self.user, Perm.MANAGE).filter(pk=self.project_id).exists()
+
+    def protocol_version(self, study: Study | None) -> int | None:
+        return self.read.protocol_number
 
     def audit_extra(self) -> dict:
         return {"read": self.read.pk}
@@ -100,7 +184,9 @@ class ReadScope(_TaskScope):
         from tasks.read_objects import store_into_read
 
         view.audit_verb = "update"
-        return store_into_read(self.read, request, study_uid)
+        read = Read.objects.select_related("task__study", "task__series", "task__protocol_version").get(
+            pk=self.read.pk)
+        return store_into_read(read, request, study_uid)
 
 
 class AdjudicationScope(_TaskScope):

@@ -352,8 +352,7 @@ class DicomwebView(AuditedViewMixin, APIView):
         return self.audit_verb
 
     def audit_protocol_version(self):
-        study = getattr(self, "_audit_study", None)
-        return None if study is None or self.scope is None else self.scope.protocol_version(study)
+        return None if self.scope is None else self.scope.protocol_version(getattr(self, "_audit_study", None))
 
     def audit_extra(self) -> dict:
         return {} if self.scope is None else self.scope.audit_extra()
@@ -375,6 +374,15 @@ class DicomwebView(AuditedViewMixin, APIView):
 
     def instances(self) -> QuerySet[Instance]:
         return self.scope.instances().select_related("series__study")
+
+    def instance_at(self, study_uid, series_uid, sop_uid) -> Instance:
+        """One instance by its three UIDs, in one lookup: what frames, bulk data and rendered images
+        ask for once per frame, so the study and series are not looked up on their own first."""
+        instance = self.scope.instance_at(study_uid, series_uid, sop_uid)
+        if instance is None:
+            raise NotFound("No such instance.")
+        self._audit_project_id, self._audit_study = instance.project_id, self.scope.audit_study(instance)
+        return instance
 
     def instance_of(self, series: Series, uid) -> Instance:
         instance = self.instances().filter(series=series, sop_instance_uid=uid).first()
@@ -824,7 +832,7 @@ class FramesView(DicomwebView):
                               **NOT_ACCEPTABLE})
     def get(self, request, study, series, instance, frames):
         self.audit_verb = "download"
-        obj = self.instance_of(self.series_of(self.study(study), series), instance)
+        obj = self.instance_at(study, series, instance)
         if not obj.rows:
             raise NotFound("This instance has no pixel data.")
         header = _accept_header(request)
@@ -859,7 +867,7 @@ class BulkDataView(DicomwebView):
                        "One application/octet-stream part: the attribute's value."))})
     def get(self, request, study, series, instance, tag):
         self.audit_verb = "download"
-        obj = self.instance_of(self.series_of(self.study(study), series), instance)
+        obj = self.instance_at(study, series, instance)
         ds = _load(obj)
         try:
             elem = ds[int(tag, 16)]
@@ -939,7 +947,7 @@ class RenderedView(DicomwebView):
                    responses=JPEG_RESPONSE)
     def get(self, request, study, series, instance):
         self.audit_verb = "download"
-        obj = self.instance_of(self.series_of(self.study(study), series), instance)
+        obj = self.instance_at(study, series, instance)
         return _rendered(request, obj, size=None)
 
 
@@ -948,7 +956,7 @@ class ThumbnailView(DicomwebView):
                    responses=JPEG_RESPONSE)
     def get(self, request, study, series, instance):
         self.audit_verb = "download"
-        obj = self.instance_of(self.series_of(self.study(study), series), instance)
+        obj = self.instance_at(study, series, instance)
         return _rendered(request, obj, size=THUMBNAIL_SIZE)
 
 

@@ -42,8 +42,16 @@ class Scope:
     def instances(self) -> QuerySet[Instance]:
         return selectors.instances_visible_to(self.user).filter(is_reader_object=False)
 
-    def protocol_version(self, study: Study) -> int | None:
-        return selectors.protocol_version_served(self.user, study)
+    def instance_at(self, study_uid: str, series_uid: str, sop_uid: str) -> Instance | None:
+        return self.instances().select_related("series__study").filter(
+            series__study__study_uid=study_uid, series__series_uid=series_uid, sop_instance_uid=sop_uid).first()
+
+    def audit_study(self, instance: Instance) -> Study | None:
+        """The study an instance_at lookup is audited under (its protocol version, where a read serves it)."""
+        return instance.series.study
+
+    def protocol_version(self, study: Study | None) -> int | None:
+        return None if study is None else selectors.protocol_version_served(self.user, study)
 
     def audit_extra(self) -> dict:
         """What the audit event of each request adds to who and which study (the read, say)."""

@@ -153,3 +153,33 @@ def test_a_gold_checks_root_cannot_be_told_from_a_production_reads(cast, api):
         seen = [_shape(api(user).get(_paths(body)[name]))
                 for user, body in ((cast.annotator, check), (cast.second_annotator, production))]
         assert seen[0] == seen[1], name
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dicomweb_client_opens_the_read_through_every_path_of_its_root(cast, api, queued, live_server, settings):
+    from dicomweb_client.api import DICOMwebClient
+    from knox.models import AuthToken
+
+    settings.PUBLIC_BASE_URL = live_server.url
+    body = _claim(api(cast.annotator))
+    _, token = AuthToken.objects.create(cast.annotator)
+    client = DICOMwebClient(url=body["dicomweb"]["root"], headers={"Authorization": f"Bearer {token}"})
+    [study] = client.search_for_studies()
+    assert study["0020000D"]["Value"] == [body["study_uid"]]
+    assert client.search_for_studies(search_filters={"PatientID": "another-patient"}) == []
+    [series] = client.search_for_series(body["study_uid"])
+    series_uid = series["0020000E"]["Value"][0]
+    instances = client.search_for_instances(body["study_uid"], series_uid)
+    metadata = client.retrieve_series_metadata(body["study_uid"], series_uid)
+    assert len(instances) == len(metadata) == 2
+    assert all(m["7FE00010"]["BulkDataURI"].startswith(body["dicomweb"]["root"]) for m in metadata)
+    [pixels] = client.retrieve_bulkdata(metadata[0]["7FE00010"]["BulkDataURI"])
+    sop_uid = metadata[0]["00080018"]["Value"][0]
+    [frame] = client.retrieve_instance_frames(body["study_uid"], series_uid, sop_uid, frame_numbers=[1])
+    assert frame == pixels and len(frame) == 16 * 16 * 2
+    retrieved = client.retrieve_study(body["study_uid"])
+    assert sorted(ds.SOPInstanceUID for ds in retrieved) == sorted(i["00080018"]["Value"][0] for i in instances)
+    # The same token at another study's URL under this root: nothing there.
+    other = next(t.study.study_uid for t in queued if t.study.study_uid != body["study_uid"])
+    with pytest.raises(Exception, match="404"):
+        client.retrieve_study_metadata(other)
