@@ -143,6 +143,52 @@ def test_a_session_authenticated_stow_needs_the_csrf_header_the_viewers_config_a
     assert f'"{body["dicomweb"]["root"]}/", {body["read"]}, "csrftoken", "X-CSRFTOKEN"' in guard
 
 
+@pytest.mark.django_db
+def test_a_lapsed_read_leaves_its_page_and_shows_as_lapsed_on_the_worklist(cast, api, queued):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    body = _claim(api(cast.annotator))
+    reader = _session(cast.annotator)
+    assert reader.get(f"/work/reads/{body['read']}/").status_code == 200
+    Read.objects.filter(pk=body["read"]).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert reader.get(f"/work/reads/{body['read']}/").status_code == 404
+    assert reader.get(f"/viewer/reads/{body['read']}/app-config.js").status_code == 404
+    row = reader.get("/work/").content.decode().split(f'data-read="{body["read"]}"', 1)[1]
+    assert ">lapsed</td>" in row.split("</tr>", 1)[0]
+
+
+@pytest.mark.django_db
+def test_a_grading_protocols_panel_offers_its_scale_with_the_coded_concepts(cast, api, queued):
+    from core.protocols import create_protocol_version
+    from tasks.models import Task
+
+    birads = create_protocol_version(project=cast.project, name="BI-RADS", template="birads", by=cast.manager)
+    body = _claim(api(cast.annotator))
+    Task.objects.filter(pk=body["task"]).update(protocol_version=birads)
+    html = _session(cast.annotator).get(f"/work/reads/{body['read']}/").content.decode()
+    assert 'data-field="birads_assessment" data-kind="ordinal"' in html
+    for value in ("0", "1", "2", "3", "4A", "4B", "4C", "5", "6"):
+        assert f'name="birads_assessment" value="{value}"' in html, value
+    assert 'title="SCT 397140005 · 1 - Negative"' in html
+
+    reader = _session(cast.annotator)
+    assert _answers(reader, body["read"], {"birads_assessment": "4B"}).status_code == 200
+    refused = _answers(reader, body["read"], {"birads_assessment": "7"})
+    assert refused.status_code == 400 and "4A" in refused.json()["errors"]["birads_assessment"][0]
+    assert Read.objects.get(pk=body["read"]).draft == [{"label": "birads_assessment", "value": "4B"}]
+
+
+@pytest.mark.django_db
+def test_without_the_viewer_the_read_page_says_how_to_install_it(cast, api, queued, settings, tmp_path):
+    settings.OHIF_DIR = str(tmp_path / "nowhere")
+    body = _claim(api(cast.annotator))
+    html = _session(cast.annotator).get(f"/work/reads/{body['read']}/").content.decode()
+    assert "The viewer is not installed" in html and "make ohif" in html and "<iframe" not in html
+    assert 'data-field="finding_laterality"' in html  # the panel works without it
+
+
 # --- a real browser --------------------------------------------------------------------------------
 
 IFRAME = "document.getElementById('viewer').contentWindow"
