@@ -189,6 +189,42 @@ def test_without_the_viewer_the_read_page_says_how_to_install_it(cast, api, queu
     assert 'data-field="finding_laterality"' in html  # the panel works without it
 
 
+@pytest.mark.django_db(transaction=True)  # each thread commits on its own connection
+def test_the_panels_answers_and_the_viewers_saves_racing_never_drop_each_other(cast, api, queued):
+    import threading
+
+    from django.db import connections
+
+    body = _claim(api(cast.annotator))
+    sources = _sources(body["study_uid"])
+    segs = [ohif_label_map(sources, "Pneumothorax", voxels=[(0, 2, i + 1)], series_number=200 + i) for i in range(5)]
+    values = ["left", "right", "bilateral", "left", "right"]
+    statuses, barrier = [], threading.Barrier(2)
+
+    def run(send):
+        try:
+            client = _session(cast.annotator)
+            for i in range(5):
+                barrier.wait(timeout=30)
+                statuses.append(send(client, i))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(lambda c, i: _stow(c, body["read"], segs[i]).status_code,)),
+               threading.Thread(target=run, args=(lambda c, i: _answers(
+                   c, body["read"], {"finding_laterality": values[i]}).status_code,))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert statuses == [200] * 10
+    draft = Read.objects.get(pk=body["read"]).draft
+    assert sorted(f["label"] for f in draft) == ["finding_laterality", "pneumothorax"]  # the last of each
+    assert {"label": "finding_laterality", "value": "right"} in draft
+    [mask] = [f for f in draft if f["label"] == "pneumothorax"]
+    assert mask == ReadObject.objects.get(read_id=body["read"], superseded_at__isnull=True).findings[0]
+
+
 # --- a real browser --------------------------------------------------------------------------------
 
 IFRAME = "document.getElementById('viewer').contentWindow"
