@@ -115,9 +115,12 @@ SELECT r.id, r.project_id, t.study_id, st.study_uid, t.series_id, pv.number
 """
 
 # One instance of a read's root by its UIDs: the task's originals (its one series for a per-series
-# task) or an object this read saved and has not superseded.
+# task) or an object this read saved and has not superseded; with its recorded frame layout
+# (core.dicom.metadata), so a frame request makes no other query before reading the store.
 _INSTANCE_AT = """
-SELECT i.* FROM core_instance i JOIN core_series s ON s.id = i.series_id
+SELECT i.*, m.frame_layout AS recorded_frame_layout
+  FROM core_instance i JOIN core_series s ON s.id = i.series_id
+  LEFT JOIN core_instancemetadata m ON m.instance_id = i.id
  WHERE s.study_id = %(study)s AND s.series_uid = %(series_uid)s AND i.sop_instance_uid = %(sop_uid)s
    AND ((NOT i.is_reader_object AND (%(task_series)s::bigint IS NULL OR i.series_id = %(task_series)s::bigint))
         OR i.id IN (SELECT o.instance_id FROM tasks_readobject o

@@ -136,11 +136,19 @@ def layout_of(ds: pydicom.Dataset, source, pixels: part10.PixelSpan | None, shif
     return {"fragments": [[[v + shift, n] for v, n in frame] for frame in frames[:count]]}
 
 
+NOT_LOOKED_UP = object()
+
+
 def frames_by_layout(instance: Instance, numbers: list[int], *, encapsulated: bool) -> list[bytes] | None:
     """The frames' bytes by the recorded layout, one ranged read of the object each (only their
     chunks decrypted); None when no layout of that kind is recorded (the caller parses)."""
-    layout = (InstanceMetadata.objects.filter(instance_id=instance.pk)
-              .values_list("frame_layout", flat=True).first())
+    # A lookup may have brought the layout along already (tasks.dicomweb_scopes joins it in).
+    layout = getattr(instance, "recorded_frame_layout", NOT_LOOKED_UP)
+    if layout is NOT_LOOKED_UP:
+        layout = (InstanceMetadata.objects.filter(instance_id=instance.pk)
+                  .values_list("frame_layout", flat=True).first())
+    elif isinstance(layout, str):
+        layout = json.loads(layout)
     key = "fragments" if encapsulated else "native"
     if not layout or key not in layout:
         return None

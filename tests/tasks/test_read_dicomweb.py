@@ -183,3 +183,22 @@ def test_dicomweb_client_opens_the_read_through_every_path_of_its_root(cast, api
     other = next(t.study.study_uid for t in queued if t.study.study_uid != body["study_uid"])
     with pytest.raises(Exception, match="404"):
         client.retrieve_study_metadata(other)
+
+
+@pytest.mark.django_db
+def test_a_frame_under_a_reads_root_costs_one_lookup_of_the_read_and_one_of_the_instance(cast, api, queued):
+    """A viewer asks for every frame on its own: beside the token check and the audit event, a frame
+    request looks up the live read once and the instance (with its frame layout) once."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = api(cast.annotator)
+    body = _claim(client)
+    metadata = client.get(_paths(body)["series_metadata"]).json()
+    url = metadata[0]["7FE00010"]["BulkDataURI"].split("testserver", 1)[1]
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url, HTTP_ACCEPT=OHIF_FRAMES)
+        assert response.status_code == 200 and b"".join(response.streaming_content)
+    reads = [q for q in queries if "FROM tasks_read r" in q["sql"]]
+    instances = [q for q in queries if "core_instance" in q["sql"] and "audit" not in q["sql"]]
+    assert len(reads) == 1 and len(instances) == 1, [q["sql"][:120] for q in queries]
