@@ -19,11 +19,9 @@ passing over the tasks other claims are taking).
 import functools
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 from django.db import connection, transaction
-from django.db.models import Count
 from django.utils import timezone
 
 from audit.trail import HEAD_EXISTS, EmbeddedEvent, embedded_event, record_event
@@ -31,14 +29,13 @@ from audit.trail import is_enabled as audit_enabled
 from core.broadcast import broadcast_to_reader_on_commit
 from core.errors import Conflict, NotFound
 from core.models import Project, User
-from core.roles import READER_ROLE_TIERS
 from core.selectors import projects_visible_to
 from pgsql import prepared, rows
-from tasks.learning_seam import learning
+from tasks import sql
 from tasks.locks import AdvisoryLock, advisory_xact_lock
 from tasks.models import Read, Task
 from tasks.progress import announce_progress
-from tasks.routing import Eligibility, eligibility
+from tasks.routing import READER_ROLES, ROLE_TIERS, Eligibility, eligibility, eligibility_ctes
 from tasks.states import ReadState, TaskState
 
 
@@ -86,21 +83,17 @@ class ClaimRow(NamedTuple):
     recorded: int
 
 
-_CLAIM_SQL = Path(__file__).with_name("sql") / "claim.sql"
 _CLAIM_LOCK = "SELECT pg_advisory_xact_lock(%(claim_lock)s, %(reader)s)"
-_READER_ROLES = [str(role) for role in READER_ROLE_TIERS]
-_ROLE_TIERS = [int(tier) for tier in READER_ROLE_TIERS.values()]
 
 
 @functools.cache
 def claim_text(audit_sql: str | None) -> str:
     """The claim statement's text, with the claim's audit event CTEs (audit.trail.embedded_event's
     ``sql``, after ``claimed``) or without (the trail off): filled in once per process."""
-    text = "\n".join(line for line in _CLAIM_SQL.read_text().splitlines() if not line.lstrip().startswith("--"))
-    return text.format(
+    return sql.load(
+        "claim.sql", eligibility=eligibility_ctes(),
         claimed=ReadState.CLAIMED.value, submitted=ReadState.SUBMITTED.value, expired=ReadState.EXPIRED.value,
-        queued=TaskState.QUEUED.value, in_reading=TaskState.IN_READING.value,
-        learning_config=learning().config_relation, audit_head_exists=HEAD_EXISTS,
+        queued=TaskState.QUEUED.value, in_reading=TaskState.IN_READING.value, audit_head_exists=HEAD_EXISTS,
         audit="" if audit_sql is None else f", {audit_sql}",
         recorded="0" if audit_sql is None else "(SELECT count(*) FROM audit_event)")
 
@@ -113,9 +106,9 @@ def claim_statement(reader_id: int, now, *, project_id: int | None = None, event
     too); the flags are claim.sql's. ``event``: the claim's audit event, appended by the statement;
     the statement then claims only where the event's chain head exists (the event goes in with the
     claim or nothing is claimed) unless ``audit_head_required`` says otherwise."""
-    args = {"reader": reader_id, "project": project_id, "now": now, "reader_roles": _READER_ROLES,
-            "role_tiers": _ROLE_TIERS, "resume": resume, "offer_checks": offer_checks, "gold_draw": gold_draw,
-            "take_lapsed": take_lapsed, "skip_busy": skip_busy,
+    args = {"reader": reader_id, "projects": None if project_id is None else [project_id], "now": now,
+            "reader_roles": READER_ROLES, "role_tiers": ROLE_TIERS, "resume": resume, "offer_checks": offer_checks,
+            "gold_draw": gold_draw, "take_lapsed": take_lapsed, "skip_busy": skip_busy,
             "audit_head_required": event is not None if audit_head_required is None else audit_head_required,
             "audit_shard": event.shard if event is not None else 0, **(event.args if event is not None else {})}
     return claim_text(None if event is None else event.sql), args
@@ -134,23 +127,18 @@ def _claim_event(user) -> EmbeddedEvent | None:
 def _run_claim(user, now, *, project_id, event: EmbeddedEvent | None, **flags) -> ClaimRow:
     """Send the reader's claim lock and the claim statement in one message (the statement's
     snapshot is taken once the lock is granted); its row."""
-    sql, args = claim_statement(user.pk, now, project_id=project_id, event=event, **flags)
+    text, args = claim_statement(user.pk, now, project_id=project_id, event=event, **flags)
     args["claim_lock"] = int(AdvisoryLock.CLAIM)
     with connection.cursor() as cursor:
-        prepared.execute_prepared(cursor, "radqueue_claim", sql, args, before=(_CLAIM_LOCK, args))
-        if not _checked_columns.get(sql):
+        prepared.execute_prepared(cursor, "radqueue_claim", text, args, before=(_CLAIM_LOCK, args))
+        if not _checked_columns.get(text):
             names = tuple(column.name for column in cursor.description)
             assert names == ClaimRow._fields, f"claim.sql's columns {names} differ from ClaimRow's"
-            _checked_columns[sql] = True
+            _checked_columns[text] = True
         return ClaimRow._make(cursor.fetchone())
 
 
 _checked_columns: dict[str, bool] = {}
-
-
-def _open_counts(user) -> dict[int, int]:
-    rows = Read.objects.filter(reader=user, state=ReadState.CLAIMED).values("project_id").annotate(n=Count("id"))
-    return {row["project_id"]: row["n"] for row in rows}
 
 
 def claim_next_read(user: User, *, project_id: int | None = None, resume: bool = False) -> Claim | None:
@@ -187,11 +175,9 @@ def _claim_carefully(user, project_id, now, event: EmbeddedEvent | None, *, resu
     with transaction.atomic():
         if check_due:
             projects = None if project_id is None else [project_id]
-            # The lock first: the open-read counts below must see the reader's other claims.
+            # The lock first: the open-read counts in the rules must see the reader's other claims.
             advisory_xact_lock(AdvisoryLock.CLAIM, user.pk)
-            rules = eligibility(user, projects)
-            counts = _open_counts(user)
-            rules = [r for r in rules if counts.get(r.project_id, 0) < r.max_open_reads]
+            rules = [r for r in eligibility(user, projects) if not r.at_limit]
             check = _claim_check(user, rules, gold_draw)
             if check is not None:
                 claim = _fetch_claim(check.pk)
@@ -246,8 +232,7 @@ def claim_for_reader(user: User, *, project_id: int | None = None, another: bool
     if claim is not None:
         return claim
     rules = eligibility(user, None if project_id is None else [project_id])
-    counts = _open_counts(user)
-    full = [r.project_id for r in rules if counts.get(r.project_id, 0) >= r.max_open_reads]
+    full = [r.project_id for r in rules if r.at_limit]
     if full:
         held = (Read.objects.filter(reader=user, state=ReadState.CLAIMED, project_id__in=full)
                 .order_by("claimed_at", "id").values_list("id", "project_id", "lease_expires_at"))

@@ -11,17 +11,21 @@ Defaults (a protocol version's ``rules`` override them):
 Tiers rank annotator < radiologist < sub-specialist. A reader is eligible if an active, not
 suspended member with a reader role of the tier (or a higher one where the project lets higher
 tiers take lower work), holding the sub-specialty when one is required, and calibrated when the
-project requires calibration.
+project requires calibration; a claim also needs the reader below the project's open-read limit.
+That rule is one text, tasks/sql/eligibility.sql: ``eligibility`` runs it, and the claim statement
+(tasks/sql/claim.sql) starts with it.
 """
 
 import functools
-import json
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from django.db import connection
 
 from core.roles import READER_ROLE_TIERS, Subspecialty, Tier
+from tasks import sql
 from tasks.learning_seam import learning
+from tasks.states import ReadState
 
 BRAIN_PARTS = {"BRAIN", "HEAD", "SKULL", "HEADNECK", "NECK"}
 MSK_PARTS = {"KNEE", "SHOULDER", "HIP", "ANKLE", "WRIST", "ELBOW", "HAND", "FOOT", "EXTREMITY", "LEG", "ARM",
@@ -112,57 +116,64 @@ class Eligibility:
     needs_calibration: bool = False  # only calibration checks until the reader passes
     gold_rate: float = 0.0
     readers_see_model: bool = False  # not blind-to-model and suggestions on (learning.LearningConfig)
+    open_reads: int = 0  # the reader's claimed reads there, lapsed or not, when this was asked
+
+    @property
+    def at_limit(self) -> bool:
+        """The reader holds as many open reads as the project allows: no claim here."""
+        return self.open_reads >= self.max_open_reads
 
 
 def eligibility(user, projects=None) -> list[Eligibility]:
     """The reader's eligibility on each of the given projects (project ids, or a queryset of
-    projects; None: every project) where they may claim at all. The claim itself derives the same
-    in its own statement (tasks/sql/claim.sql); this is for everything else."""
+    projects; None: every project) where they may claim at all, in the order of their first
+    membership there. The rule is tasks/sql/eligibility.sql, the same text the claim statement
+    (tasks/sql/claim.sql) starts with."""
     if projects is not None and not isinstance(projects, list | tuple):
         projects = list(projects.values_list("pk", flat=True))
     if projects is not None and not projects:
         return []
-    by_project: dict[int, list[tuple]] = {}
     with connection.cursor() as cursor:
-        cursor.execute(_eligibility_text(), {
+        cursor.execute(_eligibility_statement(), {
             "reader": user.pk, "projects": None if projects is None else [int(p) for p in projects],
-            "reader_roles": [str(role) for role in READER_ROLE_TIERS]})
-        for row in cursor.fetchall():
-            by_project.setdefault(row[0], []).append(row)
-    result = []
-    for project_id, rows in by_project.items():
-        (_, _, _, _, _, active, requires_calibration, higher_take_lower, max_open_reads, lease_seconds,
-         gold_rate, readers_see_model) = rows[0]
-        if not active or any(row[3] for row in rows):
-            continue
-        needs_calibration = bool(requires_calibration) and not any(row[4] for row in rows)
-        top = max(READER_ROLE_TIERS[row[1]] for row in rows)
-        tiers = tuple(t for t in Tier.values if t == top or (higher_take_lower and t < top))
-        subs = tuple(sorted({s for row in rows for s in _json(row[2])}))
-        result.append(Eligibility(project_id, tiers, subs, max_open_reads, int(top), lease_seconds,
-                                  needs_calibration, gold_rate, bool(readers_see_model)))
-    return result
+            "reader_roles": READER_ROLES, "role_tiers": ROLE_TIERS})
+        rows = [_EligibleRow._make(row) for row in cursor.fetchall()]
+    return [Eligibility(row.project_id, tuple(t for t in Tier.values if t == row.reader_tier
+                                               or (row.takes_lower and t < row.reader_tier)),
+                        tuple(sorted(row.subspecialties)), row.max_open_reads, int(row.reader_tier),
+                        row.lease_seconds, bool(row.needs_calibration), row.gold_rate, bool(row.sees_model),
+                        row.open_reads)
+            for row in rows]
 
 
-# A reader's reader memberships with what their projects say (``projects`` NULL: on every project).
-_ELIGIBILITY = """SELECT m.project_id, m.role, m.subspecialties, m.is_suspended, m.calibrated_at IS NOT NULL,
-       p.is_active, p.requires_calibration, p.higher_tiers_take_lower_work, p.max_open_reads, p.lease_seconds,
-       p.gold_rate, coalesce(lc.suggestions_enabled AND NOT lc.is_blind_to_model, false)
-FROM core_membership m
-JOIN core_project p ON p.id = m.project_id
-LEFT JOIN {learning_config} lc ON lc.project_id = m.project_id
-WHERE m.user_id = %(reader)s AND m.is_active AND m.role = ANY(%(reader_roles)s::text[])
-  AND (%(projects)s::bigint[] IS NULL OR m.project_id = ANY(%(projects)s::bigint[]))
-ORDER BY m.id"""
+# The arguments the rule's roles and tiers take, in one order (eligibility.sql's reader_roles, role_tiers).
+READER_ROLES = [str(role) for role in READER_ROLE_TIERS]
+ROLE_TIERS = [int(tier) for tier in READER_ROLE_TIERS.values()]
+
+
+class _EligibleRow(NamedTuple):
+    project_id: int
+    reader_tier: int
+    takes_lower: bool
+    subspecialties: list[str]
+    needs_calibration: bool
+    max_open_reads: int
+    lease_seconds: int
+    gold_rate: float
+    sees_model: bool
+    open_reads: int
 
 
 @functools.cache
-def _eligibility_text() -> str:
-    return _ELIGIBILITY.format(learning_config=learning().config_relation)
+def eligibility_ctes() -> str:
+    """The rule's CTEs (``membership``, ``eligible``) for the head of a WITH list, filled in once."""
+    return sql.load("eligibility.sql", learning_config=learning().config_relation, claimed=ReadState.CLAIMED.value)
 
 
-def _json(value):
-    return json.loads(value) if isinstance(value, str | bytes) else (value or [])
+@functools.cache
+def _eligibility_statement() -> str:
+    columns = ", ".join(_EligibleRow._fields)
+    return f"WITH {eligibility_ctes()}\nSELECT {columns} FROM eligible ORDER BY first_membership"
 
 
 def facts_of(study) -> StudyFacts:

@@ -4,9 +4,10 @@
 -- It is sent right after the reader's claim lock, in the same message, so its snapshot is taken
 -- once the lock is granted: the open-read count and the same-task probe see the reader's other
 -- claims. Every placeholder is named and cast (the statement is prepared: pgsql.prepared); the
--- {braced} names are filled in once, when the text is loaded: state names from tasks.states, the
--- learning app's settings relation (tasks.learning_seam) and the claim's audit event
--- (audit.trail.embedded_event, after ``claimed``).
+-- {braced} names are filled in once, when the text is loaded: the reader-eligibility rule's CTEs
+-- ``membership`` and ``eligible`` (tasks/sql/eligibility.sql, which tasks.routing.eligibility runs
+-- too, so the claim and the check path cannot disagree), state names from tasks.states and the
+-- claim's audit event (audit.trail.embedded_event, after ``claimed``).
 --
 -- Flags, as tasks.queue sets them:
 --   resume              hand back the oldest read the reader still holds there instead (held)
@@ -15,36 +16,7 @@
 --   take_lapsed         take a slot whose lease ran out (else claim nothing)
 --   skip_busy           pass over a task another claim is taking this instant
 --   audit_head_required claim only where the audit event goes in with the claim (audit_ready)
-WITH membership AS (
-    -- The reader's active reader memberships, with what their projects say; one row per
-    -- membership and sub-specialty held.
-    SELECT m.project_id, m.role, sub.name AS subspecialty, m.is_suspended, m.calibrated_at IS NOT NULL AS calibrated,
-           p.is_active AS project_active, p.requires_calibration, p.higher_tiers_take_lower_work,
-           p.max_open_reads, p.lease_seconds, p.gold_rate,
-           coalesce(lc.suggestions_enabled AND NOT lc.is_blind_to_model, false) AS sees_model
-    FROM core_membership m
-    JOIN core_project p ON p.id = m.project_id
-    LEFT JOIN {learning_config} lc ON lc.project_id = m.project_id
-    LEFT JOIN LATERAL jsonb_array_elements_text(m.subspecialties) sub(name) ON true
-    WHERE m.user_id = %(reader)s::bigint AND m.is_active AND m.role = ANY(%(reader_roles)s::text[])
-      AND (m.project_id = %(project)s::bigint OR %(project)s::bigint IS NULL)
-), eligible AS (
-    -- tasks.routing's rule: an active project, no suspended membership; the reader's tier is
-    -- their highest reader role's, and lower tiers' slots too where the project lets higher
-    -- tiers take lower work.
-    SELECT project_id,
-           max((%(role_tiers)s::smallint[])[array_position(%(reader_roles)s::text[], role::text)]) AS reader_tier,
-           bool_and(higher_tiers_take_lower_work) AS takes_lower,
-           coalesce(array_agg(DISTINCT subspecialty) FILTER (WHERE subspecialty IS NOT NULL), '{{}}') AS subspecialties,
-           bool_and(requires_calibration) AND NOT bool_or(calibrated) AS needs_calibration,
-           min(max_open_reads) AS max_open_reads, min(lease_seconds) AS lease_seconds,
-           min(gold_rate) AS gold_rate, bool_or(sees_model) AS sees_model,
-           (SELECT count(*) FROM tasks_read o WHERE o.reader_id = %(reader)s::bigint
-              AND o.project_id = membership.project_id AND o.state = '{claimed}') AS open_reads
-    FROM membership
-    GROUP BY project_id
-    HAVING bool_and(project_active) AND NOT bool_or(is_suspended)
-), held AS (
+WITH {eligibility}, held AS (
     -- The oldest read still leased to the reader where they may claim (the partial index
     -- read_open_per_reader answers it: a handful of rows per reader).
     SELECT h.id, e.sees_model
