@@ -25,7 +25,7 @@ from core.errors import DomainError, NotFound
 from core.roles import Perm
 from core.selectors import projects_visible_to
 from tasks.models import Read, ReadObject
-from tasks.selectors import claimed_adjudications_of, open_reads_of, reader_membership_sql
+from tasks.selectors import claimed_adjudications_of, reader_membership_sql
 from tasks.states import ReadState
 
 NOT_LIVE = "No such read, or it is no longer live (submitted, released, reassigned or lapsed)."
@@ -42,11 +42,20 @@ class _TaskOf:
 def live_read_of(user, read_id):
     """The caller's read while it is live (claimed, lease running, a reader role held); else 404,
     the same answer whether the read ended, lapsed or was never theirs (existence does not leak)."""
-    read = (open_reads_of(user).filter(pk=read_id, lease_expires_at__gt=timezone.now())
-            .select_related("task__study", "task__series", "task__protocol_version").first())
-    if read is None:
+    live = _live_read(user, read_id)
+    return Read.objects.select_related("task__study", "task__series", "task__protocol_version").get(pk=live.pk)
+
+
+def _live_read(user, read_id) -> _LiveRead:
+    """The live-read rule as one static statement (_LIVE_READ); NotFound when the read is not live."""
+    row = None
+    if user.is_authenticated:
+        with connection.cursor() as cursor:
+            cursor.execute(_LIVE_READ, {"read": read_id, "reader": user.pk, "now": timezone.now()})
+            row = cursor.fetchone()
+    if row is None:
         raise NotFound(NOT_LIVE)
-    return read
+    return _LiveRead(*row)
 
 
 class _TaskScope(Scope):
@@ -85,7 +94,7 @@ class _TaskScope(Scope):
         return self.task.protocol_version.number
 
 
-def _failure_body(description: str) -> dict:
+def _stow_answer(description: str) -> dict:
     return {"description": description, "content": {"application/dicom+json": {"schema": {"type": "object"}}}}
 
 
@@ -101,7 +110,7 @@ class _LiveRead:
     protocol_number: int
 
 
-# The live-read rule of live_read_of, as one static statement: a read's root runs it on every
+# The live-read rule (live_read_of, every read root), as one static statement: a root runs it on every
 # request (a viewer asks for each frame on its own), where the ORM's building of the same query
 # cost more than a frame's whole read from the store.
 _LIVE_READ = f"""
@@ -135,25 +144,18 @@ class ReadScope(_TaskScope):
                    "saved, only to its reader, only while the read is live (404 otherwise).")
     stow_summary = "STOW-RS: save a DICOM SEG or a TID 1500 SR into the read (its draft's findings)"
     stow_responses = {
-        "200": _failure_body("Stored: ReferencedSOPSequence lists each object and its RetrieveURL; the draft's "
+        "200": _stow_answer("Stored: ReferencedSOPSequence lists each object and its RetrieveURL; the draft's "
                              "findings from the read's earlier object of the same kind are replaced."),
-        "400": _failure_body("Not a SEG or SR, another study, a reference outside the read's series, or findings "
+        "400": _stow_answer("Not a SEG or SR, another study, a reference outside the read's series, or findings "
                              "the submit would refuse: FailedSOPSequence, the reason in (0009,1001); nothing stored."),
-        "409": _failure_body("The lease was lost to another reader, or the object's SOP Instance UID is stored."),
-        "422": _failure_body("A segment or measurement maps to no label of the protocol (the reason lists those "
+        "409": _stow_answer("The lease was lost to another reader, or the object's SOP Instance UID is stored."),
+        "422": _stow_answer("A segment or measurement maps to no label of the protocol (the reason lists those "
                              "allowed), or a fractional SEG: nothing stored."),
     }
 
     def __init__(self, user, *, read):
         super().__init__(user)
-        row = None
-        if user.is_authenticated:
-            with connection.cursor() as cursor:
-                cursor.execute(_LIVE_READ, {"read": read, "reader": user.pk, "now": timezone.now()})
-                row = cursor.fetchone()
-        if row is None:
-            raise NotFound(NOT_LIVE)
-        self.read = _LiveRead(*row)
+        self.read = _live_read(user, read)
         self.project_id, self.root_path = self.read.project_id, f"/dicomweb/reads/{self.read.pk}"
         self.task = _TaskOf(study_id=self.read.study_id, series_id=self.read.series_id)
 
@@ -187,9 +189,7 @@ class ReadScope(_TaskScope):
         from tasks.read_objects import store_into_read
 
         view.audit_verb = "update"
-        read = Read.objects.select_related("task__study", "task__series", "task__protocol_version").get(
-            pk=self.read.pk)
-        return store_into_read(read, request, study_uid)
+        return store_into_read(live_read_of(self.user, self.read.pk), request, study_uid)
 
 
 class AdjudicationScope(_TaskScope):

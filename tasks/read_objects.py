@@ -23,8 +23,7 @@ from core.errors import DomainError
 from tasks.findings.from_dicom import ObjectRefused, findings_from_object
 from tasks.findings.loading import labels_of, study_geometry, validate_for_task
 from tasks.models import Read, ReadObject
-from tasks.reads import _live_slot, draft_findings, get_read_for_update
-from tasks.states import ReadState, check_read_transition
+from tasks.reads import draft_findings, get_workable_read_for_update
 
 FAILURE_PROCESSING = 0x0110  # PS3.18 / PS3.4 "Processing failure"
 FAILURE_NOT_SUPPORTED = 0x0122  # "SOP Class not supported"
@@ -42,19 +41,14 @@ def _failure(status: int, ds, message: str) -> JsonResponse:
     return JsonResponse(body, status=status, content_type=DICOM_JSON)
 
 
-def _checked(read: Read, ds, name: str, study_uid: str | None) -> list:
+def _checked(read: Read, ds, study_uid: str | None) -> list:
     """The object's findings, checked; ObjectRefused or DomainError saying why not."""
     task = read.task
-    kind = kind_of(ds)
-    if kind is None:
-        raise ObjectRefused(f"{name}: SOP Class {ds.SOPClassUID} is not one a read takes; save a DICOM SEG "
-                            "(binary or label map) or a TID 1500 measurement report SR.",
-                            status=400, code="unsupported_object")
-    if str(ds.StudyInstanceUID) != task.study.study_uid or (study_uid and study_uid != task.study.study_uid):
-        raise ObjectRefused(f"{name}: the object belongs to study {ds.StudyInstanceUID}, not this read's study "
-                            f"{task.study.study_uid}.", status=400, code="wrong_study")
-    converted = findings_from_object(ds, labels=labels_of(task.protocol_version_id),
-                                     study=study_geometry(task.study),
+    if study_uid and study_uid != task.study.study_uid:  # the URL's study; the object's is from_dicom's check
+        raise ObjectRefused(f"the URL names study {study_uid}, not this read's study {task.study.study_uid}",
+                            status=400, code="wrong_study")
+    # The SOP class, the object's study and every reference it makes are checked there.
+    converted = findings_from_object(ds, labels=labels_of(task.protocol_version_id), study=study_geometry(task.study),
                                      task_series_uid=task.series.series_uid if task.series_id else None)
     findings = list(converted.findings)
     validate_for_task(task, findings)  # 400 naming each bad field, as a submit of the same findings would
@@ -78,9 +72,9 @@ def store_into_read(read: Read, request, study_uid: str | None):
         except DomainError as exc:
             return _failure(400, None, exc.detail)
         try:
-            checked.append((ds, kind_of(ds), _checked(read, ds, name, study_uid)))
+            checked.append((ds, kind_of(ds), _checked(read, ds, study_uid)))
         except ObjectRefused as exc:
-            return _failure(exc.status, ds, str(exc))
+            return _failure(exc.status, ds, f"{name}: {exc.message}")
         except DomainError as exc:  # the findings failed the submit's checks: each bad field named
             named = "; ".join(f"{path}: {' '.join(msgs)}" for path, msgs in list(exc.errors.items())[:5])
             return _failure(getattr(exc, "status_code", 400), ds, f"{name}: {exc.detail} {named}".strip())
@@ -88,9 +82,7 @@ def store_into_read(read: Read, request, study_uid: str | None):
         return _failure(400, checked[0][0], "Save one SEG and at most one SR per request: a later object of "
                                             "a kind replaces the earlier one's findings.")
     with transaction.atomic():
-        locked = get_read_for_update(read.pk, request.user)
-        check_read_transition(locked.state, ReadState.SUBMITTED)
-        _live_slot(locked)
+        locked = get_workable_read_for_update(read.pk, request.user)
         study, now = locked.task.study, timezone.now()
         findings = draft_findings(locked.draft)
         stored = []

@@ -153,11 +153,18 @@ def _refresh_task_state(task_id: int) -> Task:
     return task
 
 
-@transaction.atomic
-def save_draft(read_id, user: User, draft) -> Read:
+def get_workable_read_for_update(read_id, user: User) -> Read:
+    """The caller's read, locked, while its work may still change (a draft, a viewer's save): 404 as
+    get_read_for_update, 409 once submitted or when its lease went to another reader."""
     read = get_read_for_update(read_id, user)
     check_read_transition(read.state, ReadState.SUBMITTED)
     _live_slot(read)
+    return read
+
+
+@transaction.atomic
+def save_draft(read_id, user: User, draft) -> Read:
+    read = get_workable_read_for_update(read_id, user)
     if not isinstance(draft, list | dict):
         raise DomainError("A draft is a list of findings (or an object).", errors={"draft": ["Expected JSON."]})
     Read.objects.filter(pk=read.pk).update(draft=draft)

@@ -26,8 +26,7 @@ SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4": "Segmentation Storage",
                "1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation Storage"}
 SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.33": "Comprehensive SR Storage",
               "1.2.840.10008.5.1.4.1.1.88.22": "Enhanced SR Storage",
-              "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR Storage",
-              "1.2.840.10008.5.1.4.1.1.88.11": "Basic Text SR Storage"}
+              "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR Storage"}
 
 # The study-level attributes a saved object takes from the study it annotates, whatever it carried.
 _STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",

@@ -119,7 +119,8 @@ def findings_from_object(ds: pydicom.Dataset, *, labels: dict[str, LabelSpec], s
                             "(binary or label map) or a TID 1500 measurement report (SR)",
                             status=400, code="unsupported_sop_class", details={"sop_class_uid": sop_class})
     if object_study_uid(ds) != study.study_uid:
-        raise ObjectRefused("the object belongs to another study than the read's", status=400,
+        raise ObjectRefused(f"the object belongs to study {object_study_uid(ds)}, not the read's study "
+                            f"{study.study_uid}", status=400,
                             code="reference_outside_read", details={"study_uid": object_study_uid(ds)})
     _check_references(referenced_instance_uids(ds), study, task_series_uid)
     is_segmentation = sop_class in (SEGMENTATION, LABEL_MAP_SEGMENTATION)
