@@ -90,6 +90,8 @@ def validate_entries(entries) -> list[dict]:
 TIER_NAMES = ("annotator", "radiologist", "subspecialist")
 AGREEMENT_BOUNDS = {"grade_within": (0, None), "dice": (0, 1), "iou": (0, 1), "landmark_mm": (0, None),
                     "measurement_rel": (0, None)}
+PANEL_POLICY_KEYS = ("enabled", "uncertainty_threshold", "action")
+PANEL_ACTIONS = ("extra_read", "radiologist_first_read")  # tasks.panel_rule.ACTIONS (core imports no tasks)
 RULE_CONDITIONS = {"modality", "body_part", "max_age", "subspecialty"}
 
 
@@ -133,6 +135,22 @@ def validate_rules(rules) -> dict:
     for key in ("first_read_subspecialty", "adjudication_subspecialty", "adjudication_requires_subspecialist"):
         if key in rules and not isinstance(rules[key], bool):
             errors[f"rules.{key}"] = ["Expected true or false."]
+    policy = rules.get("panel_policy")
+    if policy is not None:
+        if not isinstance(policy, dict):
+            errors["rules.panel_policy"] = ["Expected an object."]
+        else:
+            problems = [f"{key}: unknown; known: {', '.join(PANEL_POLICY_KEYS)}." for key in policy
+                        if key not in PANEL_POLICY_KEYS]
+            if not isinstance(policy.get("enabled", False), bool):
+                problems.append("enabled: expected true or false.")
+            threshold = policy.get("uncertainty_threshold")
+            if not _number(threshold) or threshold < 0:
+                problems.append("uncertainty_threshold: expected a number from 0 up.")
+            if policy.get("action", "extra_read") not in PANEL_ACTIONS:
+                problems.append(f"action: expected one of {', '.join(PANEL_ACTIONS)}.")
+            if problems:
+                errors["rules.panel_policy"] = problems
     subspecialty_rules = rules.get("subspecialty_rules", [])
     if not isinstance(subspecialty_rules, list):
         errors["rules.subspecialty_rules"] = ["Expected a list of rules."]

@@ -130,6 +130,18 @@ PROTOCOL_RULES_SCHEMA = {
             "Adjudications need the study's sub-specialty, where one applies.")},
         "adjudication_requires_subspecialist": {"type": "boolean", "default": False, "description": (
             "Adjudications of a study with a sub-specialty need a sub-specialist.")},
+        "panel_policy": {"type": "object", "required": ["uncertainty_threshold"], "additionalProperties": False,
+                         "description": (
+            "Reads spent where the model is unsure (tasks.panels), off unless enabled: after a scoring job, a "
+            "queued production task with no read taken whose model uncertainty is at least the threshold gets "
+            "one more first read (at most 3) or radiologists as first readers; confident tasks keep the "
+            "protocol's reads and tier, never fewer. Gold and calibration tasks are never changed."),
+            "properties": {
+                "enabled": {"type": "boolean", "default": False},
+                "uncertainty_threshold": {"type": "number", "minimum": 0, "description": (
+                    "In the scoring strategy's units (entropy, margin, least confidence or MC-dropout).")},
+                "action": {"type": "string", "enum": ["extra_read", "radiologist_first_read"],
+                           "default": "extra_read"}}},
         "subspecialty_rules": {"type": "array", "description": (
             "Tried in order before the built-in ones (mammography: breast, PET/NM: nuclear, under 18: "
             "paediatric, brain CT/MR: neuro, musculoskeletal parts: msk): the first rule whose conditions all "

@@ -14,6 +14,7 @@ from drf_spectacular.utils import (
     OpenApiResponse,
     PolymorphicProxySerializer,
     extend_schema,
+    extend_schema_field,
 )
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.response import Response
@@ -38,14 +39,23 @@ class TaskSerializer(serializers.ModelSerializer):
     study_uid = serializers.CharField(source="study.study_uid", read_only=True)
     series_uid = serializers.SerializerMethodField()
     protocol_version = serializers.IntegerField(source="protocol_version.number", read_only=True)
+    panel_set_by_policy = serializers.SerializerMethodField(help_text=(
+        "True when the protocol's panel policy (rules.panel_policy, tasks.panels) set reads_required or "
+        "first_read_tier from the model's uncertainty; panel_decision says why."))
+    panel_decision = serializers.JSONField(read_only=True, help_text=(
+        "null, or {reason, action, uncertainty, threshold, base_reads_required, base_first_read_tier}."))
 
     class Meta:
         model = Task
         fields = ["id", "project", "kind", "state", "flag_reason", "study_uid", "series_uid", "protocol_version",
                   "reads_required", "reads_submitted", "first_read_tier", "first_read_subspecialty",
                   "adjudication_tier", "adjudication_subspecialty", "priority", "client_priority", "created_at",
-                  "completed_at"]
+                  "completed_at", "panel_set_by_policy", "panel_decision"]
         read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.BOOL)
+    def get_panel_set_by_policy(self, task) -> bool:
+        return task.panel_decision is not None
 
     def get_series_uid(self, task) -> str | None:
         return task.series.series_uid if task.series_id else None

@@ -98,6 +98,10 @@ class Task(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    panel_decision = models.JSONField(
+        null=True, blank=True,
+        help_text="Set when the protocol's panel policy changed this task's panel (tasks.panels): reason, action, "
+                  "uncertainty, threshold, the protocol's own reads and tier; null: the panel is the protocol's.")
     batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.PROTECT, related_name="tasks")
 
     objects = TaskQuerySet.as_manager()
