@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/panel_policy.py [--quick] [--seeds N] [--cases N]
 
-The same rule as production: every case's panel comes from ``tasks.panel_rule.panel_for`` (pure, no
+The same rule as production: every case's panel comes from ``core.panel_rule.panel_for`` (pure, no
 Django), with the protocol's k = 2 annotator first reads for the fixed panel and the policy on for the
 adaptive one. Both panels see the same pool and the same reader draws (common random numbers: read
 slot j of case i errs when the same uniform draw falls under that reader's error rate), so the
@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_result  # noqa: E402
-from tasks.panel_rule import ANNOTATOR, EXTRA_READ, RADIOLOGIST, RADIOLOGIST_FIRST_READ, panel_for  # noqa: E402
+from core.panel_rule import ANNOTATOR, EXTRA_READ, RADIOLOGIST, RADIOLOGIST_FIRST_READ, panel_for  # noqa: E402
 
 K = 2
 THRESHOLD = 0.8  # normalised binary entropy: P(positive) between about 0.24 and 0.76

@@ -14,6 +14,8 @@ from django.utils import timezone
 
 from core.errors import DomainError, NotFound
 from core.models import LabelEntry, Project, ProtocolVersion, User
+from core.panel_rule import ACTIONS as PANEL_ACTIONS
+from core.panel_rule import EXTRA_READ
 from core.roles import Subspecialty, Tier
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "schema_templates"
@@ -91,7 +93,6 @@ TIER_NAMES = ("annotator", "radiologist", "subspecialist")
 AGREEMENT_BOUNDS = {"grade_within": (0, None), "dice": (0, 1), "iou": (0, 1), "landmark_mm": (0, None),
                     "measurement_rel": (0, None)}
 PANEL_POLICY_KEYS = ("enabled", "uncertainty_threshold", "action")
-PANEL_ACTIONS = ("extra_read", "radiologist_first_read")  # tasks.panel_rule.ACTIONS (core imports no tasks)
 RULE_CONDITIONS = {"modality", "body_part", "max_age", "subspecialty"}
 
 
@@ -147,7 +148,7 @@ def validate_rules(rules) -> dict:
             threshold = policy.get("uncertainty_threshold")
             if not _number(threshold) or threshold < 0:
                 problems.append("uncertainty_threshold: expected a number from 0 up.")
-            if policy.get("action", "extra_read") not in PANEL_ACTIONS:
+            if policy.get("action", EXTRA_READ) not in PANEL_ACTIONS:
                 problems.append(f"action: expected one of {', '.join(PANEL_ACTIONS)}.")
             if problems:
                 errors["rules.panel_policy"] = problems

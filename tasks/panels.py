@@ -4,7 +4,7 @@ A protocol version may carry ``rules["panel_policy"]`` = ``{"enabled": true, "un
 "action": "extra_read" | "radiologist_first_read"}`` (off when absent or not enabled). After a scoring
 job, a queued production task whose uncertainty is at or above the threshold gets one more first read
 (capped at 3, the Task check constraint) or radiologists as its first readers; a confident task keeps
-the protocol's k reads and tier (never fewer). ``tasks.panel_rule.panel_for`` is the pure rule,
+the protocol's k reads and tier (never fewer). ``core.panel_rule.panel_for`` is the pure rule,
 shared with the benchmark (bench/panel_policy.py); ``apply_panel_policy`` is the one service that changes panels.
 
 Only QUEUED production tasks with no read taken are changed: a claimed read has already started on
@@ -15,8 +15,8 @@ from django.db import transaction
 
 from audit.trail import record_event
 from core.broadcast import broadcast_on_commit
+from core.panel_rule import EXTRA_READ, panel_for, policy_of
 from tasks.models import QueueSlot, Read, Task
-from tasks.panel_rule import EXTRA_READ, panel_for, policy_of
 from tasks.states import TaskState
 
 

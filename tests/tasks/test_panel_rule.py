@@ -3,7 +3,7 @@
 import numpy as np
 
 from bench.panel_policy import simulate, synthetic_pool
-from tasks.panel_rule import ANNOTATOR, RADIOLOGIST, panel_for
+from core.panel_rule import ANNOTATOR, RADIOLOGIST, panel_for
 
 ON = {"enabled": True, "uncertainty_threshold": 0.5, "action": "extra_read"}
 

@@ -1,5 +1,5 @@
-"""The panel policy's rule, with no Django import: production (tasks.panels) and the benchmark
-(bench/panel_policy.py) run this same function."""
+"""The panel policy's rule, with no Django import: production (tasks.panels), the protocol check
+(core.protocols: its action names) and the benchmark (bench/panel_policy.py) use this one module."""
 
 ANNOTATOR, RADIOLOGIST = 1, 2  # core.roles.Tier values
 MAX_READS = 3  # the Task check constraint task_reads_required_1_3
