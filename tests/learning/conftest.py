@@ -1,5 +1,6 @@
 import pytest
 
+from learning import runs
 from learning.models import LearningConfig
 from tasks.creation import create_tasks
 from tasks.models import Consensus, Task
@@ -42,3 +43,12 @@ def learning_project(cast):
     LearningConfig.objects.update_or_create(project=project, defaults={
         "label_key": "finding_laterality", "epochs": 2})
     return {"project": project, "queued": sorted(queued, key=lambda t: t.pk), "gold": gold, "labelled": labelled}
+
+
+@pytest.fixture
+def trained(learning_project, predictor):
+    """The learning project with a succeeded training job, so a scoring job has a model to use."""
+    StandInPredictor.accuracies = [0.9]
+    job = runs.run_job(runs.start_job(learning_project["project"], "train", by=None, enqueue=False).pk, predictor)
+    assert job.state == "succeeded", job.error
+    return learning_project

@@ -28,14 +28,6 @@ def with_policy(request, cast, api):
     return response.json()
 
 
-@pytest.fixture
-def trained(learning_project, predictor):
-    StandInPredictor.accuracies = [0.9]
-    job = runs.run_job(runs.start_job(learning_project["project"], "train", by=None, enqueue=False).pk, predictor)
-    assert job.state == "succeeded", job.error
-    return learning_project
-
-
 def _score(project, predictor, probabilities):
     StandInPredictor.probabilities = [list(p) for p in probabilities]
     job = runs.start_job(project, LearningJob.Kind.SCORE, by=None, enqueue=False)

@@ -15,14 +15,6 @@ pytestmark = pytest.mark.django_db
 LOW, HIGH, MID = [0.98, 0.01, 0.01], [0.34, 0.33, 0.33], [0.7, 0.2, 0.1]
 
 
-@pytest.fixture
-def trained(learning_project, predictor):
-    StandInPredictor.accuracies = [0.9]
-    job = runs.run_job(runs.start_job(learning_project["project"], "train", by=None, enqueue=False).pk, predictor)
-    assert job.state == "succeeded", job.error
-    return learning_project
-
-
 def _score(project, predictor, probabilities, **kwargs):
     StandInPredictor.probabilities = [list(p) for p in probabilities]
     job = runs.start_job(project, LearningJob.Kind.SCORE, by=None, enqueue=False)
